@@ -1,0 +1,1 @@
+"""Chat-export parsing and the pure stages that turn messages into persona pairs."""

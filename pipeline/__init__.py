@@ -1,0 +1,1 @@
+"""Stage entry points: prepare, extend, train, evaluate, run (``python -m pipeline.<stage>``)."""

@@ -1,0 +1,191 @@
+"""The chat format: special tokens declared once, one prompt builder for training and serving.
+
+A rendered example, as token ids (text shown for reading only)::
+
+    [bos] <|system|> {instruction} <|eot|>
+          <|user|> {speaker} <|sep|> {text} <|eot|>      # a turn by anyone but the persona
+          <|bot|> {text} <|eot|>                         # an earlier turn by the persona
+          <|bot|> {response} <|eot|>                     # the reply: the only supervised part
+
+Each text segment is encoded on its own and the special ids are inserted between
+them, so the ids never depend on how a tokenizer treats spaces around special
+tokens (SentencePiece drift). :data:`CHAT_TEMPLATE` renders the same thing as a
+string so ``tokenizer.apply_chat_template`` gives the same ids; a test holds
+them equal. User text is stripped of every special-token string first, so a
+message containing ``<|eot|>`` or ``<usr>`` cannot inject that token.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Iterable, Mapping, Sequence
+
+IGNORE_INDEX = -100
+
+SYSTEM = "<|system|>"  # opens the persona instruction (the rendered persona card)
+USER = "<|user|>"  # opens a turn by someone other than the persona; name, SEP, text follow
+BOT = "<|bot|>"  # opens a turn by the persona; in training the last one is the supervised reply
+SEP = "<|sep|>"  # separates a speaker's name from what they said
+EOT = "<|eot|>"  # ends every turn; supervised after the reply, generation stops on it
+PAD = "<|pad|>"  # padding, added only when the base tokenizer has no pad distinct from EOS
+SPECIAL_TOKENS: tuple[str, ...] = (SYSTEM, USER, BOT, SEP, EOT)
+
+CHAT_TEMPLATE = (
+    "{{- bos_token if bos_token else '' -}}"
+    "{%- if not messages or messages[0]['role'] != 'system' -%}<|system|><|eot|>{%- endif -%}"
+    "{%- for m in messages -%}"
+    "{%- if m['role'] == 'system' -%}<|system|>{{ m['content'] }}<|eot|>"
+    "{%- elif m['role'] == 'assistant' -%}<|bot|>{{ m['content'] }}<|eot|>"
+    "{%- else -%}<|user|>{{ m.get('name') or '' }}<|sep|>{{ m['content'] }}<|eot|>"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}<|bot|>{%- endif -%}"
+)
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """Token ids of one example; ``labels`` is -100 except on the reply and its EOT."""
+
+    input_ids: list[int]
+    labels: list[int]
+    context_turns: int  # context turns kept after trimming from the left
+
+    @property
+    def supervised(self) -> int:
+        return sum(1 for x in self.labels if x != IGNORE_INDEX)
+
+
+def special_ids(tokenizer) -> dict[str, int]:
+    """Map each chat special token to its id; raises if the tokenizer was not extended."""
+    ids = {}
+    for tok in SPECIAL_TOKENS:
+        tid = tokenizer.convert_tokens_to_ids(tok)
+        if tid is None or tid == tokenizer.unk_token_id:
+            raise ValueError(f"tokenizer has no {tok!r}: extend it first (python -m pipeline.extend)")
+        ids[tok] = tid
+    return ids
+
+
+def pad_id(tokenizer) -> int:
+    """The padding id; never EOS or EOT, so padding cannot hide a supervised end of turn."""
+    pid = tokenizer.pad_token_id
+    eot = tokenizer.convert_tokens_to_ids(EOT)
+    if pid is None or pid in (tokenizer.eos_token_id, eot):
+        raise ValueError("tokenizer has no pad token distinct from EOS/EOT: extend it first")
+    return pid
+
+
+@lru_cache(maxsize=16)
+def _special_pattern(tokens: tuple[str, ...]) -> re.Pattern | None:
+    toks = sorted({t for t in tokens if t}, key=len, reverse=True)
+    return re.compile("|".join(map(re.escape, toks))) if toks else None
+
+
+def _all_special_strings(tokenizer) -> tuple[str, ...]:
+    added = [str(t) for t in getattr(tokenizer, "added_tokens_decoder", {}).values()]
+    return tuple(sorted(set(added) | set(tokenizer.all_special_tokens) | set(SPECIAL_TOKENS)))
+
+
+def sanitize(text: str, tokenizer) -> str:
+    """Remove every special/added token string (``<|eot|>``, ``<usr>``, ``<bos>``...) from user text.
+
+    Repeated until stable so that ``<|e<|eot|>ot|>`` cannot reassemble into a token.
+    """
+    pat = _special_pattern(_all_special_strings(tokenizer))
+    if pat is None:
+        return text
+    prev = None
+    while prev != text:
+        prev, text = text, pat.sub("", text)
+    return text
+
+
+def _turn(t: Any) -> tuple[str, str]:
+    if isinstance(t, Mapping):
+        return str(t.get("speaker", "")), str(t.get("text", ""))
+    return str(t.speaker), str(t.text)
+
+
+def _encode_all(tokenizer, texts: list[str]) -> list[list[int]]:
+    if not texts:
+        return []
+    clean = [sanitize(t, tokenizer) for t in texts]
+    return [list(x) for x in tokenizer(clean, add_special_tokens=False)["input_ids"]]
+
+
+def render(
+    tokenizer,
+    instruction: str,
+    context: Sequence[Any],
+    persona: str,
+    response: str | None = None,
+    max_length: int | None = None,
+) -> Rendered | None:
+    """Build token ids (and labels) for one example.
+
+    ``context`` holds turns with ``speaker``/``text`` (objects or dicts); a turn
+    whose speaker is ``persona`` is rendered as the persona's own (BOT) turn.
+    With ``response`` the result ends with the supervised reply + EOT; without
+    it, with ``<|bot|>`` as the generation prompt. Context is trimmed from the
+    oldest turn to fit ``max_length``; the reply is never cut: if instruction
+    plus reply alone do not fit, returns None (the caller counts the drop).
+    """
+    sid = special_ids(tokenizer)
+    turns = [_turn(t) for t in context]
+    # one batched encode call: instruction, then (speaker, text) per turn, then the reply
+    texts = [instruction] + [x for sp, tx in turns for x in (sp, tx)]
+    if response is not None:
+        texts.append(response)
+    enc = _encode_all(tokenizer, texts)
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    head = bos + [sid[SYSTEM]] + enc[0] + [sid[EOT]]
+    body = []
+    for i, (speaker, _) in enumerate(turns):
+        name_ids, text_ids = enc[1 + 2 * i], enc[2 + 2 * i]
+        if speaker == persona:
+            body.append([sid[BOT]] + text_ids + [sid[EOT]])
+        else:
+            body.append([sid[USER]] + name_ids + [sid[SEP]] + text_ids + [sid[EOT]])
+    if response is not None:
+        reply = enc[-1] + [sid[EOT]]
+        tail, tail_labels = [sid[BOT]] + reply, [IGNORE_INDEX] + reply
+    else:
+        tail, tail_labels = [sid[BOT]], [IGNORE_INDEX]
+    budget = None if max_length is None else max_length - len(head) - len(tail)
+    if budget is not None and budget < 0:
+        return None
+    kept: list[list[int]] = []
+    used = 0
+    for ids in reversed(body):
+        if budget is not None and used + len(ids) > budget:
+            break
+        kept.append(ids)
+        used += len(ids)
+    kept.reverse()
+    ctx = [i for ids in kept for i in ids]
+    input_ids = head + ctx + tail
+    labels = [IGNORE_INDEX] * (len(head) + len(ctx)) + tail_labels
+    return Rendered(input_ids, labels, len(kept))
+
+
+def to_messages(
+    instruction: str, context: Iterable[Any], persona: str, response: str | None = None,
+    tokenizer=None,
+) -> list[dict[str, str]]:
+    """The same example as chat ``messages`` (system/user/assistant) for ``apply_chat_template``.
+
+    Pass ``tokenizer`` to sanitize the texts exactly as :func:`render` does.
+    """
+    clean = (lambda s: sanitize(s, tokenizer)) if tokenizer is not None else (lambda s: s)
+    msgs = [{"role": "system", "content": clean(instruction)}]
+    for t in context:
+        speaker, text = _turn(t)
+        if speaker == persona:
+            msgs.append({"role": "assistant", "content": clean(text)})
+        else:
+            msgs.append({"role": "user", "name": clean(speaker), "content": clean(text)})
+    if response is not None:
+        msgs.append({"role": "assistant", "content": clean(response)})
+    return msgs
