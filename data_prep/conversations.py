@@ -1,0 +1,94 @@
+"""Turns and conversations: merge bursts of one speaker, cut conversations at long gaps.
+
+People type one thought as several quick messages; a *burst* (consecutive
+messages of one speaker, each within ``burst_gap`` of the previous) becomes one
+turn, joined with newlines. A *conversation* ends where the gap between two
+turns is longer than ``conversation_gap`` or where the source file changes.
+Messages without a timestamp never merge and never cut on time.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import timedelta
+
+from data_prep.records import Conversation, Message
+
+
+@dataclass(frozen=True)
+class TurnConfig:
+    burst_gap_s: float = 120.0  # messages of one speaker closer than this merge into one turn
+    conversation_gap_s: float = 3600.0  # a longer silence starts a new conversation
+
+    def validate(self) -> list[str]:
+        problems = []
+        if self.burst_gap_s < 0:
+            problems.append("--burst-gap: must be >= 0 seconds")
+        if self.conversation_gap_s <= 0:
+            problems.append("--conversation-gap: must be > 0 seconds")
+        return problems
+
+
+def _within(a: Message, b: Message, gap: timedelta) -> bool:
+    return a.ts is not None and b.ts is not None and timedelta(0) <= b.ts - a.ts <= gap
+
+
+def merge_bursts(messages: list[Message], burst_gap_s: float) -> list[Message]:
+    """Stage: consecutive messages of one speaker within the gap become one turn (texts joined by newline).
+
+    The turn keeps the first message's line and the last message's time, so the
+    next gap is measured from where the burst ended.
+    """
+    gap = timedelta(seconds=burst_gap_s)
+    out: list[Message] = []
+    group: list[Message] = []
+    for m in messages:
+        if group and m.speaker == group[-1].speaker and m.source == group[-1].source and _within(group[-1], m, gap):
+            group.append(m)
+            continue
+        if group:
+            out.append(_merge(group))
+        group = [m]
+    if group:
+        out.append(_merge(group))
+    return out
+
+
+def _merge(group: list[Message]) -> Message:
+    if len(group) == 1:
+        return group[0]
+    first = group[0]
+    return Message(group[-1].ts, first.speaker, "\n".join(m.text for m in group), first.source, first.line)
+
+
+def conversation_id(source: str, index: int) -> str:
+    """Stable id that does not reveal the file name (it may hold a person's name)."""
+    return f"c{hashlib.sha1(source.encode()).hexdigest()[:8]}-{index:05d}"
+
+
+def split_conversations(turns: list[Message], conversation_gap_s: float) -> list[Conversation]:
+    """Stage: cut the turn sequence where the silence exceeds the gap or the source file changes."""
+    gap = timedelta(seconds=conversation_gap_s)
+    convs: list[Conversation] = []
+    current: list[Message] = []
+    counters: dict[str, int] = {}
+    for t in turns:
+        if current and (t.source != current[-1].source or _breaks(current[-1], t, gap)):
+            convs.append(_close(current, counters))
+            current = []
+        current.append(t)
+    if current:
+        convs.append(_close(current, counters))
+    return convs
+
+
+def _breaks(prev: Message, cur: Message, gap: timedelta) -> bool:
+    if prev.ts is None or cur.ts is None:
+        return False
+    return cur.ts - prev.ts > gap or cur.ts < prev.ts - gap  # a clock jump backwards is a break too
+
+
+def _close(turns: list[Message], counters: dict[str, int]) -> Conversation:
+    src = turns[0].source
+    counters[src] = counters.get(src, 0) + 1
+    return Conversation(conversation_id(src, counters[src]), tuple(turns))

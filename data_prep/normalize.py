@@ -1,0 +1,113 @@
+"""Normalise message text: NFC, invisible characters, laughter runs, special-token strings.
+
+Why each step:
+
+* NFC, never NFKC: macOS exports may hold NFD Hangul (separate jamo); NFKC would
+  turn ㅋㅋ/ㅎㅎ/ㅠㅠ into conjoining jamo (ᄏᄏ) and the model would answer in them.
+* Zero-width characters and NBSP are invisible but become odd tokens.
+* Runs like ㅋㅋㅋㅋㅋㅋㅋㅋ carry one signal ("laughing"); capping them keeps the
+  habit and stops the model from learning 40-character runs. Digits are never
+  capped (1000000 is a number, not a habit).
+* Special-token-like strings (``<|eot|>``, ``<usr>``, ``</s>``...) are stripped so
+  chat text cannot inject control tokens into training or serving.
+
+The exporting user appears as 회원님/You/you; :func:`canonical_speaker` maps
+them to one alias so ``--persona 나`` picks that user.
+"""
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass
+
+from data_prep.records import Message
+
+SELF_NAMES = frozenset({"회원님", "You", "you", "나"})
+DEFAULT_SELF_ALIAS = "나"
+
+# zero-width space/joiners, word joiner, BOM, soft hyphen -> removed; NBSP/narrow NBSP -> space
+_INVISIBLE = {c: None for c in (0x200B, 0x200C, 0x200D, 0x2060, 0xFEFF, 0x00AD)}
+_INVISIBLE.update({0x00A0: " ", 0x202F: " "})
+_HAS_INVISIBLE = re.compile("[\u200b\u200c\u200d\u2060\ufeff\u00ad\u00a0\u202f]").search
+
+# <|anything|>, <s>, </s>, <bos>, <usr>, <unused12>, <start_of_turn>, [CLS]-style BERT tokens
+_SPECIAL = re.compile(
+    r"<\|[^<>|\n]{0,40}\|>"
+    r"|</?(?:s|bos|eos|usr|sys|pad|unk|mask|sep|cls|unused\d+|start_of_turn|end_of_turn"
+    r"|start_of_image|end_of_image|im_start|im_end|endoftext|bot|user|system|assistant)>"
+    r"|\[(?:CLS|SEP|PAD|MASK|UNK|INST|/INST)\]",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True)
+class NormalizeConfig:
+    """How text is cleaned. ``cap_repeats`` = 0 disables run capping."""
+
+    cap_repeats: int = 4  # longest run of one repeated (non-digit, non-space) character kept
+    self_alias: str = DEFAULT_SELF_ALIAS  # name given to the exporting user (회원님/You)
+
+    def validate(self) -> list[str]:
+        problems = []
+        if self.cap_repeats < 0 or 0 < self.cap_repeats < 2:
+            problems.append("--cap-laughter: must be 0 (off) or at least 2")
+        if not self.self_alias.strip():
+            problems.append("--self-alias: must not be empty")
+        return problems
+
+
+def _run_pattern(cap: int) -> re.Pattern:
+    return re.compile(r"([^\d\s])\1{%d,}" % cap)
+
+
+def strip_special_tokens(text: str) -> tuple[str, int]:
+    """Remove special-token-like strings until none is left; returns (text, how many removed)."""
+    removed = 0
+    while True:
+        text, n = _SPECIAL.subn("", text)
+        if not n:
+            return text, removed
+        removed += n
+
+
+def canonical_speaker(name: str, self_alias: str = DEFAULT_SELF_ALIAS) -> str:
+    """NFC, trimmed speaker name; the exporting user's labels become ``self_alias``."""
+    name = strip_special_tokens(unicodedata.normalize("NFC", name).translate(_INVISIBLE))[0].strip()
+    return self_alias if name in SELF_NAMES else name
+
+
+def normalize_text(text: str, cap_repeats: int = 4, _runs: re.Pattern | None = None) -> str:
+    """NFC + invisible characters removed + repeated-character runs capped (no token stripping)."""
+    if not text.isascii():
+        if not unicodedata.is_normalized("NFC", text):
+            text = unicodedata.normalize("NFC", text)
+        if _HAS_INVISIBLE(text):
+            text = text.translate(_INVISIBLE)
+    if cap_repeats:
+        runs = _runs or _run_pattern(cap_repeats)
+        text = runs.sub(lambda m: m.group(1) * cap_repeats, text)
+    return text.strip()
+
+
+def normalize(messages: list[Message], cfg: NormalizeConfig) -> tuple[list[Message], Counter]:
+    """Stage: clean every message; counts the ``special_tokens`` stripped.
+
+    A new Message is built only when something changed (most texts are already clean).
+    """
+    counts: Counter = Counter()
+    runs = _run_pattern(cfg.cap_repeats) if cfg.cap_repeats else None
+    speakers: dict[str, str] = {}
+    out = []
+    for m in messages:
+        text = normalize_text(m.text, cfg.cap_repeats, runs)
+        if "<" in text or "[" in text:
+            text, n = strip_special_tokens(text)
+            counts["special_tokens"] += n
+        speaker = speakers.get(m.speaker)
+        if speaker is None:
+            speaker = speakers[m.speaker] = canonical_speaker(m.speaker, cfg.self_alias) if m.speaker else ""
+        if text != m.text or speaker != m.speaker:
+            m = Message(m.ts, speaker, text, m.source, m.line)
+        out.append(m)
+    return out, counts

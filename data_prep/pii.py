@@ -1,0 +1,142 @@
+"""Remove personal data: typed placeholders for numbers/addresses, pseudonyms for names.
+
+* Phone numbers (mobile, landline, +82), e-mail addresses, resident registration
+  numbers, card numbers, bank account numbers and URLs become ``<전화번호>``,
+  ``<이메일>``, ``<주민번호>``, ``<카드번호>``, ``<계좌번호>``, ``<URL>``.
+  One combined regex runs only on texts with a digit, ``@``, ``http`` or ``www``.
+* Every speaker who is not a persona gets a consistent pseudonym (친구1, 친구2...,
+  most active first), in the speaker field and wherever the name appears in text:
+  the full name and, for three/four-syllable Korean names, the given name alone
+  (김영희 -> 영희), so 영희야/영희가/영희씨 become 친구1야/친구1가/친구1씨.
+  Hangul names are replaced wherever they occur (privacy before precision: a
+  name inside a longer word is replaced too); Latin names only as whole words.
+"""
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass
+
+from data_prep.records import Message
+
+PLACEHOLDERS = {
+    "url": "<URL>", "email": "<이메일>", "rrn": "<주민번호>", "card": "<카드번호>",
+    "phone": "<전화번호>", "account": "<계좌번호>",
+}
+_D = r"(?<![\d-])"  # no digit (or digit group) right before
+_E = r"(?![\d])"  # no digit right after
+_SEP = r"(?:[-. ]|\) ?)?"
+# order matters: earlier alternatives win at the same position
+_PII = re.compile(
+    r"(?P<url>(?:https?://|www\.)[^\s<>\"']+)"
+    r"|(?P<email>[\w.+-]+@[\w-]+(?:\.[\w-]+)+)"
+    rf"|(?P<rrn>{_D}\d{{6}}[- ]?[1-8]\d{{6}}{_E})"
+    rf"|(?P<card>{_D}(?:\d{{4}}[- ]){{3}}\d{{4}}{_E}|{_D}\d{{4}}[- ]\d{{6}}[- ]\d{{5}}{_E}|{_D}\d{{16}}{_E})"
+    rf"|(?P<phone>(?:\+82[- ]?\(?0?\)?[- ]?(?:1[016789]|[2-6]\d?|70)|{_D}0(?:1[016789]|2|[3-6][1-5]|70|50\d?))"
+    rf"{_SEP}\d{{3,4}}{_SEP}\d{{4}}{_E}|{_D}1[568][0-9]{{2}}-\d{{4}}{_E})"
+    rf"|(?P<account>{_D}\d{{2,6}}-\d{{2,6}}-\d{{2,7}}(?:-\d{{1,3}})?{_E}|{_D}\d{{10,14}}{_E})"
+)
+_MAYBE_PII = re.compile(r"[\d@]|http|www", re.IGNORECASE).search
+_HANGUL = re.compile(r"[가-힣]+")
+_MIN_DIGITS_ACCOUNT = 10  # fewer digits in a hyphenated run is a date or a code, not an account
+
+
+@dataclass(frozen=True)
+class PIIConfig:
+    """``enabled`` False (``--keep-pii``) keeps everything, names included."""
+
+    enabled: bool = True
+    pseudonym_prefix: str = "친구"  # other speakers become 친구1, 친구2...
+
+    def validate(self) -> list[str]:
+        return [] if self.pseudonym_prefix.strip() else ["--pseudonym-prefix: must not be empty"]
+
+
+def _replace(m: re.Match, counts: Counter) -> str:
+    kind = m.lastgroup
+    if kind == "account" and sum(c.isdigit() for c in m.group()) < _MIN_DIGITS_ACCOUNT:
+        return m.group()
+    counts[kind] += 1
+    return PLACEHOLDERS[kind]
+
+
+def redact_text(text: str, counts: Counter) -> str:
+    """Replace phone/e-mail/RRN/card/account/URL in ``text``; adds to ``counts`` per kind."""
+    if not _MAYBE_PII(text):
+        return text
+    return _PII.sub(lambda m: _replace(m, counts), text)
+
+
+def name_variants(name: str) -> list[str]:
+    """Spellings of ``name`` to hide in text: the name, and the given name of a Korean full name."""
+    out = [name] if len(name) >= 2 else []
+    if _HANGUL.fullmatch(name) and len(name) in (3, 4):
+        out.append(name[1:])  # 김영희 -> 영희; 남궁민수 -> 궁민수 is harmless, 민수 comes from len 4 below
+    if _HANGUL.fullmatch(name) and len(name) == 4:
+        out.append(name[2:])
+    for part in name.split():
+        if len(part) >= 2 and part != name:
+            out.append(part)
+    return out
+
+
+class Pseudonymizer:
+    """Maps non-persona speakers to 친구N and hides their names inside text."""
+
+    def __init__(self, speakers: list[str], personas: set[str], prefix: str = "친구", keep: set[str] = frozenset()):
+        """``speakers`` most active first (pseudonym order); ``keep``: names never hidden in text."""
+        others = [s for s in speakers if s and s not in personas]
+        self.mapping = {s: f"{prefix}{i}" for i, s in enumerate(others, 1)}
+        protected = set(personas) | set(keep)
+        variants: dict[str, str] = {}
+        for s in others:
+            for v in name_variants(s):
+                if v not in protected and v not in variants:
+                    variants[v] = self.mapping[s]
+        self._variants = variants
+        self._pattern = self._compile(variants)
+
+    @staticmethod
+    def _compile(variants: dict[str, str]) -> re.Pattern | None:
+        if not variants:
+            return None
+        alts = []
+        for v in sorted(variants, key=len, reverse=True):
+            esc = re.escape(v)
+            alts.append(esc if _HANGUL.search(v) else rf"(?<!\w){esc}(?!\w)")
+        return re.compile("|".join(alts), re.IGNORECASE)
+
+    def speaker(self, name: str) -> str:
+        return self.mapping.get(name, name)
+
+    def text(self, text: str, counts: Counter) -> str:
+        """Replace every hidden name in ``text``; counts them as ``name``."""
+        if self._pattern is None:
+            return text
+        new, n = self._pattern.subn(lambda m: self._variants.get(m.group()) or self._lookup(m.group()), text)
+        if n:
+            counts["name"] += n
+        return new
+
+    def _lookup(self, matched: str) -> str:  # case-insensitive Latin match
+        return next(p for v, p in self._variants.items() if v.lower() == matched.lower())
+
+
+def scrub(text: str, pseudo: Pseudonymizer, counts: Counter) -> str:
+    """Everything personal out of free text (unparsed-line samples, file names, logs)."""
+    return pseudo.text(redact_text(text, counts), counts)
+
+
+def remove_pii(messages: list[Message], pseudo: Pseudonymizer, cfg: PIIConfig) -> tuple[list[Message], Counter]:
+    """Stage: typed placeholders for numbers/addresses and pseudonyms for names; counts per kind."""
+    counts: Counter = Counter()
+    if not cfg.enabled:
+        return messages, counts
+    out = []
+    for m in messages:
+        text = pseudo.text(redact_text(m.text, counts), counts)
+        speaker = pseudo.speaker(m.speaker)
+        if text is not m.text or speaker is not m.speaker:
+            m = Message(m.ts, speaker, text, m.source, m.line)
+        out.append(m)
+    return out, counts
