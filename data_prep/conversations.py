@@ -92,3 +92,19 @@ def _close(turns: list[Message], counters: dict[str, int]) -> Conversation:
     src = turns[0].source
     counters[src] = counters.get(src, 0) + 1
     return Conversation(conversation_id(src, counters[src]), tuple(turns))
+
+
+def reply_counts(messages: list[Message], conversation_gap_s: float) -> dict[str, int]:
+    """Per speaker, messages that answer someone else (previous message by another speaker, same file, no long gap).
+
+    Equals the number of pairs a speaker would get before de-duplication and
+    splitting, computed cheaply on messages so personas can be chosen early.
+    """
+    gap = timedelta(seconds=conversation_gap_s)
+    counts: dict[str, int] = {}
+    prev: Message | None = None
+    for m in messages:
+        if prev is not None and prev.speaker != m.speaker and prev.source == m.source and not _breaks(prev, m, gap):
+            counts[m.speaker] = counts.get(m.speaker, 0) + 1
+        prev = m
+    return counts

@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from dataclasses import dataclass
+from typing import Mapping
 
 from data_prep.records import ContextTurn, Conversation, Pair
 
@@ -29,9 +30,15 @@ class PairConfig:
 
 
 def build_pairs(
-    convs: list[Conversation], persona: str, instruction: str, context_turns: int, source: str = ""
+    convs: list[Conversation], persona: str, instruction: str, context_turns: int,
+    sources: Mapping[str, str] | None = None,
 ) -> list[Pair]:
-    """Stage: one pair per persona turn that has at least one earlier turn in its conversation."""
+    """Stage: one pair per persona turn that has at least one earlier turn in its conversation.
+
+    ``sources`` maps a message's source path to the label written in ``Pair.source``
+    (the file name may hold a person's name, so the caller passes a scrubbed one).
+    """
+    sources = sources or {}
     pairs = []
     for conv in convs:
         turns = conv.turns
@@ -39,7 +46,8 @@ def build_pairs(
             if turns[i].speaker != persona:
                 continue
             ctx = tuple(ContextTurn(t.speaker, t.text) for t in turns[max(0, i - context_turns):i])
-            pairs.append(Pair(persona, instruction, ctx, turns[i].text, conv.id, source or turns[i].source))
+            src = turns[i].source
+            pairs.append(Pair(persona, instruction, ctx, turns[i].text, conv.id, sources.get(src, src)))
     return pairs
 
 

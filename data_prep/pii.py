@@ -103,7 +103,7 @@ class Pseudonymizer:
         alts = []
         for v in sorted(variants, key=len, reverse=True):
             esc = re.escape(v)
-            alts.append(esc if _HANGUL.search(v) else rf"(?<!\w){esc}(?!\w)")
+            alts.append(esc if _HANGUL.search(v) else rf"(?<![A-Za-z0-9]){esc}(?![A-Za-z0-9])")
         return re.compile("|".join(alts), re.IGNORECASE)
 
     def speaker(self, name: str) -> str:

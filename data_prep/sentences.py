@@ -84,7 +84,7 @@ def split_turn(text: str, max_chars: int, splitter: Splitter, counts: Counter) -
     if len(text) <= max_chars:
         return [text]
     counts["long_turns"] += 1
-    sentences = [s for line in text.split("\n") for s in splitter(line) if s.strip()]
+    sentences = [s.strip() for line in text.split("\n") for s in splitter(line) if s.strip()]
     if not joins_back(text, sentences):
         counts["kss_mismatch"] += 1
         return [text]

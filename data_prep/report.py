@@ -1,0 +1,83 @@
+"""What the prepare run did, for people: ``stats.json``, ``report.md`` and ``report.png``.
+
+Only counts and already-pseudonymised names reach these files. matplotlib is
+imported lazily with the Agg backend; a Korean-capable font is used when one is
+installed, otherwise the chart labels speakers by rank (S1, S2...) and the
+report's table gives the names, so no label is drawn as empty boxes.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+KOREAN_FONTS = ("NanumGothic", "NanumBarunGothic", "Noto Sans CJK KR", "Noto Sans KR", "Malgun Gothic",
+                "AppleGothic", "Apple SD Gothic Neo", "UnDotum", "Baekmuk Gulim")
+
+
+def write_stats(path: Path, stats: dict[str, Any]) -> None:
+    path.write_text(json.dumps(stats, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+
+
+def _korean_font() -> str | None:
+    from matplotlib import font_manager
+
+    installed = {f.name for f in font_manager.fontManager.ttflist}
+    return next((name for name in KOREAN_FONTS if name in installed), None)
+
+
+def draw_chart(path: Path, stats: dict[str, Any], reply_lengths: list[int]) -> bool:
+    """Messages per speaker, reply lengths, dropped and redacted counts in one PNG; True if Korean font."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    font = _korean_font()
+    if font:
+        plt.rcParams["font.family"] = font
+    speakers = list(stats["speakers"].items())[:15]
+    labels = [name if font else f"S{i}" for i, (name, _) in enumerate(speakers, 1)]
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    axes[0][0].barh(labels[::-1], [n for _, n in speakers][::-1], color="#4c72b0")
+    axes[0][0].set_title("messages per speaker")
+    axes[0][1].hist(reply_lengths or [0], bins=30, color="#55a868")
+    axes[0][1].set_title("persona reply length (chars)")
+    for ax, key, color in ((axes[1][0], "dropped", "#c44e52"), (axes[1][1], "redactions", "#8172b2")):
+        items = sorted(stats[key].items(), key=lambda kv: -kv[1])
+        ax.bar([k for k, _ in items] or ["none"], [v for _, v in items] or [0], color=color)
+        ax.set_title(f"{key} (count)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return font is not None
+
+
+def _table(rows: list[tuple], head: tuple[str, ...]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def render_report(stats: dict[str, Any], chart_name: str, korean_font: bool) -> str:
+    """Markdown summary: files, speakers, drops, redactions, conversations, pairs (counts only)."""
+    speakers = list(stats["speakers"].items())
+    out = ["# prepare report", "", f"![chart]({chart_name})", ""]
+    if not korean_font:
+        out += ["(No Korean font installed: the chart labels speakers S1, S2... in the order of the table below.)", ""]
+    files = [(f["path"], f["format"], f["encoding"], f["lines"], f["messages"], f["unparsed_lines"]) for f in stats["files"]]
+    out += ["## Files", _table(files, ("file", "format", "encoding", "lines", "messages", "unparsed")), ""]
+    out += ["## Speakers", _table([(f"S{i}", n, c) for i, (n, c) in enumerate(speakers, 1)], ("", "speaker", "messages")), ""]
+    out += ["## Dropped (not speech)", _table(sorted(stats["dropped"].items()), ("reason", "count")), ""]
+    out += ["## Redacted", _table(sorted(stats["redactions"].items()), ("kind", "count")), ""]
+    out += ["## Cleaning", _table(sorted(stats["cleaning"].items()), ("what", "count")), ""]
+    out += [f"Conversations: {stats['conversations']}", ""]
+    pairs = [(p, c["train"], c["validation"]) for p, c in stats["pairs"].items()]
+    out += ["## Pairs", _table(pairs, ("persona", "train", "validation")), ""]
+    return "\n".join(out)
+
+
+def write_report(directory: Path, stats: dict[str, Any], reply_lengths: list[int]) -> None:
+    """``report.md`` + ``report.png`` in ``directory``."""
+    korean = draw_chart(directory / "report.png", stats, reply_lengths)
+    (directory / "report.md").write_text(render_report(stats, "report.png", korean), encoding="utf-8")

@@ -1,0 +1,414 @@
+"""Turn chat exports into persona instruction pairs.
+
+    python -m pipeline.prepare KakaoTalkChats.txt other_chat.csv --out runs/minsu/data --persona 민수
+    python -m pipeline.prepare KakaoTalkChats.txt --list-speakers
+
+Stages, in order (see run()): parse -> normalise -> drop non-speech -> remove
+personal data -> merge bursts -> split conversations -> split long turns (kss)
+-> persona cards -> build pairs -> de-duplicate -> split train/validation by
+conversation -> write.
+
+Writes into --out: train.jsonl, validation.jsonl, dataset/ (datasets.DatasetDict),
+personas/NAME.yaml (editable; an edited card is kept on re-runs), stats.json,
+report.md + report.png, config.json, and with --export the same pairs as
+train_alpaca.jsonl/validation_alpaca.jsonl or train_messages.jsonl/validation_messages.jsonl.
+Output is built in a temporary folder beside --out and moved into place at the end.
+The exporting user (회원님/You) is called 나 (--self-alias).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from data_prep.conversations import TurnConfig, merge_bursts, reply_counts, split_conversations
+from data_prep.errors import UserError
+from data_prep.filters import drop_non_speech
+from data_prep.normalize import NormalizeConfig, normalize
+from data_prep.pairs import PairConfig, build_pairs, count_by_persona, dedupe, split_by_conversation
+from data_prep.persona_card import build_card, card_path, resolve_card
+from data_prep.pii import PIIConfig, Pseudonymizer, remove_pii, scrub
+from data_prep.records import Conversation, Message, Pair
+from data_prep.sentences import SentenceConfig, split_long_turns
+from pipeline.cli import parser as make_parser, run_cli, setup_logging
+
+log = logging.getLogger("prepare")
+EXPORTS = ("alpaca", "messages")
+UNPARSED_SAMPLES = 5
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """Everything one prepare run needs; written to ``config.json`` next to the output."""
+
+    inputs: tuple[str, ...]
+    out: str = ""
+    personas: tuple[str, ...] = ()  # empty: everyone with >= min_replies replies
+    min_replies: int = 20
+    context_turns: int = 8
+    burst_gap_s: float = 120.0
+    conversation_gap_s: float = 3600.0
+    max_turn_chars: int = 300
+    cap_laughter: int = 4  # 0 = off
+    val_ratio: float = 0.1
+    seed: int = 0
+    keep_pii: bool = False
+    strict: bool = False
+    exports: tuple[str, ...] = ()
+    self_alias: str = "나"
+    kss_backend: str = "mecab"
+    list_speakers: bool = False
+
+    @property
+    def normalize(self) -> NormalizeConfig:
+        return NormalizeConfig(self.cap_laughter, self.self_alias)
+
+    @property
+    def turns(self) -> TurnConfig:
+        return TurnConfig(self.burst_gap_s, self.conversation_gap_s)
+
+    @property
+    def sentences(self) -> SentenceConfig:
+        return SentenceConfig(self.max_turn_chars, self.kss_backend)
+
+    @property
+    def pairs(self) -> PairConfig:
+        return PairConfig(self.context_turns, self.val_ratio, self.seed)
+
+    @property
+    def pii(self) -> PIIConfig:
+        return PIIConfig(enabled=not self.keep_pii)
+
+    def validate(self) -> None:
+        """Raise one UserError listing every problem, each naming the flag or file to fix."""
+        problems = [f"{p}: no such file" for p in self.inputs if not Path(p).is_file()]
+        if not self.inputs:
+            problems.append("FILES: give at least one chat export")
+        if not self.out and not self.list_speakers:
+            problems.append("--out: required (the output folder)")
+        if self.min_replies < 1:
+            problems.append("--min-replies: must be at least 1")
+        problems += [f"--export: unknown shape {e!r} (choose from {', '.join(EXPORTS)})" for e in self.exports if e not in EXPORTS]
+        for cfg in (self.normalize, self.turns, self.sentences, self.pairs, self.pii):
+            problems += cfg.validate()
+        if problems:
+            raise UserError("; ".join(problems))
+
+
+@dataclass
+class Timer:
+    """Seconds per stage, in run order (printed by the bench, logged by the CLI)."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
+        log.debug("%s: %.2fs", stage, self.seconds[stage])
+
+
+@dataclass(frozen=True)
+class Result:
+    stats: dict[str, Any]
+    seconds: dict[str, float]
+
+
+# ---------------------------------------------------------------- the run
+
+def run(cfg: PrepareConfig, timer: Timer | None = None) -> Result:
+    """All stages in order; raises UserError for bad input; writes nothing until everything worked."""
+    cfg.validate()
+    t = timer or Timer()
+    with t("parse"):
+        parsed = parse_all(cfg)
+        messages = [m for pf in parsed for m in pf.messages]
+    with t("normalise"):
+        messages, cleaning = normalize(messages, cfg.normalize)
+    with t("drop_non_speech"):
+        messages, dropped = drop_non_speech(messages)
+    speakers = Counter(m.speaker for m in messages)
+    if cfg.list_speakers:
+        print_speakers(speakers, reply_counts(messages, cfg.conversation_gap_s))
+        return Result({}, t.seconds)
+    personas = choose_personas(cfg, speakers, messages)
+    pseudo = Pseudonymizer([s for s, _ in speakers.most_common()], set(personas), keep={cfg.self_alias})
+    with t("remove_pii"):
+        messages, redactions = remove_pii(messages, pseudo, cfg.pii)
+    with t("merge_bursts"):
+        turns = merge_bursts(messages, cfg.burst_gap_s)
+    with t("split_conversations"):
+        convs = split_conversations(turns, cfg.conversation_gap_s)
+    with t("sentences"):
+        convs, sentence_counts = split_long_turns(convs, cfg.sentences)
+    out = Path(cfg.out)
+    with staging(out) as tmp:
+        with t("persona_cards"):
+            instructions = persona_cards(convs, personas, out / "personas", tmp / "personas")
+        with t("build_pairs"):
+            sources = {pf.path: _label(pf.path, pseudo, cfg) for pf in parsed}
+            pairs = [p for name in personas for p in build_pairs(convs, name, instructions[name], cfg.context_turns, sources)]
+        with t("dedupe"):
+            pairs, duplicates = dedupe(pairs)
+        with t("split"):
+            train, val = split_by_conversation(pairs, cfg.val_ratio, cfg.seed)
+        check_pairs(personas, train + val, speakers)
+        stats = build_stats(cfg, parsed, speakers, pseudo, personas, dropped, redactions, cleaning,
+                            sentence_counts, convs, train, val, duplicates, len(messages))
+        with t("write"):
+            write_outputs(tmp, cfg, train, val, stats)
+    log_summary(stats, t.seconds)
+    return Result(stats, t.seconds)
+
+
+def parse_all(cfg: PrepareConfig) -> list:
+    """read_export on every input (tqdm over files); ParseError is a UserError naming the file."""
+    from tqdm import tqdm
+
+    from data_prep.formats import read_export
+
+    files = tqdm(cfg.inputs, desc="reading", unit="file", disable=len(cfg.inputs) < 2 or None)
+    return [read_export(p, strict=cfg.strict) for p in files]
+
+
+def print_speakers(speakers: Counter, replies: dict[str, int]) -> None:
+    print(f"{'messages':>9} {'replies':>8}  speaker")
+    for name, n in speakers.most_common():
+        print(f"{n:>9} {replies.get(name, 0):>8}  {name}")
+
+
+def _speaker_list(speakers: Counter) -> str:
+    return ", ".join(f"{s} ({n})" for s, n in speakers.most_common(30)) or "none"
+
+
+def choose_personas(cfg: PrepareConfig, speakers: Counter, messages: list[Message]) -> tuple[str, ...]:
+    """--persona names (each must exist), else every speaker with at least --min-replies replies."""
+    if cfg.personas:
+        missing = [p for p in cfg.personas if p not in speakers]
+        if missing:
+            raise UserError(f"--persona: unknown {', '.join(missing)}; speakers: {_speaker_list(speakers)}")
+        return tuple(dict.fromkeys(cfg.personas))
+    replies = reply_counts(messages, cfg.conversation_gap_s)
+    chosen = tuple(s for s, _ in speakers.most_common() if replies.get(s, 0) >= cfg.min_replies)
+    if not chosen:
+        raise UserError(f"--min-replies {cfg.min_replies}: no speaker has that many replies; "
+                        f"pick one with --persona; speakers: {_speaker_list(speakers)}")
+    return chosen
+
+
+def persona_cards(convs: list[Conversation], personas: Sequence[str], previous: Path, target: Path) -> dict[str, str]:
+    """Card per persona (the user's edited card when there is one); returns persona -> instruction."""
+    texts: dict[str, list[str]] = {p: [] for p in personas}
+    for conv in convs:
+        for turn in conv.turns:
+            if turn.speaker in texts:
+                texts[turn.speaker].append(turn.text)
+    instructions = {}
+    for name in personas:
+        card, kept = resolve_card(card_path(previous, name), card_path(target, name), build_card(name, texts[name]))
+        if kept:
+            log.info("persona %s: using your edited card %s", name, card_path(previous, name))
+        instructions[name] = card.instruction
+    return instructions
+
+
+def check_pairs(personas: Sequence[str], pairs: list[Pair], speakers: Counter) -> None:
+    """Zero pairs for a persona is an error naming it and the speakers that exist."""
+    have = Counter(p.persona for p in pairs)
+    empty = [p for p in personas if not have[p]]
+    if empty:
+        raise UserError(f"no pairs for persona {', '.join(empty)} (they never answer anyone); "
+                        f"speakers: {_speaker_list(speakers)}")
+
+
+def _label(path: str, pseudo: Pseudonymizer, cfg: PrepareConfig) -> str:
+    name = Path(path).name
+    return name if cfg.keep_pii else scrub(name, pseudo, Counter())
+
+
+# ---------------------------------------------------------------- stats and writing
+
+def build_stats(cfg, parsed, speakers, pseudo, personas, dropped, redactions, cleaning,
+                sentence_counts, convs, train, val, duplicates, kept_messages) -> dict[str, Any]:
+    """stats.json content: every input line and message accounted for; no raw names or numbers."""
+    files = [_file_stats(pf, pseudo, cfg) for pf in parsed]
+    total = sum(f["messages"] for f in files)
+    assert total == sum(dropped.values()) + kept_messages, "a message went missing between stages"
+    return {
+        "files": files,
+        "speakers": {pseudo.speaker(s) if not cfg.keep_pii else s: n for s, n in speakers.most_common()},
+        "personas": list(personas),
+        "messages": {"parsed": total, "dropped": sum(dropped.values()), "kept": kept_messages},
+        "dropped": dict(dropped),
+        "redactions": dict(redactions),
+        "cleaning": dict(cleaning),
+        "sentences": dict(sentence_counts),
+        "conversations": len(convs),
+        "turns": sum(len(c.turns) for c in convs),
+        "duplicates_removed": duplicates,
+        "pairs": count_by_persona(train, val),
+    }
+
+
+def _file_stats(pf, pseudo: Pseudonymizer, cfg: PrepareConfig) -> dict[str, Any]:
+    clean = (lambda s: s) if cfg.keep_pii else (lambda s: scrub(s, pseudo, Counter()))
+    samples = [{"line": n, "text": clean(raw)[:200]} for n, raw in pf.unparsed[:UNPARSED_SAMPLES]]
+    assert sum(pf.line_kinds.values()) == pf.lines, f"{pf.path}: line kinds do not add up"
+    return {
+        "path": clean(str(pf.path)), "format": pf.format, "encoding": pf.encoding, "lines": pf.lines,
+        "messages": len(pf.messages), "unparsed_lines": len(pf.unparsed), "line_kinds": dict(pf.line_kinds),
+        "unparsed_samples": samples,
+    }
+
+
+def _write_jsonl(path: Path, rows: Iterator[dict] | list[dict]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def alpaca(p: Pair) -> dict[str, str]:
+    return {"instruction": p.instruction, "input": "\n".join(f"{t.speaker}: {t.text}" for t in p.context),
+            "output": p.response}
+
+
+def chat_messages(p: Pair) -> dict[str, Any]:
+    from pipeline.chat_format import to_messages
+
+    return {"messages": to_messages(p.instruction, p.context, p.persona, p.response)}
+
+
+def write_outputs(tmp: Path, cfg: PrepareConfig, train: list[Pair], val: list[Pair], stats: dict) -> None:
+    from data_prep.report import write_report, write_stats
+
+    for split, pairs in (("train", train), ("validation", val)):
+        with open(tmp / f"{split}.jsonl", "w", encoding="utf-8") as f:
+            f.writelines(p.dumps() + "\n" for p in pairs)
+        if "alpaca" in cfg.exports:
+            _write_jsonl(tmp / f"{split}_alpaca.jsonl", [alpaca(p) for p in pairs])
+        if "messages" in cfg.exports:
+            _write_jsonl(tmp / f"{split}_messages.jsonl", [chat_messages(p) for p in pairs])
+    write_dataset(tmp / "dataset", train, val)
+    write_stats(tmp / "stats.json", stats)
+    personas = set(stats["personas"])
+    write_report(tmp, stats, [len(p.response) for p in train + val if p.persona in personas])
+    config = {**asdict(cfg), "inputs": [str(Path(p).resolve()) for p in cfg.inputs]}
+    (tmp / "config.json").write_text(json.dumps(config, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+
+
+def write_dataset(path: Path, train: list[Pair], val: list[Pair]) -> None:
+    """The same pairs as a ``datasets.DatasetDict`` (imported only here: it is slow to import)."""
+    from datasets import Dataset, DatasetDict, Features, List, Value
+
+    features = Features({
+        "persona": Value("string"), "instruction": Value("string"),
+        "context": List({"speaker": Value("string"), "text": Value("string")}),
+        "response": Value("string"), "conversation_id": Value("string"), "source": Value("string"),
+    })
+
+    def columns(pairs: list[Pair]) -> dict[str, list]:
+        rows = [p.to_json() for p in pairs]
+        return {k: [r[k] for r in rows] for k in features}
+
+    dd = DatasetDict({s: Dataset.from_dict(columns(p), features=features) for s, p in (("train", train), ("validation", val))})
+    dd.save_to_disk(str(path))
+
+
+@contextmanager
+def staging(out: Path) -> Iterator[Path]:
+    """A temp folder beside ``out``, moved into place only when the block succeeds.
+
+    On any error the temp folder (and any parent folder this run created) is removed.
+    """
+    created = _first_missing_ancestor(out.parent)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        if out.exists():
+            out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+
+
+def _first_missing_ancestor(path: Path) -> Path | None:
+    missing = None
+    for p in [path, *path.parents]:
+        if p.exists():
+            break
+        missing = p
+    return missing
+
+
+def log_summary(stats: dict, seconds: dict[str, float]) -> None:
+    pairs = ", ".join(f"{p}: {c['train']}+{c['validation']}" for p, c in stats["pairs"].items())
+    log.info("%d messages, %d dropped, %d conversations; pairs (train+validation) %s",
+             stats["messages"]["parsed"], stats["messages"]["dropped"], stats["conversations"], pairs)
+    for f in stats["files"]:
+        if f["unparsed_lines"]:
+            log.warning("%s: %d lines not parsed, e.g. %s", f["path"], f["unparsed_lines"],
+                        "; ".join(f"line {s['line']}: {s['text'][:80]!r}" for s in f["unparsed_samples"][:3]))
+    log.info("time: %s", ", ".join(f"{k} {v:.2f}s" for k, v in seconds.items()))
+
+
+# ---------------------------------------------------------------- CLI
+
+def build_parser():
+    p = make_parser("python -m pipeline.prepare", __doc__)
+    p.add_argument("inputs", nargs="+", metavar="FILES", help="chat exports (KakaoTalk PC/Android/iOS txt, macOS csv)")
+    p.add_argument("--out", default="", help="output folder (created; replaced atomically at the end)")
+    p.add_argument("--persona", action="append", default=[], help="speaker to imitate; repeat for several (default: everyone with --min-replies replies)")
+    p.add_argument("--list-speakers", action="store_true", help="print speakers with message and reply counts, then exit")
+    p.add_argument("--min-replies", type=int, default=20, help="without --persona, a speaker needs this many replies to become a persona (default 20)")
+    p.add_argument("--context-turns", type=int, default=8, help="previous turns given as context per pair (default 8)")
+    p.add_argument("--burst-gap", type=float, default=120.0, help="seconds: one speaker's messages closer than this merge into one turn (default 120)")
+    p.add_argument("--conversation-gap", type=float, default=3600.0, help="seconds of silence that start a new conversation (default 3600)")
+    p.add_argument("--max-turn-chars", type=int, default=300, help="longer turns are split at sentence boundaries with kss (default 300)")
+    p.add_argument("--cap-laughter", type=int, default=4, help="cap runs of one repeated character (ㅋㅋㅋㅋㅋㅋ) to this many; 0 = off (default 4)")
+    p.add_argument("--val-ratio", type=float, default=0.1, help="share of conversations held out for validation (default 0.1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the train/validation split (default 0)")
+    p.add_argument("--keep-pii", action="store_true", help="keep phone numbers, e-mails, account numbers and names (default: replace them)")
+    p.add_argument("--strict", action="store_true", help="any line that cannot be parsed is an error")
+    p.add_argument("--export", action="append", default=[], choices=EXPORTS, help="also write the pairs as alpaca (instruction/input/output) or chat messages; repeatable")
+    p.add_argument("--self-alias", default="나", help="name for the exporting user (회원님/You/you), usable with --persona (default 나)")
+    p.add_argument("--kss-backend", default="mecab", choices=("mecab", "pecab"), help="kss sentence backend for long turns (default mecab)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log the time of every stage")
+    return p
+
+
+def config_from_args(a) -> PrepareConfig:
+    return PrepareConfig(
+        inputs=tuple(a.inputs), out=a.out, personas=tuple(a.persona), min_replies=a.min_replies,
+        context_turns=a.context_turns, burst_gap_s=a.burst_gap, conversation_gap_s=a.conversation_gap,
+        max_turn_chars=a.max_turn_chars, cap_laughter=a.cap_laughter, val_ratio=a.val_ratio, seed=a.seed,
+        keep_pii=a.keep_pii, strict=a.strict, exports=tuple(dict.fromkeys(a.export)), self_alias=a.self_alias,
+        kss_backend=a.kss_backend, list_speakers=a.list_speakers,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    run(config_from_args(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

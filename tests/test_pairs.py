@@ -1,0 +1,38 @@
+"""Pairs: context window, at least one context turn, dedupe, split by conversation."""
+from datetime import datetime
+
+from data_prep.pairs import PairConfig, build_pairs, count_by_persona, dedupe, split_by_conversation
+from data_prep.records import Conversation, Message
+
+T = datetime(2024, 1, 1, 9, 0)
+
+
+def conv(cid, *turns):
+    return Conversation(cid, tuple(Message(T, s, t, "a.txt") for s, t in turns))
+
+
+def test_pairs_need_context_and_keep_the_window():
+    c = conv("c1", ("민수", "안녕"), ("영희", "응"), ("철수", "뭐해"), ("민수", "밥"), ("영희", "ㅋㅋ"), ("민수", "가자"))
+    pairs = build_pairs([c], "민수", "너는 민수야.", context_turns=2, sources={"a.txt": "chat.txt"})
+    assert [p.response for p in pairs] == ["밥", "가자"]  # the opening turn has no context
+    assert [(t.speaker, t.text) for t in pairs[1].context] == [("민수", "밥"), ("영희", "ㅋㅋ")]
+    assert pairs[0].source == "chat.txt" and pairs[0].conversation_id == "c1"
+    assert '"persona": "민수"' in pairs[0].dumps()
+
+
+def test_dedupe_keeps_first():
+    c = [conv(f"c{i}", ("영희", "안녕"), ("민수", "응")) for i in range(3)]
+    pairs, removed = dedupe(build_pairs(c, "민수", "i", 8))
+    assert removed == 2 and [p.conversation_id for p in pairs] == ["c0"]
+
+
+def test_split_by_conversation_is_seeded_and_disjoint():
+    convs = [conv(f"c{i}", ("영희", f"q{i}"), ("민수", "a"), ("영희", "b"), ("민수", f"r{i}")) for i in range(20)]
+    pairs = build_pairs(convs, "민수", "i", 8)
+    train, val = split_by_conversation(pairs, 0.2, seed=0)
+    assert {p.conversation_id for p in train}.isdisjoint({p.conversation_id for p in val})
+    assert len({p.conversation_id for p in val}) == 4 and len(train) + len(val) == len(pairs)
+    assert split_by_conversation(pairs, 0.2, seed=0) == (train, val)
+    assert split_by_conversation(pairs, 0.2, seed=1) != (train, val)
+    assert count_by_persona(train, val) == {"민수": {"train": 32, "validation": 8}}
+    assert PairConfig(context_turns=0).validate()

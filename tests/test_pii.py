@@ -1,0 +1,42 @@
+"""PII stage: typed placeholders, pseudonyms in speaker field and text (given name, josa)."""
+from collections import Counter
+from datetime import datetime
+
+from data_prep.pii import PIIConfig, Pseudonymizer, redact_text, remove_pii, scrub
+from data_prep.records import Message
+
+T = datetime(2024, 1, 1, 9, 0)
+
+
+def test_numbers_and_addresses():
+    c = Counter()
+    text = ("폰 010-1234-5678, +82 10 9876 5432, 집 02-345-6789, 메일 kim.y@naver.com, "
+            "주민 900101-1234567, 카드 1234-5678-9012-3456, 계좌 110-123-456789, https://x.kr/a?b=1 www.daum.net")
+    out = redact_text(text, c)
+    assert out == ("폰 <전화번호>, <전화번호>, 집 <전화번호>, 메일 <이메일>, 주민 <주민번호>, "
+                   "카드 <카드번호>, 계좌 <계좌번호>, <URL> <URL>")
+    assert c == {"phone": 3, "email": 1, "rrn": 1, "card": 1, "account": 1, "url": 2}
+
+
+def test_ordinary_numbers_kept():
+    c = Counter()
+    for text in ("2020-06-28에 봐", "3시 15분", "1000000원", "버스 7016번"):
+        assert redact_text(text, c) == text
+    assert not c
+
+
+def test_pseudonyms_in_speaker_and_text():
+    pseudo = Pseudonymizer(["김영희", "민수", "Alice"], personas={"민수"})
+    msgs = [Message(T, "김영희", "민수야 뭐해"), Message(T, "민수", "영희야 김영희가 그랬어? alice도"),
+            Message(T, "Alice", "Aliceful 010-1111-2222")]
+    out, c = remove_pii(msgs, pseudo, PIIConfig())
+    assert [(x.speaker, x.text) for x in out] == [
+        ("친구1", "민수야 뭐해"), ("민수", "친구1야 친구1가 그랬어? 친구2도"), ("친구2", "Aliceful <전화번호>")]
+    assert c == {"name": 3, "phone": 1}
+
+
+def test_keep_pii_and_scrub():
+    pseudo = Pseudonymizer(["김영희"], personas=set())
+    msgs = [Message(T, "김영희", "010-1234-5678")]
+    assert remove_pii(msgs, pseudo, PIIConfig(enabled=False))[0] == msgs
+    assert scrub("line 영희: 010-1234-5678", pseudo, Counter()) == "line 친구1: <전화번호>"
