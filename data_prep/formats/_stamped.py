@@ -1,0 +1,156 @@
+"""Exports whose every record starts with a full date+time (Android and iOS).
+
+A record is ``<timestamp>, <name> : <text>`` (a message) or ``<timestamp>: <text>``
+(a system line: invites, leaves, kicks). Only the timestamp syntax differs
+between platforms and UI languages, so each is a :class:`Variant` and one
+classifier tries them. Timestamps are cached by their exact text: a chat has far
+fewer distinct minutes than lines, so almost no line builds a datetime.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+
+from data_prep.formats._common import (
+    BAD, DATE, MESSAGE, MONTH_FULL, MONTH_RE, MONTHS, SYSTEM, WEEKDAYS_EN, WEEKDAYS_KO, hour24,
+)
+
+_AMPM = r"AM|PM|am|pm"
+# Newer iOS builds put a narrow no-break space before AM/PM.
+_SP = "[ \u202f]"
+# After the timestamp: ", name : text" (name lazy: bodies may contain " : ") or ": system text".
+_REST = r"(?:, (?P<name>.+?) :(?: |$)(?P<text>.*)|: (?P<sys>.*))$"
+_WD_EN = "|".join(WEEKDAYS_EN)
+_WD_KO = "|".join(WEEKDAYS_KO)
+_DIGITS = frozenset("0123456789")
+_LETTERS = frozenset(m[0] for m in MONTHS) | frozenset(w[0] for w in WEEKDAYS_EN)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One timestamp syntax: the record regex, date-line regexes, and the chars a record can start with."""
+
+    name: str
+    record: re.Pattern  # groups: ts, y, mo|mon, d, ap|ap2, h, mi, name, text, sys
+    dates: tuple[re.Pattern, ...]  # lines that only mark a new day
+    shape: re.Pattern  # a timestamp at line start: not a record -> unparsed, not body text
+    first: frozenset[str]
+
+
+def _variant(name: str, ts: str, dates: tuple[str, ...], first: frozenset[str]) -> Variant:
+    ts_re = f"(?P<ts>{ts})"
+    return Variant(name, re.compile(f"^{ts_re}{_REST}"), tuple(re.compile(f"^{d}$") for d in dates),
+                   re.compile(f"^{ts_re}[,:]"), first)
+
+
+_TIME12_KO = r"(?:(?P<ap>오전|오후) )?(?P<h>\d{1,2}):(?P<mi>\d{2})"
+_TIME_EN = rf"(?P<h>\d{{1,2}}):(?P<mi>\d{{2}})(?:{_SP}(?P<ap2>{_AMPM}))?"
+_KO_DATE = r"\d{4}년 \d{1,2}월 \d{1,2}일"
+
+ANDROID_KO = _variant(
+    "ko",
+    rf"(?P<y>\d{{4}})년 (?P<mo>\d{{1,2}})월 (?P<d>\d{{1,2}})일 {_TIME12_KO}",
+    (rf"{_KO_DATE}(?: (?:{_WD_KO}))?", rf"{_KO_DATE} (?:(?:오전|오후) )?\d{{1,2}}:\d{{2}}"),
+    _DIGITS,
+)
+IOS_KO = _variant(
+    "ko",
+    rf"(?P<y>\d{{4}})\. (?P<mo>\d{{1,2}})\. (?P<d>\d{{1,2}})\. {_TIME12_KO}",
+    (rf"{_KO_DATE}(?: (?:{_WD_KO}))?", r"\d{4}\. \d{1,2}\. \d{1,2}\.(?: (?:" + _WD_KO + "))?"),
+    _DIGITS,
+)
+# "February 10, 2016, 2:33 AM" (Android) / "Jul 9, 2015, 8:34 PM" or "Jul 9, 2015 at 8:34 PM" (iOS)
+ENGLISH_MDY = _variant(
+    "en",
+    rf"(?P<mon>{MONTH_RE}) (?P<d>\d{{1,2}}), (?P<y>\d{{4}})(?:,| at) {_TIME_EN}",
+    (rf"(?:(?:{_WD_EN}), )?(?:{MONTH_RE}) \d{{1,2}}, \d{{4}}",
+     rf"(?:{MONTH_RE}) \d{{1,2}}, \d{{4}}(?:,| at) \d{{1,2}}:\d{{2}}(?:{_SP}(?:{_AMPM}))?"),
+    _LETTERS,
+)
+# "10 February 2016, 14:33" (day-month-year locales, 12 or 24 hour)
+ENGLISH_DMY = _variant(
+    "dmy",
+    rf"(?P<d>\d{{1,2}}) (?P<mon>{MONTH_RE}) (?P<y>\d{{4}}),? {_TIME_EN}",
+    (rf"(?:(?:{_WD_EN}),? )?\d{{1,2}} (?:{MONTH_RE}) \d{{4}}",),
+    _DIGITS | _LETTERS,
+)
+
+_MISS = object()
+_DATE_REC = (DATE,)
+_BAD_REC = (BAD,)
+
+
+def _timestamp(m: re.Match) -> datetime:
+    g = m.groupdict()
+    month = int(g["mo"]) if g.get("mo") else MONTHS[g["mon"]]
+    hour = hour24(g.get("ap") or g.get("ap2"), int(g["h"]))
+    return datetime(int(g["y"]), month, int(g["d"]), hour, int(g["mi"]))
+
+
+def make_classifier(variants: tuple[Variant, ...]):
+    """``classify(line)`` for :func:`parse_lines` over the given variants (first match wins)."""
+    cache: dict[str, datetime | None] = {}
+
+    def classify(line: str):
+        c = line[:1]
+        for v in variants:
+            if c not in v.first:
+                continue
+            m = v.record.match(line)
+            if m is None:
+                if any(d.match(line) for d in v.dates):
+                    return _DATE_REC
+                if v.shape.match(line):
+                    return _BAD_REC
+                continue
+            key = m.group("ts")
+            ts = cache.get(key, _MISS)
+            if ts is _MISS:
+                try:
+                    ts = _timestamp(m)
+                except ValueError:  # 오후 13:00, 2월 30일 ... looks like a record, is not one
+                    ts = None
+                cache[key] = ts
+            if ts is None:
+                return _BAD_REC
+            name = m.group("name")
+            if name is not None:
+                return (MESSAGE, ts, name, m.group("text"))
+            return (SYSTEM, ts, m.group("sys"))
+        return None
+
+    return classify
+
+
+def detect_any(head: list[str], variants: tuple[Variant, ...]) -> bool:
+    """True when a head line is a message or system record of one of ``variants``."""
+    return any(v.record.match(line) for line in head for v in variants)
+
+
+def english_months(head: list[str]) -> str | None:
+    """"full" (Android: February) or "abbr" (iOS: Feb, or "... at 8:34 PM") for English heads."""
+    for line in head:
+        m = ENGLISH_MDY.record.match(line)
+        if m and (" at " in m.group("ts") or m.group("mon") not in MONTH_FULL):
+            return "abbr"
+        if m and m.group("mon") != "May":
+            return "full"
+    return "full" if any(ENGLISH_MDY.record.match(line) for line in head) else None
+
+
+def write_stamped(messages, stamp, day_line, header: list[str]) -> str:
+    """Render messages as a timestamped export; ``stamp(ts)``/``day_line(date)`` give the locale."""
+    out = list(header)
+    day = None
+    for m in messages:
+        if m.ts is None:
+            raise ValueError(f"{m.source}:{m.line}: this export format needs a timestamp")
+        if m.ts.date() != day:
+            day = m.ts.date()
+            out.append(day_line(day))
+        if m.speaker:
+            out.append(f"{stamp(m.ts)}, {m.speaker} : {m.text}")
+        else:
+            out.append(f"{stamp(m.ts)}: {m.text}")
+    return "\n".join(out) + "\n"
