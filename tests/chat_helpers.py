@@ -1,0 +1,144 @@
+"""Tiny persona adapters for the chat tests: an extended tiny base plus LoRA adapters that differ.
+
+The adapters follow the team's adapter-directory contract (PEFT ``save_pretrained`` with
+``save_embedding_layers=False``, new-token rows via ``trainable_token_indices``, a
+``manifest.json``); their LoRA and new-token weights are random (seeded) instead of
+trained, which is enough to make each persona answer differently and deterministically.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pipeline import chat_format
+
+PERSONAS = {"minji": ("민지", "철수"), "junho": ("준호", "영희")}  # adapter name: (persona, user_speaker)
+
+
+def extend_tiny(base_dir: Path, out_dir: Path) -> Path:
+    """Add the chat special tokens to a tiny base, initialise their rows, save with a manifest."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    tok.add_special_tokens({"additional_special_tokens": list(chat_format.SPECIAL_TOKENS)})
+    if tok.pad_token_id is None or tok.pad_token_id == tok.eos_token_id:
+        tok.add_special_tokens({"pad_token": chat_format.PAD})
+    old = model.get_input_embeddings().weight.shape[0]
+    model.resize_token_embeddings(len(tok), mean_resizing=False)
+    emb = model.get_input_embeddings().weight
+    new_ids = list(range(old, len(tok)))
+    with torch.no_grad():
+        emb[new_ids] = emb[:old].mean(0)
+    tok.chat_template = chat_format.CHAT_TEMPLATE
+    model.save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+    fingerprint = hashlib.sha256(emb.detach().numpy().tobytes()).hexdigest()
+    manifest = {
+        "base": {"spec": str(base_dir), "kind": "hf", "sha256": None}, "fingerprint": fingerprint,
+        "added_tokens": {t: tok.convert_tokens_to_ids(t) for t in chat_format.SPECIAL_TOKENS},
+        "new_token_ids": new_ids, "embedding_rows": len(tok), "tied": True, "seed": 0, "versions": {},
+    }
+    (Path(out_dir) / "manifest.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+    return Path(out_dir)
+
+
+def load_extended(ext_dir: Path):
+    """(model, tokenizer, manifest) like pipeline.extend.load_extended."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    manifest = json.loads((Path(ext_dir) / "manifest.json").read_text(encoding="utf-8"))
+    return AutoModelForCausalLM.from_pretrained(ext_dir), AutoTokenizer.from_pretrained(ext_dir), manifest
+
+
+def make_adapter(ext_dir: Path, out_dir: Path, persona: str, user_speaker: str, seed: int,
+                 base_spec: str | None = None, lora_std: float = 0.3) -> Path:
+    """Save a random-but-seeded LoRA adapter + manifest on the extended base in ``ext_dir``."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    model, tok, ext = load_extended(ext_dir)
+    cfg = LoraConfig(
+        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "o_proj", "c_attn", "c_proj"],
+        trainable_token_indices={"embed_tokens" if _has_embed_tokens(model) else "wte": ext["new_token_ids"]},
+    )
+    peft_model = get_peft_model(model, cfg)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            # new-token rows stay near their init: large random rows would make <|eot|> likely at once
+            std = lora_std if "lora_B" in name else 0.02 if "trainable_tokens_delta" in name else None
+            if std is not None:
+                p.add_(torch.randn(p.shape, generator=gen) * std)
+    out = Path(out_dir)
+    peft_model.save_pretrained(out, save_embedding_layers=False)
+    tok.save_pretrained(out)
+    manifest = {
+        "persona": persona, "method": "lora", "base_model": base_spec,
+        "extended_fingerprint": ext["fingerprint"], "data_hash": f"test-{seed}",
+        "instruction": f"{persona}의 말투로 대화한다.", "user_speaker": user_speaker, "max_length": 256,
+        "config": {"seed": seed}, "metrics": {"steps": 10 + seed, "best_step": 10, "val_loss": 2.5,
+                                              "val_ppl": 12.18, "rehearsal_val_loss": None},
+        "versions": {},
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=1), encoding="utf-8")
+    return out
+
+
+def _has_embed_tokens(model) -> bool:
+    return any(n.endswith("embed_tokens") for n, _ in model.named_modules())
+
+
+def make_chat_fixture(base_dir: Path, root: Path) -> tuple[Path, Path]:
+    """(extended base dir, adapters dir with one adapter per :data:`PERSONAS` entry)."""
+    ext = extend_tiny(base_dir, root / "extended")
+    adapters = root / "adapters"
+    for seed, (name, (persona, user)) in enumerate(PERSONAS.items(), start=1):
+        make_adapter(ext, adapters / name, persona, user, seed, base_spec=str(base_dir))
+    return ext, adapters
+
+
+def add_broken_adapters(adapters: Path, good: Path) -> None:
+    """Adapters the chat must list as unavailable, not crash on."""
+    (adapters / "empty").mkdir()
+    pickled = adapters / "pickled"
+    shutil.copytree(good, pickled)
+    (pickled / "adapter_model.bin").write_bytes(b"not loaded")
+    prompt = adapters / "prompt_tuned"
+    shutil.copytree(good, prompt)
+    m = json.loads((prompt / "manifest.json").read_text(encoding="utf-8"))
+    (prompt / "manifest.json").write_text(json.dumps({**m, "method": "prompt"}), encoding="utf-8")
+    other = adapters / "other_base"
+    shutil.copytree(good, other)
+    (other / "manifest.json").write_text(
+        json.dumps({**m, "extended_fingerprint": "0" * 64, "base_model": "skt/kogpt2-base-v2"}),
+        encoding="utf-8")
+    garbled = adapters / "garbled"
+    shutil.copytree(good, garbled)
+    (garbled / "adapter_model.safetensors").write_bytes(b"\x00" * 100)
+
+
+def load_engine(ext_dir: Path, adapters: Path):
+    """An Engine on the tiny extended base with every adapter in ``adapters``."""
+    from chatbot.adapters import discover
+    from chatbot.engine import Engine
+
+    model, tok, manifest = load_extended(ext_dir)
+    return Engine.from_loaded(model, tok, manifest, discover(adapters))
+
+
+@pytest.fixture(scope="module")
+def chat_dirs(tiny_gemma_dir, tmp_path_factory) -> tuple[Path, Path]:
+    """(extended tiny base, adapters dir holding minji and junho)."""
+    return make_chat_fixture(Path(tiny_gemma_dir), tmp_path_factory.mktemp("chat"))
+
+
+@pytest.fixture(scope="module")
+def engine(chat_dirs):
+    """An Engine with the two tiny personas."""
+    return load_engine(*chat_dirs)
