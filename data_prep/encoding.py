@@ -94,10 +94,12 @@ def _utf16_without_bom(head: bytes) -> str | None:
         return None
     even = head[0 : 2 * pairs : 2].count(0)
     odd = head[1 : 2 * pairs : 2].count(0)
-    # Korean exports are at least ~20% ASCII (timestamps, spaces); binary files have NULs on both sides.
-    if odd >= 0.1 * pairs and even <= 0.01 * pairs:
+    # Exports are at least ~20% ASCII (timestamps, spaces, digits): NULs pile up on one
+    # side. Hangul syllables ending in 00 (대 U+B300) put a few on the other side;
+    # binary files have them on both sides about equally.
+    if odd >= 0.05 * pairs and odd > 3 * even:
         return "utf-16-le"
-    if even >= 0.1 * pairs and odd <= 0.01 * pairs:
+    if even >= 0.05 * pairs and even > 3 * odd:
         return "utf-16-be"
     return None
 

@@ -1,0 +1,214 @@
+"""Chat-export readers: one conversation in every format parses to one expected list.
+
+The golden fixtures under ``fixtures/exports/`` are the same short Korean chat
+(오전 12시 and 오후 12시, a multi-line body with a typed ``-----`` line, `` : `` in
+a body, an emoji in a name, join/leave lines, 삭제된 메시지, 사진, 이모티콘) as
+each KakaoTalk platform/UI/locale writes it, plus generic CSV/JSONL.
+"""
+from __future__ import annotations
+
+import json
+import random
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from data_prep.errors import ParseError
+from data_prep.formats import PARSERS, ParsedFile, parse_text, read_export
+from data_prep.records import Message
+
+FIXTURES = Path(__file__).parent / "fixtures" / "exports"
+FORMAT_OF = {
+    "kakao_windows_ko.txt": "kakao_windows", "kakao_windows_en.txt": "kakao_windows",
+    "kakao_macos.csv": "kakao_macos", "kakao_macos_ko.csv": "kakao_macos",
+    "kakao_android_ko.txt": "kakao_android", "kakao_android_en.txt": "kakao_android",
+    "kakao_android_dmy.txt": "kakao_android",
+    "kakao_ios_ko.txt": "kakao_ios", "kakao_ios_ko_24h.txt": "kakao_ios",
+    "kakao_ios_en.txt": "kakao_ios", "kakao_ios_en_at.txt": "kakao_ios",
+    "generic.jsonl": "generic_jsonl", "generic.csv": "generic_csv",
+}
+# The English UI names the exporting user "You" and prints placeholders and
+# system lines in English; the Korean expected list uses the Korean UI's words.
+ENGLISH_UI = {
+    "You": "회원님", "Photo": "사진", "Emoticon": "이모티콘",
+    "This message has been deleted.": "삭제된 메시지입니다.",
+    "박서준 joined this chatroom.": "박서준님이 들어왔습니다.",
+    "박서준 left this chatroom.": "박서준님이 나갔습니다.",
+}
+# Windows PC join/leave lines print no time (they inherit the previous record's).
+NO_SYSTEM_TIME = {"kakao_windows"}
+
+
+def expected() -> list[dict]:
+    lines = (FIXTURES / "expected.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def as_records(parsed: ParsedFile, speaker_map: dict[str, str] | None = None) -> list[dict]:
+    """Messages in the expected.jsonl shape, English UI words mapped to the Korean ones."""
+    speaker_map = speaker_map or {}
+    out = []
+    for m in parsed.messages:
+        speaker = ENGLISH_UI.get(m.speaker, m.speaker)
+        out.append({
+            "ts": None if (not m.speaker and parsed.format in NO_SYSTEM_TIME) else m.ts.isoformat(),
+            "speaker": speaker_map.get(speaker, speaker),
+            "text": ENGLISH_UI.get(m.text, m.text),
+        })
+    return out
+
+
+def expected_for(parsed: ParsedFile) -> list[dict]:
+    exp = expected()
+    if parsed.format in NO_SYSTEM_TIME:
+        exp = [{**e, "ts": None} if not e["speaker"] else e for e in exp]
+    return exp
+
+
+def assert_accounted(parsed: ParsedFile) -> None:
+    assert sum(parsed.line_kinds.values()) == parsed.lines
+    assert parsed.line_kinds["unparsed"] == len(parsed.unparsed)
+
+
+@pytest.mark.parametrize("name", sorted(FORMAT_OF))
+def test_golden_fixture_parses_to_expected(name: str) -> None:
+    parsed = read_export(FIXTURES / name)
+    assert parsed.format == FORMAT_OF[name]
+    assert parsed.encoding == "utf-8"
+    assert as_records(parsed) == expected_for(parsed)
+    assert_accounted(parsed)
+    assert parsed.unparsed == []
+    assert parsed.line_kinds["message"] == 11 and parsed.line_kinds["system"] == 2
+    # the multi-line body: 4 physical continuation lines (CSV: inside the quotes; JSONL: escaped)
+    assert parsed.line_kinds["continuation"] == (0 if parsed.format == "generic_jsonl" else 4)
+    assert all(m.source == str(FIXTURES / name) and m.line > 0 for m in parsed.messages)
+
+
+def test_fixtures_cover_every_registered_format() -> None:
+    assert set(FORMAT_OF.values()) == set(PARSERS)
+    assert set(FORMAT_OF) == {p.name for p in FIXTURES.iterdir()} - {"expected.jsonl"}
+
+
+def test_message_line_numbers_point_at_the_header_line() -> None:
+    parsed = read_export(FIXTURES / "kakao_windows_ko.txt")
+    raw = (FIXTURES / "kakao_windows_ko.txt").read_text(encoding="utf-8").splitlines()
+    for m in parsed.messages:
+        assert m.text.split("\n")[0] in raw[m.line - 1]
+
+
+def _windows_text() -> str:
+    return (FIXTURES / "kakao_windows_ko.txt").read_text(encoding="utf-8")
+
+
+def test_pasted_exports_count_repeated_header_and_keep_parsing() -> None:
+    text = _windows_text()
+    parsed = parse_text(text + text, "pasted.txt")
+    assert parsed.line_kinds["header"] == 4
+    assert len(parsed.messages) == 26
+    assert parsed.messages[13].text == "다들 자?"  # second export's first message, not a body line
+    assert_accounted(parsed)
+
+
+GARBAGE = """\
+이 파일은 백업입니다
+--------------- 2024년 7월 1일 월요일 ---------------
+[민수] [오후 3:15] 안녕
+[철수] [오후 27:15] 시계가 고장난 줄
+[철수] [어제 3:15] 이것도
+[민수] [오후 3:16] 잘 가
+"""
+
+
+def test_garbage_lines_are_counted_and_listed() -> None:
+    parsed = parse_text(GARBAGE, "garbage.txt")
+    assert [m.text for m in parsed.messages] == ["안녕", "잘 가"]
+    assert parsed.unparsed == [(1, "이 파일은 백업입니다"), (4, "[철수] [오후 27:15] 시계가 고장난 줄"),
+                               (5, "[철수] [어제 3:15] 이것도")]
+    assert_accounted(parsed)
+
+
+def test_strict_rejects_the_first_unparsed_line() -> None:
+    with pytest.raises(ParseError) as e:
+        parse_text(GARBAGE, "garbage.txt", strict=True)
+    assert e.value.line == 1 and "unparsed" in e.value.reason
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("", "empty"),
+    ("\n  \n", "empty"),
+    ("오늘은 날씨가 좋았다.\n산책을 했고 커피를 마셨다.\n저녁에는 책을 읽었다.\n", "not a chat export"),
+    ("--------------- 2024년 7월 1일 월요일 ---------------\n박서준님이 들어왔습니다.\n", "no chat message"),
+])
+def test_text_that_is_not_an_export_is_rejected(text: str, reason: str) -> None:
+    with pytest.raises(ParseError) as e:
+        parse_text(text, "x.txt")
+    assert reason in e.value.reason and e.value.file == "x.txt"
+
+
+@pytest.mark.parametrize("fmt, line, speaker, body", [
+    ("kakao_windows", "[[공지] 김 민수, 팀장] [오후 3:15] 안녕 : 반가워", "[공지] 김 민수, 팀장", "안녕 : 반가워"),
+    ("kakao_windows", "[민수] [15:15] 24시간제 PC", "민수", "24시간제 PC"),
+    ("kakao_android", "2024년 7월 1일 오후 3:15, 김 민수, 팀장 : 안녕 : 반가워", "김 민수, 팀장", "안녕 : 반가워"),
+    ("kakao_android", "2024년 7월 1일 오후 3:15, 민수 : 사진 3장", "민수", "사진 3장"),
+    ("kakao_android", "2024년 7월 1일 오후 3:15, 민수 : 파일: 보고서.pdf", "민수", "파일: 보고서.pdf"),
+    ("kakao_ios", "2024. 7. 1. 오후 3:15, 민수 : 샵검색: 날씨", "민수", "샵검색: 날씨"),
+    ("kakao_ios", "2024. 7. 1. 오후 3:15, 회원님 : 보이스톡 해요", "회원님", "보이스톡 해요"),
+    ("kakao_android", "July 1, 2024, 3:15 PM, you : 음성메시지", "you", "음성메시지"),
+    ("kakao_android", "1 July 2024, 3:15 pm, Min Su : hi", "Min Su", "hi"),
+])
+def test_names_and_placeholders_stay_raw(fmt: str, line: str, speaker: str, body: str) -> None:
+    header = "--------------- 2024년 7월 1일 월요일 ---------------\n" if fmt == "kakao_windows" else ""
+    parsed = parse_text(header + line + "\n", "x.txt")
+    assert parsed.format == fmt
+    (m,) = parsed.messages
+    assert (m.speaker, m.text, m.ts) == (speaker, body, datetime(2024, 7, 1, 15, 15))
+
+
+def test_blank_lines_inside_a_body_are_kept_trailing_ones_are_not() -> None:
+    text = "2024년 7월 1일 오후 3:15, 민수 : 첫 줄\n\n셋째 줄\n\n\n2024년 7월 1일 오후 3:16, 철수 : ㅇㅇ\n"
+    parsed = parse_text(text, "x.txt")
+    assert [m.text for m in parsed.messages] == ["첫 줄\n\n셋째 줄", "ㅇㅇ"]
+    assert parsed.line_kinds["continuation"] == 2 and parsed.line_kinds["blank"] == 2
+
+
+# --- round trips: write(messages) then parse gives the same messages -------------------------
+
+WRITERS = [
+    ("kakao_windows", {"lang": "ko"}), ("kakao_windows", {"lang": "en", "crlf": True}),
+    ("kakao_android", {"locale": "ko"}), ("kakao_android", {"locale": "ko", "clock": 24}),
+    ("kakao_android", {"locale": "en"}), ("kakao_android", {"locale": "dmy"}),
+    ("kakao_android", {"locale": "dmy", "clock": 12}),
+    ("kakao_ios", {"locale": "ko"}), ("kakao_ios", {"locale": "ko", "clock": 24}),
+    ("kakao_ios", {"locale": "en"}), ("kakao_ios", {"locale": "en", "at": True}),
+    ("kakao_macos", {}), ("kakao_macos", {"korean_header": True}),
+    ("generic_jsonl", {}), ("generic_csv", {}),
+]
+NAMES = ["민수", "회원님", "You", "지은🌸", "Kim Min-su", "[공지] 봇, 알림"]
+TEXTS = ["ㅋㅋㅋ", "hello there", "여러 줄\n메시지\n-----\n끝", "a : b : c", "사진", "\"따옴표\", 쉼표",
+         "[민수] [오후 3:15] 처럼 생긴 본문", "2024년 7월 1일 처럼 시작", "빈 줄\n\n사이"]
+
+
+def generated_messages(seed: int, n: int = 60) -> list[Message]:
+    """Messages over several days hitting 오전/오후 12시, 11:59 PM and multi-line bodies."""
+    rng = random.Random(seed)
+    ts = datetime(2023, 12, 31, 23, 59)
+    out = []
+    for i in range(n):
+        ts += timedelta(minutes=rng.choice([0, 1, 7, 61, 12 * 60, 24 * 60 - 1]))
+        out.append(Message(ts, rng.choice(NAMES), rng.choice(TEXTS)))
+    out.insert(5, Message(out[4].ts, "", "박서준님이 나갔습니다."))
+    return out
+
+
+@pytest.mark.parametrize("fmt, opts", WRITERS, ids=[f"{f}-{'-'.join(map(str, o.values()))}" for f, o in WRITERS])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_write_then_parse_round_trips(fmt: str, opts: dict, seed: int) -> None:
+    messages = generated_messages(seed)
+    text = PARSERS[fmt].write(messages, **opts)
+    parsed = parse_text(text, "roundtrip")
+    assert parsed.format == fmt
+    assert parsed.unparsed == []
+    assert_accounted(parsed)
+    got = [(m.ts, m.speaker, m.text) for m in parsed.messages]
+    assert got == [(m.ts, m.speaker, m.text) for m in messages]
