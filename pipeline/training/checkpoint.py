@@ -1,0 +1,149 @@
+"""Training checkpoints: ``OUT/checkpoints/step-N``, written atomically, refused on a mismatch.
+
+A checkpoint holds the trainable weights (and the best ones so far), the
+optimizer and scheduler, the RNG states, the loop position and a fingerprint of
+what produced it (extended base, data hash, training config without fields that
+may change on resume). Files are written into a temporary directory that is then
+renamed, so an interrupted write never leaves a half checkpoint behind.
+Nothing is pickled: weights in safetensors, optimizer via ``torch.load(weights_only=True)``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from data_prep.errors import UserError
+
+CHECKPOINTS = "checkpoints"
+_PREFIX = "step-"
+
+
+@dataclass
+class LoopState:
+    """Where the loop is; everything here is saved with a checkpoint and restored on resume."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0  # index into the epoch's batch plan of the next batch to use
+    best_val: float | None = None
+    best_step: int = 0
+    bad_evals: int = 0  # evaluations since the last improvement (early stopping)
+    tokens: int = 0  # non-padding tokens consumed
+    last_eval: dict = field(default_factory=dict)
+
+
+def trainable_state(model) -> dict:
+    """Detached copies of the parameters that require grad, by name."""
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable_state(model, state: dict) -> None:
+    """Copy saved trainable parameters back in place; names must match exactly."""
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    missing, unexpected = set(params) - set(state), set(state) - set(params)
+    if missing or unexpected:
+        raise UserError(f"checkpoint does not match the model (missing {sorted(missing)[:3]}, "
+                        f"unexpected {sorted(unexpected)[:3]})")
+    import torch
+
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(state[n].to(p.device, p.dtype))
+
+
+def _rng_state() -> tuple[dict, dict]:
+    import torch
+
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        tensors["cuda"] = torch.cuda.get_rng_state()
+    version, internal, gauss = random.getstate()
+    return tensors, {"version": version, "internal": list(internal), "gauss": gauss}
+
+
+def _set_rng_state(tensors: dict, py: dict) -> None:
+    import torch
+
+    torch.set_rng_state(tensors["torch"])
+    if "cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["cuda"])
+    random.setstate((py["version"], tuple(py["internal"]), py["gauss"]))
+
+
+def save_checkpoint(out: Path, model, optimizer, scheduler, state: LoopState, best: dict | None,
+                    fingerprint: str, keep: int) -> Path:
+    """Write ``out/checkpoints/step-N`` atomically and prune all but the newest ``keep``."""
+    import torch
+    from safetensors.torch import save_file
+
+    root = out / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"{_PREFIX}{state.step}"
+    tmp = root / f".tmp-{_PREFIX}{state.step}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file({k: v.contiguous() for k, v in trainable_state(model).items()}, tmp / "trainable.safetensors")
+    if best is not None:
+        save_file({k: v.contiguous() for k, v in best.items()}, tmp / "best.safetensors")
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    rng_tensors, rng_py = _rng_state()
+    save_file(rng_tensors, tmp / "rng.safetensors")
+    meta = {"fingerprint": fingerprint, "loop": asdict(state), "scheduler": scheduler.state_dict(),
+            "python_rng": rng_py}
+    (tmp / "state.json").write_text(json.dumps(meta), encoding="utf-8")
+    if final.exists():  # e.g. Ctrl-C right after a periodic save of the same step
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in list_checkpoints(out)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(out: Path) -> list[Path]:
+    """Complete checkpoints under ``out/checkpoints``, oldest first."""
+    root = Path(out) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.name.startswith(_PREFIX) and (p / "state.json").is_file()]
+    return sorted(found, key=lambda p: int(p.name[len(_PREFIX):]))
+
+
+def find_checkpoint(out: Path, resume: str) -> Path:
+    """``resume`` is ``latest`` (newest under ``out``) or a checkpoint directory."""
+    if resume == "latest":
+        found = list_checkpoints(out)
+        if not found:
+            raise UserError(f"--resume: no checkpoint under {Path(out) / CHECKPOINTS}")
+        return found[-1]
+    path = Path(resume)
+    if not (path / "state.json").is_file():
+        raise UserError(f"--resume {resume}: not a checkpoint directory (no state.json)")
+    return path
+
+
+def read_meta(ckpt: Path, fingerprint: str) -> dict:
+    """The checkpoint's metadata; refuses one written for another base, data set or config."""
+    meta = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
+    if meta.get("fingerprint") != fingerprint:
+        raise UserError(
+            f"--resume {ckpt}: the checkpoint was written for a different extended base, data or "
+            "training config; start a fresh run (another --out) or use the same flags")
+    return meta
+
+
+def restore(ckpt: Path, meta: dict, model, optimizer, scheduler) -> tuple[LoopState, dict | None]:
+    """Load weights, optimizer, scheduler and RNG from ``ckpt``; returns the loop state and best weights."""
+    import torch
+    from safetensors.torch import load_file
+
+    load_trainable_state(model, load_file(ckpt / "trainable.safetensors"))
+    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True, map_location="cpu"))
+    scheduler.load_state_dict(meta["scheduler"])
+    _set_rng_state(load_file(ckpt / "rng.safetensors"), meta["python_rng"])
+    best_file = ckpt / "best.safetensors"
+    best = load_file(best_file) if best_file.is_file() else None
+    return LoopState(**meta["loop"]), best

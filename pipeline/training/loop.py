@@ -1,0 +1,289 @@
+"""The training loop: AdamW, warmup + cosine/linear decay, accumulation, clipping, eval, checkpoints.
+
+One loop for one process and for DDP (``accelerate launch -m pipeline.train``):
+every rank plans the same length-bucketed batches from ``(seed, epoch)`` and
+takes its own slice of each optimizer step; the loss of a step is the sum over
+supervised tokens divided by the step's supervised tokens *across all ranks*
+(known from the labels before the forward), so each token weighs the same
+whatever the padding, the accumulation or the number of processes. The RNG is
+re-seeded from ``(seed, step, rank)`` at every step, so a resumed run draws the
+same dropout masks as an uninterrupted one. Only rank 0 writes files.
+
+Ctrl-C sets a flag; the loop finishes the current step, writes a checkpoint and
+raises :class:`KeyboardInterrupt` (the CLI exits 130 with a resume hint).
+"""
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pipeline.chat_format import Rendered
+from pipeline.training import checkpoint as ckpt_io
+from pipeline.training.checkpoint import LoopState
+from pipeline.training.data import collate, plan_batches
+
+if TYPE_CHECKING:
+    from pipeline.train import TrainConfig
+
+
+@dataclass(frozen=True)
+class LoopData:
+    """Rendered examples for the loop; ``rehearsal_val`` may be empty."""
+
+    train: list[Rendered]
+    val: list[Rendered]
+    rehearsal_val: list[Rendered]
+    pad: int
+
+
+@dataclass(frozen=True)
+class LoopResult:
+    state: LoopState
+    best: dict | None  # trainable weights at the best validation loss (None if never evaluated)
+    total_steps: int
+    steps_per_s: float
+    tokens_per_s: float
+
+
+class MetricsLog:
+    """``metrics.jsonl``: one JSON record per log line or evaluation (rank 0 only)."""
+
+    def __init__(self, path: Path, enabled: bool, resume_step: int | None):
+        self.path, self.enabled = path, enabled
+        self.records: list[dict] = []
+        if enabled and resume_step is not None and path.is_file():
+            # a crash may have logged past the checkpoint: drop what the resumed run will redo
+            lines = path.read_text(encoding="utf-8").splitlines()
+            self.records = [r for r in map(json.loads, filter(None, lines)) if r["step"] <= resume_step]
+        if enabled:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("".join(json.dumps(r) + "\n" for r in self.records), encoding="utf-8")
+
+    def write(self, record: dict) -> None:
+        if self.enabled:
+            self.records.append(record)
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+class StopFlag:
+    """Installs a SIGINT handler that asks the loop to stop at the next step boundary."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        def handler(signum, frame):
+            if self.requested:  # a second Ctrl-C: stop now
+                raise KeyboardInterrupt
+            self.requested = True
+
+        try:
+            self._previous = signal.signal(signal.SIGINT, handler)
+        except ValueError:  # not the main thread (e.g. called from a UI): no handler
+            self._previous = None
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def lr_lambda(warmup: int, total: int, kind: str):
+    """Linear warmup, then cosine or linear decay to 10% of the peak."""
+
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        decay = 0.5 * (1 + math.cos(math.pi * progress)) if kind == "cosine" else 1 - progress
+        return 0.1 + 0.9 * decay
+
+    return f
+
+
+def steps_per_epoch(n_batches: int, world: int, grad_accum: int) -> int:
+    """Optimizer steps an epoch gives; an epoch's last partial step is skipped (reshuffled next epoch)."""
+    return n_batches // (world * grad_accum)
+
+
+def _seed_step(seed: int, step: int, rank: int) -> None:
+    import torch
+
+    torch.manual_seed(seed * 1_000_003 + step * 101 + rank)
+
+
+def _reduce_sum(acc, value: float):
+    import torch
+
+    t = torch.tensor([value], dtype=torch.float64, device=acc.device)
+    return float(acc.reduce(t, reduction="sum").item()) if acc.num_processes > 1 else value
+
+
+@dataclass
+class _Ctx:
+    """What every step needs; built once by :func:`run`."""
+
+    cfg: "TrainConfig"
+    acc: object  # accelerate.Accelerator
+    model: object  # SupervisedLoss, possibly DDP-wrapped
+    params: list
+    optimizer: object
+    scheduler: object
+    data: LoopData
+    lengths: list[int]
+    spe: int  # optimizer steps per epoch
+
+    @property
+    def inner(self):
+        """The trained model itself (PEFT or full), without the loss and DDP wrappers."""
+        return self.acc.unwrap_model(self.model).model
+
+
+def _micro_batches(c: _Ctx, state: LoopState) -> list[list[Rendered]]:
+    """This rank's micro-batches for the next step; advances the data position."""
+    world, accum = c.acc.num_processes, c.cfg.grad_accum
+    if state.batch_in_epoch // (world * accum) >= c.spe:
+        state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+    plan = plan_batches(c.lengths, c.cfg.batch_size, c.cfg.seed, state.epoch)
+    start = state.batch_in_epoch + c.acc.process_index * accum
+    state.batch_in_epoch += world * accum
+    return [[c.data.train[i] for i in plan[j]] for j in range(start, start + accum)]
+
+
+def _train_step(c: _Ctx, state: LoopState) -> dict:
+    """One optimizer step; returns the step's loss per supervised token and its token count."""
+    import torch
+
+    _seed_step(c.cfg.seed, state.step, c.acc.process_index)
+    batches = [collate(b, c.data.pad) for b in _micro_batches(c, state)]
+    local_n = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
+    global_n = _reduce_sum(c.acc, local_n)
+    c.model.train()
+    loss_total, tokens = 0.0, 0
+    for i, batch in enumerate(batches):
+        batch = {k: v.to(c.acc.device) for k, v in batch.items()}
+        sync = nullcontext() if i == len(batches) - 1 else c.acc.no_sync(c.model)
+        with sync, c.acc.autocast():
+            loss_sum, _ = c.model(**batch)
+            # DDP averages gradients over ranks, hence * world: the result is sum / global tokens
+            c.acc.backward(loss_sum / global_n * c.acc.num_processes)
+        loss_total += float(loss_sum.detach())
+        tokens += int(batch["attention_mask"].sum())
+    grad_norm = torch.nn.utils.clip_grad_norm_(c.params, c.cfg.max_grad_norm)
+    c.optimizer.step()
+    c.scheduler.step()
+    c.optimizer.zero_grad(set_to_none=True)
+    state.step += 1
+    state.tokens += tokens
+    return {"loss": _reduce_sum(c.acc, loss_total) / global_n, "tokens": tokens, "grad_norm": float(grad_norm)}
+
+
+def evaluate(c: _Ctx, examples: list[Rendered]) -> float | None:
+    """Mean loss per supervised token over ``examples`` (sharded over ranks); None when empty."""
+    import torch
+
+    if not examples:
+        return None
+    mine = sorted(examples[c.acc.process_index::c.acc.num_processes], key=lambda e: len(e.input_ids))
+    total, n = 0.0, 0
+    c.model.eval()
+    with torch.no_grad():
+        for i in range(0, len(mine), c.cfg.batch_size):
+            batch = {k: v.to(c.acc.device) for k, v in collate(mine[i:i + c.cfg.batch_size], c.data.pad).items()}
+            with c.acc.autocast():
+                s, k = c.model(**batch)
+            total, n = total + float(s), n + int(k)
+    return _reduce_sum(c.acc, total) / max(1.0, _reduce_sum(c.acc, n))
+
+
+def _eval_and_track(c: _Ctx, state: LoopState, best: dict | None, log: MetricsLog) -> dict | None:
+    """Evaluate, log, and keep the best weights; returns the (possibly new) best weights."""
+    val = evaluate(c, c.data.val)
+    reh = evaluate(c, c.data.rehearsal_val)
+    record = {"step": state.step, "val_loss": val, "val_ppl": math.exp(min(val, 50)) if val is not None else None,
+              "rehearsal_val_loss": reh}
+    log.write(record)
+    state.last_eval = record
+    if val is None:
+        return best
+    if state.best_val is None or val < state.best_val - 1e-4:
+        state.best_val, state.best_step, state.bad_evals = val, state.step, 0
+        return ckpt_io.trainable_state(c.inner)
+    state.bad_evals += 1
+    return best
+
+
+def _build(cfg: "TrainConfig", model, data: LoopData, acc, total_hint: int):
+    import torch
+
+    from pipeline.training.loss import SupervisedLoss
+
+    wrapper = acc.prepare_model(SupervisedLoss(model, supervised_only=cfg.supervised_only))
+    params = [p for p in wrapper.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.warmup_steps, total_hint, cfg.schedule))
+    return wrapper, params, optimizer, scheduler
+
+
+def total_steps(cfg: "TrainConfig", spe: int) -> int:
+    """Steps to run: ``--max-steps`` or ``--epochs`` worth of steps, whichever comes first."""
+    by_epochs = cfg.epochs * spe if cfg.epochs else None
+    caps = [x for x in (cfg.max_steps or None, by_epochs) if x]
+    return min(caps)
+
+
+def run(cfg: "TrainConfig", model, data: LoopData, out: Path, fingerprint: str, acc,
+        resume: Path | None = None, resume_meta: dict | None = None) -> LoopResult:
+    """Train ``model`` (already wrapped by its method) and return the best weights and figures."""
+    from tqdm.auto import tqdm
+
+    lengths = [len(e.input_ids) for e in data.train]
+    spe = steps_per_epoch(len(plan_batches(lengths, cfg.batch_size, cfg.seed, 0)), acc.num_processes,
+                          cfg.grad_accum)
+    total = total_steps(cfg, spe)
+    wrapper, params, optimizer, scheduler = _build(cfg, model, data, acc, total)
+    c = _Ctx(cfg, acc, wrapper, params, optimizer, scheduler, data, lengths, spe)
+    state, best = LoopState(), None
+    if resume is not None:
+        state, best = ckpt_io.restore(resume, resume_meta, c.inner, optimizer, scheduler)
+    log = MetricsLog(out / "metrics.jsonl", acc.is_main_process, state.step if resume else None)
+    bar = tqdm(total=total, initial=state.step, disable=not acc.is_main_process, desc="train", unit="step")
+    t0, tokens0, step0, window = time.perf_counter(), state.tokens, state.step, []
+    with StopFlag() as stop:
+        while state.step < total:
+            m = _train_step(c, state)
+            window.append(m["loss"])
+            tok_s = (state.tokens - tokens0) / max(1e-9, time.perf_counter() - t0)
+            bar.update(1)
+            bar.set_postfix(loss=f"{m['loss']:.3f}", tok_s=f"{tok_s:.0f}")
+            if state.step % cfg.log_every == 0 or state.step == total:
+                log.write({"step": state.step, "epoch": state.epoch, "loss": sum(window) / len(window),
+                           "lr": scheduler.get_last_lr()[0], "grad_norm": m["grad_norm"],
+                           "tokens_per_s": tok_s, "elapsed_s": time.perf_counter() - t0})
+                window = []
+            if cfg.eval_every and (state.step % cfg.eval_every == 0 or state.step == total):
+                best = _eval_and_track(c, state, best, log)
+            stopping = bool(_reduce_sum(acc, float(stop.requested)))
+            early = cfg.patience and state.bad_evals >= cfg.patience
+            if acc.is_main_process and (stopping or (cfg.save_every and state.step % cfg.save_every == 0)):
+                ckpt_io.save_checkpoint(out, c.inner, optimizer, scheduler, state, best,
+                                        fingerprint, cfg.keep_checkpoints)
+            acc.wait_for_everyone()
+            if stopping:
+                bar.close()
+                raise KeyboardInterrupt(f"stopped at step {state.step}")
+            if early:
+                bar.write(f"early stopping at step {state.step}: no improvement in {cfg.patience} evaluations")
+                break
+    bar.close()
+    elapsed = max(1e-9, time.perf_counter() - t0)
+    return LoopResult(state, best, total, (state.step - step0) / elapsed, (state.tokens - tokens0) / elapsed)
+

@@ -1,0 +1,77 @@
+"""The training loss, with the vocabulary projection only where a token is supervised.
+
+A causal LM's own forward projects every position onto the vocabulary (262k
+columns for Gemma 3) and then ignores most of them: context tokens carry label
+-100. :class:`SupervisedLoss` runs the decoder body for the hidden states of all
+positions, keeps the positions whose *next* token is supervised, and applies the
+output layer (and whatever the model does after it, e.g. Gemma's
+``final_logit_softcapping``) only there. It goes through the modules PEFT wrapped,
+so LoRA and the trainable rows of new tokens (``trainable_token_indices``, shared
+by a tied output layer) are part of the result. A test holds it equal to
+``model(input_ids, labels=labels).loss``.
+
+Virtual-token methods (prompt tuning, P-tuning, prefix tuning) change the input
+sequence inside PEFT's forward, so for them the loss falls back to the model's
+own forward (``supervised_only=False``): slower on a large vocabulary, same value.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pipeline.chat_format import IGNORE_INDEX
+
+# config attributes a causal LM applies to its logits after the output layer; anything
+# listed here but not handled below would make the fast loss differ from the model's own
+_UNHANDLED_LOGIT_POSTPROCESSING = ("logit_scale", "logits_scaling", "output_multiplier_scale")
+
+
+def causal_lm(model: nn.Module) -> nn.Module:
+    """The transformers ``*ForCausalLM`` inside a PEFT wrapper (or the model itself)."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def supports_fast_loss(model: nn.Module) -> bool:
+    """Whether the body + gathered-head path reproduces this model's forward exactly."""
+    lm = causal_lm(model)
+    cfg = lm.config
+    if any(getattr(cfg, name, None) not in (None, 1, 1.0) for name in _UNHANDLED_LOGIT_POSTPROCESSING):
+        return False
+    return lm.get_output_embeddings() is not None and lm.get_decoder() is not lm
+
+
+def project(lm: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """Logits for some hidden states, exactly as ``lm``'s forward computes them."""
+    logits = lm.get_output_embeddings()(hidden)
+    cap = getattr(lm.config, "final_logit_softcapping", None)
+    if cap is not None:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+class SupervisedLoss(nn.Module):
+    """``forward(input_ids, attention_mask, labels) -> (sum of token losses, supervised tokens)``.
+
+    Returning the sum (not the mean) lets the loop normalise by the tokens of a
+    whole accumulated step, across processes, so every supervised token weighs the same.
+    Wrapping the model in a module keeps DDP's forward hooks in the path.
+    """
+
+    def __init__(self, model: nn.Module, supervised_only: bool = True):
+        super().__init__()
+        self.model = model
+        self.supervised_only = supervised_only and supports_fast_loss(model)
+
+    def forward(self, input_ids, attention_mask, labels) -> tuple[torch.Tensor, torch.Tensor]:
+        targets = labels[:, 1:]
+        keep = targets != IGNORE_INDEX
+        n = keep.sum()
+        if not self.supervised_only:
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, use_cache=False)
+            return out.loss * n, n  # the model's loss is the mean over the same supervised tokens
+        lm = causal_lm(self.model)
+        hidden = lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)[0]
+        logits = project(lm, hidden[:, :-1][keep])
+        loss = nn.functional.cross_entropy(logits.float(), targets[keep], reduction="sum")
+        return loss, n

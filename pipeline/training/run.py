@@ -1,0 +1,216 @@
+"""One training run, end to end: data -> extended base -> method -> loop -> adapter directory.
+
+:func:`train` is what ``python -m pipeline.train`` calls (and what ``pipeline.run``
+can call in-process). It runs the same way in one process and under
+``accelerate launch`` / ``torchrun``; only rank 0 prints and writes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from data_prep.errors import UserError
+from pipeline.training import adapter_io
+from pipeline.training import checkpoint as ckpt_io
+from pipeline.training.data import read_rehearsal, rehearsal_split, render_pairs
+from pipeline.training.loop import LoopData, LoopResult
+from pipeline.training.loop import run as run_loop
+from pipeline.training.methods import MethodSettings, apply_method, count_parameters
+
+if TYPE_CHECKING:
+    from pipeline.train import PersonaData, TrainConfig
+
+log = logging.getLogger("pipeline.train")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    out: Path
+    manifest: dict[str, Any]
+
+
+def make_accelerator():
+    """bf16 autocast on CUDA, fp32 on CPU; DDP when launched with accelerate/torchrun."""
+    import torch
+    from accelerate import Accelerator
+
+    cuda = torch.cuda.is_available()
+    return Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda else "no")
+
+
+def set_threads(threads: int | None, local_world: int) -> int:
+    """Use the CPUs this process may run on, split between the processes of this machine."""
+    import torch
+
+    n = threads or max(1, len(os.sched_getaffinity(0)) // max(1, local_world))
+    torch.set_num_threads(n)
+    return n
+
+
+def load_base(cfg: "TrainConfig", ext_path: Path, device):
+    """(model, tokenizer, extended manifest); 4-bit only with --qlora (bitsandbytes imported only then)."""
+    import torch
+
+    from pipeline.extend import load_extended, read_manifest
+
+    if not cfg.qlora:
+        dtype = torch.float32 if device.type != "cuda" or cfg.method == "full" else torch.bfloat16
+        return load_extended(ext_path, device=str(device), dtype=dtype)
+    from peft import prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(ext_path, quantization_config=quant, device_map={"": device})
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    return model, AutoTokenizer.from_pretrained(ext_path), read_manifest(ext_path)
+
+
+def build_loop_data(cfg: "TrainConfig", pd: "PersonaData", tok) -> tuple[LoopData, dict[str, int]]:
+    """Render persona (and rehearsal) pairs; count what was dropped."""
+    from pipeline.chat_format import pad_id
+
+    train, st = render_pairs(pd.train, tok, cfg.max_length)
+    val_pairs = list(pd.val)
+    if len(val_pairs) > cfg.eval_limit:  # a fixed sample keeps evaluation cheap and comparable
+        val_pairs = random.Random(cfg.seed).sample(val_pairs, cfg.eval_limit)
+    val, vst = render_pairs(val_pairs, tok, cfg.max_length)
+    counts = {"train_examples": st.kept, "validation_examples": vst.kept,
+              "dropped_too_long": st.dropped_too_long + vst.dropped_too_long}
+    reh_val: list = []
+    if cfg.rehearsal:
+        pairs = read_rehearsal(cfg.rehearsal, pd.user_speaker)
+        reh_train_pairs, reh_val_pairs = rehearsal_split(pairs, len(train), cfg.rehearsal_ratio, cfg.seed,
+                                                         max_val=max(1, min(64, cfg.eval_limit)))
+        reh_train, rst = render_pairs(reh_train_pairs, tok, cfg.max_length)
+        reh_val, rvst = render_pairs(reh_val_pairs, tok, cfg.max_length)
+        train = train + reh_train
+        counts.update(rehearsal_train_examples=rst.kept, rehearsal_validation_examples=rvst.kept,
+                      rehearsal_dropped_too_long=rst.dropped_too_long + rvst.dropped_too_long)
+    if not train:
+        raise UserError(f"--max-length {cfg.max_length}: no training pair fits (every reply is too long)")
+    return LoopData(train, val, reh_val, pad_id(tok)), counts
+
+
+def run_fingerprint(cfg: "TrainConfig", ext_manifest: dict, data_hash: str) -> str:
+    """What a checkpoint must match to be resumed: extended base, data, weight-shaping config."""
+    blob = json.dumps({"extended": ext_manifest.get("fingerprint"), "data": data_hash,
+                       "config": cfg.fingerprint_fields()}, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def prepare_model(cfg: "TrainConfig", model, new_ids: list[int]):
+    """Gradient checkpointing (input-grad trap handled), then the method's wrapper."""
+    from transformers import set_seed
+
+    set_seed(cfg.seed)  # identical adapter initialisation on every rank and every run
+    model.config.use_cache = False
+    if cfg.gradient_checkpointing and not cfg.qlora:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    settings = MethodSettings(cfg.method, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, tuple(cfg.target_modules),
+                              cfg.num_virtual_tokens, tuple(new_ids), cfg.force_full)
+    return apply_method(model, settings)
+
+
+def _metrics(cfg: "TrainConfig", result: LoopResult, records: list[dict], counts: dict) -> dict[str, Any]:
+    st = result.state
+    at_best = next((r for r in records if r.get("step") == st.best_step and "val_loss" in r), {})
+    val = st.best_val
+    return {"steps": st.step, "best_step": st.best_step if val is not None else st.step,
+            "val_loss": val, "val_ppl": math.exp(min(val, 50)) if val is not None else None,
+            "rehearsal_val_loss": at_best.get("rehearsal_val_loss"),
+            "train_loss": next((r["loss"] for r in reversed(records) if "loss" in r), None),
+            "tokens": st.tokens, "steps_per_s": result.steps_per_s, "tokens_per_s": result.tokens_per_s,
+            **counts}
+
+
+def _versions() -> dict[str, str]:
+    import peft
+    import torch
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__}
+
+
+def finish(cfg: "TrainConfig", pd: "PersonaData", model, tok, ext: tuple[Path, dict], result: LoopResult,
+           records: list[dict], counts: dict) -> TrainResult:
+    """Keep the best weights, write the adapter directory, check it, plot the losses."""
+    from pipeline.training.plots import plot_loss
+
+    ext_path, ext_manifest = ext
+    if result.best is not None:
+        ckpt_io.load_trainable_state(model, result.best)
+    out = Path(cfg.out)
+    manifest = {
+        "persona": pd.persona, "method": cfg.method, "base_model": cfg.base_model,
+        "extended_fingerprint": ext_manifest.get("fingerprint"), "data_hash": pd.data_hash,
+        "instruction": pd.instruction, "user_speaker": pd.user_speaker, "max_length": cfg.max_length,
+        "config": asdict(cfg), "metrics": _metrics(cfg, result, records, counts), "versions": _versions(),
+    }
+    adapter_io.save_adapter(model, tok, out, manifest, pd.card)
+    problems = adapter_io.check_adapter(out, cfg.method, bool(ext_manifest.get("new_token_ids")), ext_path)
+    if problems:
+        raise RuntimeError("saved adapter failed its checks: " + "; ".join(problems))
+    plot_loss(records, out / "loss.png", title=f"{cfg.method} r={cfg.lora_r}" if cfg.method == "lora" else cfg.method)
+    return TrainResult(out, manifest)
+
+
+def _resume_point(cfg: "TrainConfig", fingerprint: str, is_main: bool) -> tuple[Path | None, dict | None]:
+    out = Path(cfg.out)
+    if cfg.resume:
+        ckpt = ckpt_io.find_checkpoint(out, cfg.resume)
+        return ckpt, ckpt_io.read_meta(ckpt, fingerprint)
+    if is_main and ckpt_io.list_checkpoints(out):
+        log.info("starting fresh: removing old checkpoints in %s (use --resume to continue them)", out)
+        shutil.rmtree(out / ckpt_io.CHECKPOINTS)
+    return None, None
+
+
+def train(cfg: "TrainConfig") -> TrainResult:
+    """Train the persona adapter described by ``cfg`` (already validated and resolved)."""
+    from pipeline.extend import ensure_extended
+    from pipeline.train import load_persona_data
+
+    acc = make_accelerator()
+    threads = set_threads(cfg.threads, acc.num_processes if acc.device.type == "cpu" else 1)
+    if not acc.is_main_process:
+        log.setLevel(logging.WARNING)
+    pd = load_persona_data(cfg)
+    with acc.main_process_first():  # build the extended base once, not once per rank
+        ext_path = ensure_extended(cfg.base_model, cfg.cache_dir)
+    model, tok, ext_manifest = load_base(cfg, ext_path, acc.device)
+    data, counts = build_loop_data(cfg, pd, tok)
+    log.info("persona %s: %d training examples (%d rehearsal), %d validation; dropped %d pairs whose reply "
+             "alone does not fit --max-length %d", pd.persona, len(data.train),
+             counts.get("rehearsal_train_examples", 0), len(data.val), counts["dropped_too_long"], cfg.max_length)
+    fingerprint = run_fingerprint(cfg, ext_manifest, pd.data_hash)
+    ckpt, meta = _resume_point(cfg, fingerprint, acc.is_main_process)
+    model = prepare_model(cfg, model, list(ext_manifest.get("new_token_ids", [])))
+    trainable, total = count_parameters(model)
+    log.info("%s: %.2fM trainable of %.1fM parameters; %d threads, %d process(es) on %s", cfg.method,
+             trainable / 1e6, total / 1e6, threads, acc.num_processes, acc.device)
+    result = run_loop(cfg, model, data, Path(cfg.out), fingerprint, acc, ckpt, meta)
+    records = _read_records(Path(cfg.out) / "metrics.jsonl")
+    done = None
+    if acc.is_main_process:
+        done = finish(cfg, pd, model, tok, (ext_path, ext_manifest), result, records, counts)
+        m = done.manifest["metrics"]
+        log.info("saved %s (best step %d, val loss %s, %.2f steps/s, %.0f tokens/s)", done.out, m["best_step"],
+                 f"{m['val_loss']:.4f}" if m["val_loss"] is not None else "n/a", m["steps_per_s"], m["tokens_per_s"])
+    acc.wait_for_everyone()
+    return done or TrainResult(Path(cfg.out), {})
+
+
+def _read_records(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
