@@ -115,7 +115,8 @@ class Engine:
         self._active: str | None = "\x00unset"
         cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         self.max_positions = int(getattr(cfg, "max_position_embeddings", None) or 2048)
-        self.eot_id = chat_format.special_ids(tokenizer)[chat_format.EOT]
+        eot = chat_format.special_ids(tokenizer)[chat_format.EOT]
+        self.stop_ids = [eot] + ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])
         self.pad_id = chat_format.pad_id(tokenizer)
 
     # ---- construction -------------------------------------------------------------------
@@ -268,7 +269,7 @@ class Engine:
         kw = dict(
             input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
             max_new_tokens=params.max_new_tokens, do_sample=sample,
-            repetition_penalty=params.repetition_penalty, eos_token_id=[self.eot_id],
+            repetition_penalty=params.repetition_penalty, eos_token_id=self.stop_ids,
             pad_token_id=self.pad_id, streamer=streamer, stopping_criteria=StoppingCriteriaList([cancel]),
         )
         if sample:

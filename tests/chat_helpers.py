@@ -7,7 +7,6 @@ trained, which is enough to make each persona answer differently and determinist
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -19,41 +18,18 @@ from pipeline import chat_format
 PERSONAS = {"minji": ("민지", "철수"), "junho": ("준호", "영희")}  # adapter name: (persona, user_speaker)
 
 
-def extend_tiny(base_dir: Path, out_dir: Path) -> Path:
-    """Add the chat special tokens to a tiny base, initialise their rows, save with a manifest."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def extend_tiny(base_dir: Path, cache_dir: Path) -> Path:
+    """The extended tiny base, built by pipeline.extend exactly as training builds it."""
+    from pipeline.extend import ensure_extended
 
-    tok = AutoTokenizer.from_pretrained(base_dir)
-    model = AutoModelForCausalLM.from_pretrained(base_dir)
-    tok.add_special_tokens({"additional_special_tokens": list(chat_format.SPECIAL_TOKENS)})
-    if tok.pad_token_id is None or tok.pad_token_id == tok.eos_token_id:
-        tok.add_special_tokens({"pad_token": chat_format.PAD})
-    old = model.get_input_embeddings().weight.shape[0]
-    model.resize_token_embeddings(len(tok), mean_resizing=False)
-    emb = model.get_input_embeddings().weight
-    new_ids = list(range(old, len(tok)))
-    with torch.no_grad():
-        emb[new_ids] = emb[:old].mean(0)
-    tok.chat_template = chat_format.CHAT_TEMPLATE
-    model.save_pretrained(out_dir)
-    tok.save_pretrained(out_dir)
-    fingerprint = hashlib.sha256(emb.detach().numpy().tobytes()).hexdigest()
-    manifest = {
-        "base": {"spec": str(base_dir), "kind": "hf", "sha256": None}, "fingerprint": fingerprint,
-        "added_tokens": {t: tok.convert_tokens_to_ids(t) for t in chat_format.SPECIAL_TOKENS},
-        "new_token_ids": new_ids, "embedding_rows": len(tok), "tied": True, "seed": 0, "versions": {},
-    }
-    (Path(out_dir) / "manifest.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
-    return Path(out_dir)
+    return ensure_extended(str(base_dir), cache_dir=cache_dir)
 
 
 def load_extended(ext_dir: Path):
-    """(model, tokenizer, manifest) like pipeline.extend.load_extended."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """(model, tokenizer, manifest) of an extended base."""
+    from pipeline.extend import load_extended as load
 
-    manifest = json.loads((Path(ext_dir) / "manifest.json").read_text(encoding="utf-8"))
-    return AutoModelForCausalLM.from_pretrained(ext_dir), AutoTokenizer.from_pretrained(ext_dir), manifest
+    return load(ext_dir)
 
 
 def make_adapter(ext_dir: Path, out_dir: Path, persona: str, user_speaker: str, seed: int,
@@ -95,8 +71,8 @@ def _has_embed_tokens(model) -> bool:
 
 
 def make_chat_fixture(base_dir: Path, root: Path) -> tuple[Path, Path]:
-    """(extended base dir, adapters dir with one adapter per :data:`PERSONAS` entry)."""
-    ext = extend_tiny(base_dir, root / "extended")
+    """(extended base dir (cached under ``root/cache``), adapters dir with one adapter per :data:`PERSONAS` entry)."""
+    ext = extend_tiny(base_dir, root / "cache")
     adapters = root / "adapters"
     for seed, (name, (persona, user)) in enumerate(PERSONAS.items(), start=1):
         make_adapter(ext, adapters / name, persona, user, seed, base_spec=str(base_dir))
@@ -124,12 +100,10 @@ def add_broken_adapters(adapters: Path, good: Path) -> None:
 
 
 def load_engine(ext_dir: Path, adapters: Path):
-    """An Engine on the tiny extended base with every adapter in ``adapters``."""
-    from chatbot.adapters import discover
+    """An Engine loaded the way ``python -m chatbot`` loads it (the extended base comes from the cache)."""
     from chatbot.engine import Engine
 
-    model, tok, manifest = load_extended(ext_dir)
-    return Engine.from_loaded(model, tok, manifest, discover(adapters))
+    return Engine.from_adapters_dir(adapters, cache_dir=Path(ext_dir).parents[1])
 
 
 @pytest.fixture(scope="module")

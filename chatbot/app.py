@@ -1,0 +1,150 @@
+"""The Gradio web chat: layout and callbacks only; the model work is in :mod:`chatbot.engine`.
+
+Started by ``python -m chatbot --adapters adapters/`` (see :mod:`chatbot.__main__`).
+Each browser session keeps its own persona (the dropdown's value) and its own history
+(``gr.State``: the plain turns fed to the engine; the chat display may also hold notices
+such as "message too long" that are never sent to the model).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from chatbot.engine import MAX_MESSAGE_CHARS, MAX_NEW_TOKENS_CAP, Engine, GenerationParams, MessageTooLong
+
+log = logging.getLogger(__name__)
+
+BASE_CHOICE = "__base__"  # dropdown value for the bare base model
+BASE_LABEL = "기본 모델 (페르소나 없음) · base model, no persona"
+TOO_LONG = f"⚠️ 메시지가 너무 깁니다 (최대 {MAX_MESSAGE_CHARS}자). Message too long."
+FAILED = "⚠️ 답변을 만들지 못했습니다 (generation failed): "
+DEFAULTS = GenerationParams()
+
+
+def persona_choices(engine: Engine) -> list[tuple[str, str]]:
+    """(label, value) pairs for the dropdown: every usable persona, then the base model."""
+    return [(p.label, p.name) for p in engine.personas if p.available] + [(BASE_LABEL, BASE_CHOICE)]
+
+
+def unavailable_note(engine: Engine) -> str:
+    """Markdown listing the adapters that could not be loaded, with the reason."""
+    bad = [p for p in engine.personas if not p.available]
+    if not bad:
+        return ""
+    lines = [f"- `{p.name}`: {p.reason}" for p in bad]
+    return "**사용할 수 없는 어댑터 (unavailable adapters)**\n" + "\n".join(lines)
+
+
+@dataclass
+class Callbacks:
+    """The event handlers; plain methods so tests call them without a browser."""
+
+    engine: Engine
+    seed: int | None = None  # fixed seed for every reply (tests); None = random
+
+    def respond(self, message: str, history: list, chat: list, persona: str, *knobs) -> Iterator[tuple]:
+        """Send ``message``; yields (textbox, chat display, history) as the reply streams."""
+        message = (message or "").strip()
+        if not message:
+            yield "", chat, history
+            return
+        chat = list(chat or []) + [{"role": "user", "content": message}]
+        if len(message) > MAX_MESSAGE_CHARS:
+            yield "", chat + [{"role": "assistant", "content": TOO_LONG}], history
+            return
+        history = list(history or []) + [{"role": "user", "content": message}]
+        yield from self._stream(history, chat, persona, knobs)
+
+    def regenerate(self, history: list, chat: list, persona: str, *knobs) -> Iterator[tuple]:
+        """Replace the last reply with a new one (from the current persona and settings)."""
+        history = list(history or [])
+        if history and history[-1]["role"] == "assistant":
+            history.pop()
+        if not history:
+            yield "", chat, history
+            return
+        chat = _display(history)
+        yield from self._stream(history, chat, persona, knobs)
+
+    @staticmethod
+    def clear() -> tuple[str, list, list]:
+        return "", [], []
+
+    def _stream(self, history: list, chat: list, persona: str, knobs: tuple) -> Iterator[tuple]:
+        name = None if persona in (None, "", BASE_CHOICE) else persona
+        bot = lambda text: chat + [{"role": "assistant", "content": text}]  # noqa: E731 (a fresh list per yield)
+        reply = ""
+        yield "", bot(""), history
+        try:
+            for reply in self.engine.generate(history, name, params_from(*knobs), seed=self.seed):
+                yield "", bot(reply), history
+        except MessageTooLong:
+            yield "", bot(TOO_LONG), history[:-1]
+            return
+        except Exception as e:  # never crash mid-chat: show it, log it, keep the session
+            log.exception("reply failed")
+            yield "", bot(FAILED + (str(e).splitlines() or [type(e).__name__])[0][:200]), history[:-1]
+            return
+        yield "", bot(reply), history + [{"role": "assistant", "content": reply}]
+
+
+def params_from(temperature=None, top_p=None, top_k=None, repetition_penalty=None,
+                max_new_tokens=None) -> GenerationParams:
+    """Slider values -> clamped GenerationParams (missing ones keep the defaults)."""
+    given = dict(temperature=temperature, top_p=top_p, top_k=top_k,
+                 repetition_penalty=repetition_penalty, max_new_tokens=max_new_tokens)
+    return GenerationParams(**{k: v for k, v in given.items() if v is not None}).clamped()
+
+
+def _display(history: list) -> list:
+    return [{"role": m["role"], "content": m["content"]} for m in history]
+
+
+def build_app(engine: Engine, seed: int | None = None) -> Any:
+    """The gr.Blocks app for ``engine`` (not launched; see :func:`launch`)."""
+    import gradio as gr
+
+    cb = Callbacks(engine, seed)
+    choices = persona_choices(engine)
+    with gr.Blocks(title="KakaoTalk persona chat") as demo:
+        gr.Markdown("## 카카오톡 페르소나 챗봇 · persona chat\n페르소나를 바꾸면 다음 답장부터 적용됩니다. "
+                    "(Switching persona applies from the next reply.)")
+        persona = gr.Dropdown(choices, value=choices[0][1], label="페르소나 (persona)", elem_id="persona")
+        gr.Markdown(unavailable_note(engine))
+        chat = gr.Chatbot(label="대화 (conversation)", height=420, elem_id="chat", buttons=["copy"],
+                          feedback_options=None)
+        history = gr.State([])
+        with gr.Row():
+            box = gr.Textbox(placeholder="메시지를 입력하세요… (Enter to send)", show_label=False, scale=5,
+                             max_lines=6, elem_id="message")
+            send = gr.Button("보내기 Send", variant="primary", scale=1, elem_id="send")
+        with gr.Row():
+            regen = gr.Button("다시 생성 Regenerate", elem_id="regenerate")
+            clear = gr.Button("지우기 Clear", elem_id="clear")
+        with gr.Accordion("생성 설정 (generation settings)", open=False):
+            knobs = [
+                gr.Slider(0.0, 2.0, DEFAULTS.temperature, step=0.05, label="temperature (0 = greedy)"),
+                gr.Slider(0.05, 1.0, DEFAULTS.top_p, step=0.05, label="top-p"),
+                gr.Slider(0, 200, DEFAULTS.top_k, step=1, label="top-k (0 = off)"),
+                gr.Slider(1.0, 2.0, DEFAULTS.repetition_penalty, step=0.05, label="repetition penalty"),
+                gr.Slider(8, MAX_NEW_TOKENS_CAP, DEFAULTS.max_new_tokens, step=8, label="max new tokens"),
+            ]
+        outputs = [box, chat, history]
+        for event in (box.submit, send.click):
+            event(cb.respond, [box, history, chat, persona, *knobs], outputs)
+        regen.click(cb.regenerate, [history, chat, persona, *knobs], outputs)
+        clear.click(cb.clear, None, outputs)
+    return demo
+
+
+def launch(engine: Engine, host: str = "127.0.0.1", port: int | None = 7860,
+           auth: tuple[str, str] | None = None, share: bool = False, concurrency: int = 4,
+           block: bool = True) -> Any:
+    """Queue and launch the app. Generation is serialised by the engine's lock anyway;
+    ``concurrency`` only lets waiting sessions hold a worker instead of a queue slot."""
+    demo = build_app(engine)
+    demo.queue(default_concurrency_limit=concurrency, max_size=64)
+    demo.launch(server_name=host, server_port=port, auth=auth, share=share,
+                prevent_thread_lock=not block, show_error=False, footer_links=[], quiet=not block)
+    return demo
