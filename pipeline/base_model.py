@@ -239,8 +239,9 @@ def load_gguf(gguf: str | Path, spec: str | None = None):
             str(gguf.parent), dtype=torch.float32,
             quantization_config=GgufConfig(gguf_file=gguf.name, dequantize=True), **kw,
         )
-    except (ValueError, KeyError, OSError, RuntimeError) as e:
-        raise UserError(f"--base-model {spec or gguf}: cannot read the GGUF file ({e})".splitlines()[0]) from e
+    except Exception as e:  # any failure to parse a user's file is a bad --base-model, not a crash
+        reason = f"{type(e).__name__}: {e}".splitlines()[0]
+        raise UserError(f"--base-model {spec or gguf}: cannot read the GGUF file ({reason})") from e
     _drop_gguf_quantizer(model)
     return model, tok
 

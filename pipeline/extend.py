@@ -290,22 +290,43 @@ def load_extended(path: str | Path, device: str = "cpu", dtype=None):
     Checks cheaply that the tokenizer matches the manifest and fits the embedding;
     file hashes are checked only by :func:`verify_extended` (they cost seconds).
     """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     path = Path(path)
     manifest = read_manifest(path)
-    if dtype is None:
-        dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
-    elif isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
-    tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
+    model, tok = _load(path, device, dtype)
     problems = quick_checks(model, tok, manifest)
     if problems:
         raise UserError(f"{path}: extended base does not match its manifest: {problems[0]} "
                         f"(python -m pipeline.extend --verify {path})")
     return model, tok, manifest
+
+
+def _load(path: Path, device: str = "cpu", dtype=None):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if dtype is None:
+        dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    elif isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    tok = load_tokenizer(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
+    return model, tok
+
+
+def load_tokenizer(path: str | Path):
+    """The saved tokenizer, read straight from ``tokenizer.json`` when there is one.
+
+    ``AutoTokenizer`` would rebuild a model-specific class (GemmaTokenizer re-parses
+    and rebuilds a 262k vocabulary in Python, seconds); the generic backend loads the
+    same serialised pipeline. ``verify_extended`` checks that both give the same ids.
+    """
+    from transformers import AutoTokenizer
+    from transformers.tokenization_utils_tokenizers import TokenizersBackend
+
+    path = Path(path)
+    if (path / "tokenizer.json").is_file():
+        return TokenizersBackend.from_pretrained(path)
+    return AutoTokenizer.from_pretrained(path)
 
 
 def quick_checks(model, tok, manifest: dict[str, Any]) -> list[str]:
@@ -340,17 +361,29 @@ def verify_extended(path: str | Path) -> list[str]:
         return [str(e)]
     problems = _check_files(path, manifest)
     try:
-        model, tok, _ = load_extended(path) if not problems else (None, None, None)
-    except UserError as e:
-        return problems + [str(e)]
+        model, tok = _load(path)
     except Exception as e:  # a file that cannot be loaded is a failed check, not a crash
         return problems + [f"cannot load: {type(e).__name__}: {e}".splitlines()[0]]
-    if model is None:
-        return problems
     problems += quick_checks(model, tok, manifest)
     problems += _check_tokens(tok, manifest) + _check_model(model, tok, manifest)
-    problems += check_template(tok)
+    try:
+        problems += check_template(tok) + _check_auto_tokenizer(path, tok)
+    except ValueError as e:  # render() refuses a tokenizer without the chat tokens
+        problems.append(str(e))
     return problems
+
+
+def _check_auto_tokenizer(path: Path, tok) -> list[str]:
+    """``AutoTokenizer`` (what other tools load) must agree with :func:`load_tokenizer`."""
+    from transformers import AutoTokenizer
+
+    auto = AutoTokenizer.from_pretrained(path)
+    instruction, context, persona, reply = SAMPLE
+    a = render(auto, instruction, context, persona, response=reply)
+    b = render(tok, instruction, context, persona, response=reply)
+    if len(auto) != len(tok) or a != b:
+        return [f"AutoTokenizer ({type(auto).__name__}) and the saved tokenizer.json give different ids"]
+    return []
 
 
 def _check_files(path: Path, manifest: dict[str, Any]) -> list[str]:
@@ -380,7 +413,7 @@ def _check_model(model, tok, manifest: dict[str, Any]) -> list[str]:
     problems = []
     if is_tied(model) != manifest.get("tied"):
         problems.append(f"tied={is_tied(model)}, manifest says {manifest.get('tied')}")
-    fp = fingerprint(model, tok, manifest["base"]["sha256"], manifest.get("new_token_ids", []))
+    fp = fingerprint(model, tok, manifest.get("base", {}).get("sha256", ""), manifest.get("new_token_ids", []))
     if fp != manifest.get("fingerprint"):
         problems.append("fingerprint of the reloaded model/tokenizer differs from the manifest")
     eos = model.generation_config.eos_token_id
