@@ -1,0 +1,187 @@
+"""``eval.json`` and ``eval.md``: the numbers, and a page that answers "does it sound like them?".
+
+:func:`persona_results` turns one task's system outputs into plain JSON-able data;
+:func:`render_markdown` writes the page from that data only (so ``eval.md`` can be
+rebuilt from ``eval.json``).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from pipeline.evaluation.identification import confusion, summarize
+from pipeline.evaluation.runner import SYSTEMS, SystemOutput
+from pipeline.evaluation.scoring import perplexity
+from pipeline.evaluation.style import mean_distance, style_distances, style_stats
+from pipeline.evaluation.tasks import PersonaTask
+
+SYSTEM_LABELS = {"base": "base", "few_shot": "few-shot (prompted)", "adapter": "adapter (fine-tuned)"}
+
+
+def _r(x: float | None, nd: int = 3) -> float | None:
+    return None if x is None else round(x, nd)
+
+
+def _context_tail(task: PersonaTask, i: int, turns: int = 2) -> list[dict[str, str]]:
+    return [{"speaker": t.speaker, "text": t.text} for t in task.held_out[i].context[-turns:]]
+
+
+def persona_results(task: PersonaTask, out: Mapping[str, SystemOutput], samples: int,
+                    general_source: str) -> dict[str, Any]:
+    """Everything measured for one persona, as JSON-able data."""
+    real = style_stats(task.real_replies)
+    style = {s: style_stats([g for g in o.generated if g]) for s, o in out.items()}
+    dist = {s: style_distances(real, st) for s, st in style.items()}
+    skipped = {s: sum(x is None for x in o.heldout) for s, o in out.items()}
+    return {
+        "adapter": str(task.adapter), "data": str(task.data), "method": task.manifest.get("method"),
+        "base_model": task.manifest.get("base_model"), "held_out": len(task.held_out),
+        "held_out_available": len(task.real_replies), "skipped_too_long": skipped,
+        "perplexity": {s: _r(perplexity(o.heldout)) for s, o in out.items()},
+        "forgetting": _forgetting(out, general_source),
+        "smilestyle": None if task.style_match is None else {
+            "style": task.style_match.style, "matched": task.style_match.matched,
+            "total": task.style_match.total},
+        "identification": {s: _summary(o) for s, o in out.items()} if task.id_items else None,
+        "style": {"real": real, **style},
+        "style_distance": dist,
+        "style_mean_distance": {s: round(mean_distance(d), 4) for s, d in dist.items()},
+        "shots": list(task.shots),
+        "samples": [
+            {"context": _context_tail(task, i), "real": task.held_out[i].response,
+             **{s: o.generated[i] for s, o in out.items() if i < len(o.generated)}}
+            for i in range(min(samples, len(task.held_out)))
+        ],
+    }
+
+
+def _summary(o: SystemOutput) -> dict[str, Any]:
+    s = summarize(o.rankings)
+    return {k: (_r(v) if isinstance(v, float) else v) for k, v in s.items()}
+
+
+def _forgetting(out: Mapping[str, SystemOutput], source: str) -> dict[str, Any]:
+    ppl = {s: _r(perplexity(o.general)) for s, o in out.items() if o.general is not None}
+    ratio = ppl["adapter"] / ppl["base"] if ppl.get("adapter") and ppl.get("base") else None
+    n = len(next(iter(out.values())).general or [])
+    return {"source": source, "n": n, "perplexity": ppl, "adapter_over_base": _r(ratio)}
+
+
+def confusion_block(tasks: Sequence[PersonaTask], outputs: Sequence[Mapping[str, SystemOutput]]) -> dict | None:
+    """Persona x predicted-style matrices per system, for the personas that have parallel data."""
+    rows = [(t, o) for t, o in zip(tasks, outputs) if t.style_match is not None and t.id_items]
+    if not rows:
+        return None
+    styles = sorted({s for t, _ in rows for item in t.id_items for s in item.variants})
+    block: dict[str, Any] = {"styles": styles, "personas": [t.persona for t, _ in rows],
+                             "truth": [t.style_match.style for t, _ in rows]}  # type: ignore[union-attr]
+    for system in SYSTEMS:
+        per = {t.persona: o[system].rankings for t, o in rows if system in o}
+        if per:
+            block[system] = [[round(x, 3) for x in row] for row in confusion(per, styles)]
+    return block
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+
+
+def _fmt(x: Any) -> str:
+    if x is None:
+        return "–"
+    return f"{x:.3f}" if isinstance(x, float) else str(x)
+
+
+def _table(head: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return lines + ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
+
+
+def _persona_md(name: str, r: dict[str, Any], charts: Mapping[str, str]) -> list[str]:
+    systems = list(r["perplexity"])
+    md = [f"## {name}", "", f"adapter `{r['adapter']}` ({r['method']}), data `{r['data']}`, "
+          f"{r['held_out']} of {r['held_out_available']} held-out replies.", "",
+          "### Perplexity of held-out replies (lower = the persona's real replies are less surprising)", ""]
+    md += _table(["system", "held-out ppl", "general Korean ppl"],
+                 [[SYSTEM_LABELS[s], r["perplexity"][s], r["forgetting"]["perplexity"].get(s)] for s in systems])
+    f = r["forgetting"]
+    md += ["", f"Forgetting: general Korean ({f['n']} replies from `{Path(f['source']).name}`) perplexity "
+           f"adapter / base = **{_fmt(f['adapter_over_base'])}** (1.0 = nothing forgotten).", ""]
+    if r["identification"]:
+        st = r["smilestyle"]
+        md += ["### Persona identification (SmileStyle parallel replies)", "",
+               f"Persona style `{st['style']}` ({st['matched']}/{st['total']} held-out replies matched). "
+               "For each reply, all style variants are ranked by mean log-prob per token in the same context.", ""]
+        md += _table(["system", "top-1", "mean rank", "chance", "n"],
+                     [[SYSTEM_LABELS[s], v["top1"], v["mean_rank"], v["chance"], v["n"]]
+                      for s, v in r["identification"].items()])
+        md.append("")
+    md += ["### Style of generated replies vs the persona's real replies (distance; 0 = same)", ""]
+    stats = list(r["style_distance"][systems[0]])
+    md += _table(["statistic", "real"] + [SYSTEM_LABELS[s] for s in systems],
+                 [[k, _style_value(r["style"]["real"][k])] +
+                  [f"{_style_value(r['style'][s][k])} (d={r['style_distance'][s][k]:.2f})" for s in systems]
+                  for k in stats])
+    md += ["", "Mean distance: " + ", ".join(f"{SYSTEM_LABELS[s]} {v:.3f}" for s, v in
+                                            r["style_mean_distance"].items()), ""]
+    md += [f"![{k}]({v})" for k, v in charts.items()] + [""]
+    md += ["### Samples (same context, same seed)", ""]
+    for i, s in enumerate(r["samples"], 1):
+        ctx = " / ".join(f"{t['speaker']}: {t['text']}" for t in s["context"])
+        md += [f"{i}. context: {ctx}", f"   - real: {s['real']}"]
+        md += [f"   - {SYSTEM_LABELS[k]}: {s.get(k, '')}" for k in systems]
+    return md + [""]
+
+
+def _style_value(v: Any) -> str:
+    if isinstance(v, dict):  # ending distribution: the top three classes
+        top = sorted(v.items(), key=lambda kv: -kv[1])[:3]
+        return " ".join(f"{k} {x:.0%}" for k, x in top if x)
+    return f"{v:.2f}"
+
+
+def render_markdown(data: dict[str, Any], charts: Mapping[str, Mapping[str, str]]) -> str:
+    """The eval.md page from the eval.json data and chart file names per persona ("" key: shared)."""
+    md = ["# Persona evaluation", "", _headline(data), ""]
+    for name, r in data["personas"].items():
+        md += _persona_md(name, r, charts.get(name, {}))
+    conf = data.get("confusion")
+    if conf and len(conf["personas"]) > 1:
+        md += ["## Persona identification matrix (rows: persona adapter and its data; columns: style ranked first)", ""]
+        for system in SYSTEMS:
+            if system in conf:
+                md += [f"**{SYSTEM_LABELS[system]}**", ""]
+                md += _table(["persona (style)"] + conf["styles"],
+                             [[f"{p} ({t})"] + row for p, t, row in zip(conf["personas"], conf["truth"], conf[system])])
+                md.append("")
+        md += [f"![{k}]({v})" for k, v in charts.get("", {}).items()]
+    md += ["", "## How these numbers are made", "", METHOD_NOTES]
+    return "\n".join(md) + "\n"
+
+
+def _headline(data: dict[str, Any]) -> str:
+    parts = []
+    for name, r in data["personas"].items():
+        p = r["perplexity"]
+        bit = f"**{name}**: held-out ppl base {_fmt(p.get('base'))} -> adapter {_fmt(p.get('adapter'))}"
+        if r["identification"]:
+            bit += f", identification top-1 {_fmt(r['identification']['adapter']['top1'])}"
+        bit += f", general Korean ppl x{_fmt(r['forgetting']['adapter_over_base'])}"
+        parts.append(bit)
+    return "; ".join(parts) + "."
+
+
+METHOD_NOTES = """\
+- Every score goes through `pipeline.chat_format.render`, like training and the chat: the log-prob of a
+  reply is summed over the tokens `render` labels (the reply and its `<|eot|>`), in the held-out context
+  (trimmed from the oldest turn to the adapter's `max_length`).
+- Perplexity = exp(-sum log-prob / number of labelled tokens) over the held-out replies.
+- Identification ranks the style variants of one reply by **mean** log-prob per token: variants differ a
+  lot in length, and a sum would prefer the shortest one whatever its style. Chance = 1/number of variants.
+- Few-shot = the base model with the persona instruction followed by real train replies (no training).
+- Forgetting = perplexity of general Korean replies (not in training) with an empty instruction.
+- Style statistics compare sampled replies (same seed for every system) with all held-out real replies:
+  shares of replies with ㅋ/ㅎ/ㅠㅜ, emoji, emoticons, ?, !, ellipsis; mean length (relative difference);
+  sentence endings (total variation distance); distinct-1/2 over words.
+"""

@@ -1,0 +1,115 @@
+"""Load the systems (base, few-shot, adapter) and run every measurement on one of them.
+
+A *system* is a model plus the instruction it is prompted with:
+
+- ``base``: the extended base model, the persona instruction (card) only;
+- ``few_shot``: the same model, the instruction followed by k real train replies of
+  the persona (in-context learning, no training): what prompting alone gets;
+- ``adapter``: the base with the persona adapter, the instruction it was trained with.
+
+The base still sees the chat special tokens, with the rows the extended base
+initialised (it was never trained on them): that is the honest starting point of
+fine-tuning. LoRA/IA3 adapters are merged into the weights for evaluation (same
+numbers, and PEFT's unmerged token rows would rebuild the 262k-row embedding on
+every forward).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from pipeline.evaluation.generation import SamplingConfig, generate_replies
+from pipeline.evaluation.identification import IdItem, Ranking, rank_item
+from pipeline.evaluation.scoring import Example, ReplyScore, score_examples
+from pipeline.evaluation.tasks import PersonaTask
+
+log = logging.getLogger(__name__)
+SYSTEMS = ("base", "few_shot", "adapter")
+PROMPT_LEARNING = ("prompt", "ptuning", "prefix")  # manage their own past key values: no shared prefix
+MERGEABLE = ("lora", "ia3")
+
+
+@dataclass(frozen=True)
+class SystemOutput:
+    """Every measurement of one system on one persona task."""
+
+    heldout: list[ReplyScore | None]
+    general: list[ReplyScore | None] | None  # None for few_shot: same weights as base
+    rankings: list[Ranking]
+    generated: list[str]
+
+
+def load_base(spec: str | None, cache_dir: Path | None = None):
+    """(model, tokenizer, extended manifest) of the cached extended base for ``spec``."""
+    from pipeline.extend import ensure_extended, load_extended
+
+    model, tok, manifest = load_extended(ensure_extended(spec, cache_dir))
+    return model.eval(), tok, manifest
+
+
+def load_adapter(task: PersonaTask, cache_dir: Path | None = None):
+    """(model, tokenizer, share_prefix) with the task's adapter applied to a fresh base."""
+    method = task.manifest.get("method", "lora")
+    base, tok, ext = load_base(task.manifest.get("base_model"), cache_dir)
+    want = task.manifest.get("extended_fingerprint")
+    if want and ext.get("fingerprint") and want != ext["fingerprint"]:
+        log.warning("%s was trained on extended base %s, evaluating on %s", task.adapter, want, ext["fingerprint"])
+    if method == "full":
+        from transformers import AutoModelForCausalLM
+
+        del base
+        return AutoModelForCausalLM.from_pretrained(task.adapter).eval(), tok, True
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(base, str(task.adapter))
+    if method in MERGEABLE:
+        model = model.merge_and_unload()
+    return model.eval(), tok, method not in PROMPT_LEARNING
+
+
+def instruction_for(task: PersonaTask, system: str) -> str:
+    return task.few_shot_instruction if system == "few_shot" else task.manifest["instruction"]
+
+
+def max_length_for(tok, task: PersonaTask, system: str) -> int | None:
+    """The adapter's max_length; few-shot gets the shots' tokens on top, so the context kept is the same."""
+    base = task.max_length
+    if base is None or system != "few_shot":
+        return base
+    extra = len(tok(task.few_shot_instruction)["input_ids"]) - len(tok(task.manifest["instruction"])["input_ids"])
+    return base + max(extra, 0)
+
+
+def work_units(task: PersonaTask, general: Sequence[Example], generate: int) -> int:
+    """How many progress steps one system takes on ``task`` (for the progress bar total)."""
+    return len(task.held_out) + len(general) + len(task.id_items) + min(generate, len(task.held_out))
+
+
+def run_system(
+    model, tok, task: PersonaTask, system: str, general: Sequence[Example], sampling: SamplingConfig,
+    generate: int, share_prefix: bool = True, progress=None,
+) -> SystemOutput:
+    """Perplexity on held-out replies (+ general text), identification rankings, sampled replies."""
+    instruction = instruction_for(task, system)
+    max_len = max_length_for(tok, task, system)
+    heldout = score_examples(model, tok, task.with_instruction(task.held_out, instruction), max_len,
+                             share_prefix, progress)
+    general_scores = None
+    if system != "few_shot":
+        general_scores = score_examples(model, tok, general, max_len, share_prefix, progress)
+    elif progress is not None:
+        progress.update(len(general))
+    rankings = []
+    for item in task.id_items:
+        e = item.example
+        moved = IdItem(Example(instruction, e.context, e.persona), item.variants, item.truth)
+        r = rank_item(model, tok, moved, max_len, share_prefix)
+        if r is not None:
+            rankings.append(r)
+        if progress is not None:
+            progress.update(1)
+    prompts = task.with_instruction(task.held_out[:generate], instruction)
+    generated = generate_replies(model, tok, prompts, max_len, sampling, progress)
+    return SystemOutput(heldout, general_scores, rankings, generated)
