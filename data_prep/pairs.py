@@ -42,12 +42,15 @@ def build_pairs(
     pairs = []
     for conv in convs:
         turns = conv.turns
+        if not any(t.speaker == persona for t in turns[1:]):
+            continue
+        # one ContextTurn per turn, shared by every window that holds it (no per-pair churn)
+        ctx_turns = [ContextTurn(t.speaker, t.text) for t in turns]
         for i in range(1, len(turns)):
-            if turns[i].speaker != persona:
-                continue
-            ctx = tuple(ContextTurn(t.speaker, t.text) for t in turns[max(0, i - context_turns):i])
-            src = turns[i].source
-            pairs.append(Pair(persona, instruction, ctx, turns[i].text, conv.id, sources.get(src, src)))
+            if turns[i].speaker == persona:
+                src = turns[i].source
+                ctx = tuple(ctx_turns[max(0, i - context_turns):i])
+                pairs.append(Pair(persona, instruction, ctx, turns[i].text, conv.id, sources.get(src, src)))
     return pairs
 
 
@@ -56,7 +59,8 @@ def dedupe(pairs: list[Pair]) -> tuple[list[Pair], int]:
     seen: set = set()
     kept = []
     for p in pairs:
-        key = (p.persona, p.context, p.response)
+        # a joined string hashes far faster than a tuple of dataclasses
+        key = "\x1f".join((p.persona, p.response, *(f"{t.speaker}\x1e{t.text}" for t in p.context)))
         if key in seen:
             continue
         seen.add(key)

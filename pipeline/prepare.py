@@ -27,15 +27,15 @@ from collections import Counter
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from data_prep.conversations import TurnConfig, merge_bursts, reply_counts, split_conversations
-from data_prep.errors import UserError
+from data_prep.errors import ParseError, UserError
 from data_prep.filters import drop_non_speech
 from data_prep.normalize import NormalizeConfig, normalize
 from data_prep.pairs import PairConfig, build_pairs, count_by_persona, dedupe, split_by_conversation
 from data_prep.persona_card import build_card, card_path, resolve_card
-from data_prep.pii import PIIConfig, Pseudonymizer, remove_pii, scrub
+from data_prep.pii import PIIConfig, Pseudonymizer, redact_text, remove_pii, scrub
 from data_prep.records import Conversation, Message, Pair
 from data_prep.sentences import SentenceConfig, split_long_turns
 from pipeline.cli import parser as make_parser, run_cli, setup_logging
@@ -177,7 +177,10 @@ def parse_all(cfg: PrepareConfig) -> list:
     from data_prep.formats import read_export
 
     files = tqdm(cfg.inputs, desc="reading", unit="file", disable=len(cfg.inputs) < 2 or None)
-    return [read_export(p, strict=cfg.strict) for p in files]
+    try:
+        return [read_export(p, strict=cfg.strict) for p in files]
+    except ParseError as e:  # its message may quote a raw line: hide numbers/addresses in it
+        raise ParseError(e.file, redact_text(e.reason, Counter()), e.line) from e
 
 
 def print_speakers(speakers: Counter, replies: dict[str, int]) -> None:
@@ -270,13 +273,13 @@ def _file_stats(pf, pseudo: Pseudonymizer, cfg: PrepareConfig) -> dict[str, Any]
     }
 
 
-def _write_jsonl(path: Path, rows: Iterator[dict] | list[dict]) -> None:
+def _write_jsonl(path: Path, rows: Iterable[dict]) -> None:
     with open(path, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
 
 
 def alpaca(p: Pair) -> dict[str, str]:
+    """Alpaca shape: the context as "speaker: text" lines in ``input``."""
     return {"instruction": p.instruction, "input": "\n".join(f"{t.speaker}: {t.text}" for t in p.context),
             "output": p.response}
 
@@ -288,39 +291,45 @@ def chat_messages(p: Pair) -> dict[str, Any]:
 
 
 def write_outputs(tmp: Path, cfg: PrepareConfig, train: list[Pair], val: list[Pair], stats: dict) -> None:
+    """Every output file into ``tmp``; JSONL is streamed, the dataset is read back from it by pyarrow."""
     from data_prep.report import write_report, write_stats
 
     for split, pairs in (("train", train), ("validation", val)):
         with open(tmp / f"{split}.jsonl", "w", encoding="utf-8") as f:
             f.writelines(p.dumps() + "\n" for p in pairs)
         if "alpaca" in cfg.exports:
-            _write_jsonl(tmp / f"{split}_alpaca.jsonl", [alpaca(p) for p in pairs])
+            _write_jsonl(tmp / f"{split}_alpaca.jsonl", (alpaca(p) for p in pairs))
         if "messages" in cfg.exports:
-            _write_jsonl(tmp / f"{split}_messages.jsonl", [chat_messages(p) for p in pairs])
-    write_dataset(tmp / "dataset", train, val)
+            _write_jsonl(tmp / f"{split}_messages.jsonl", (chat_messages(p) for p in pairs))
+    write_dataset(tmp / "dataset", {s: tmp / f"{s}.jsonl" for s in ("train", "validation")})
     write_stats(tmp / "stats.json", stats)
-    personas = set(stats["personas"])
-    write_report(tmp, stats, [len(p.response) for p in train + val if p.persona in personas])
+    write_report(tmp, stats, [len(p.response) for p in train + val])
     config = {**asdict(cfg), "inputs": [str(Path(p).resolve()) for p in cfg.inputs]}
     (tmp / "config.json").write_text(json.dumps(config, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
 
 
-def write_dataset(path: Path, train: list[Pair], val: list[Pair]) -> None:
-    """The same pairs as a ``datasets.DatasetDict`` (imported only here: it is slow to import)."""
-    from datasets import Dataset, DatasetDict, Features, List, Value
+def write_dataset(path: Path, jsonl: dict[str, Path]) -> None:
+    """The JSONL splits as a ``datasets.DatasetDict`` saved with ``save_to_disk``.
 
-    features = Features({
-        "persona": Value("string"), "instruction": Value("string"),
-        "context": List({"speaker": Value("string"), "text": Value("string")}),
-        "response": Value("string"), "conversation_id": Value("string"), "source": Value("string"),
-    })
+    pyarrow's JSON reader builds the tables in C++ (no per-pair Python dicts);
+    datasets is imported only here because it is slow to import.
+    """
+    import pyarrow as pa
+    import pyarrow.json as pj
+    from datasets import Dataset, DatasetDict
+    from datasets.table import InMemoryTable
 
-    def columns(pairs: list[Pair]) -> dict[str, list]:
-        rows = [p.to_json() for p in pairs]
-        return {k: [r[k] for r in rows] for k in features}
+    turn = pa.struct([("speaker", pa.string()), ("text", pa.string())])
+    schema = pa.schema([("persona", pa.string()), ("instruction", pa.string()), ("context", pa.list_(turn)),
+                        ("response", pa.string()), ("conversation_id", pa.string()), ("source", pa.string())])
 
-    dd = DatasetDict({s: Dataset.from_dict(columns(p), features=features) for s, p in (("train", train), ("validation", val))})
-    dd.save_to_disk(str(path))
+    def table(file: Path) -> pa.Table:
+        if file.stat().st_size == 0:
+            return schema.empty_table()
+        opts = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="error")
+        return pj.read_json(file, parse_options=opts, read_options=pj.ReadOptions(block_size=1 << 24))
+
+    DatasetDict({split: Dataset(InMemoryTable(table(f))) for split, f in jsonl.items()}).save_to_disk(str(path))
 
 
 @contextmanager
@@ -405,7 +414,8 @@ def config_from_args(a) -> PrepareConfig:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
+    setup_logging()
+    log.setLevel(logging.DEBUG if args.verbose else logging.INFO)  # only ours: libraries stay quiet
     run(config_from_args(args))
     return 0
 

@@ -1,0 +1,162 @@
+"""Benchmark the whole prepare stage on a 1,000,000-message KakaoTalk PC export.
+
+    .venv/bin/python bench/prepare_bench.py            # 1,000,000 messages
+    .venv/bin/python bench/prepare_bench.py --messages 200000
+
+Builds the export from SmileStyle sentences (../shared/data; two to four speakers
+per dialogue, each speaking in one style, with phone numbers, e-mails, media
+placeholders, join lines and long turns sprinkled in) and writes it with
+``PARSERS["kakao_windows"].write``. Then, each in a fresh child process so peak
+RSS belongs to that run only, it runs ``pipeline.prepare.run`` end to end twice:
+with PII removal (the default) and with ``--keep-pii`` (the baseline without the
+PII stage). It also times the PII stage against a naive version (one regex per
+kind, applied to every message, no prefilter) on the same messages.
+Prints messages/s, peak MB, seconds per stage and the ratios. Target: >= 100,000
+messages/s on 2 cores, peak < 2 GB.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import random
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from datetime import datetime, timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+SMILESTYLE = ROOT.parent / "shared" / "data" / "smilestyle" / "smilestyle_dataset.tsv"
+NAMES = ["김민수", "이지은", "박서준", "최유리", "정하늘", "강도윤", "윤서연", "회원님"]
+
+
+def dialogues() -> list[list[dict[str, str]]]:
+    """SmileStyle rows grouped into dialogues (a row of empty cells separates them)."""
+    out, cur = [], []
+    with open(SMILESTYLE, encoding="utf-8", newline="") as f:
+        for row in csv.DictReader(f, delimiter="\t"):
+            if not any((v or "").strip() for v in row.values()):
+                if cur:
+                    out.append(cur)
+                cur = []
+            else:
+                cur.append(row)
+    return out + ([cur] if cur else [])
+
+
+def build_messages(n: int, seed: int = 0) -> list:
+    from data_prep.records import Message
+
+    rng = random.Random(seed)
+    dias = dialogues()
+    styles = [c for c in dias[0][0] if c]
+    msgs, ts = [], datetime(2020, 1, 1, 9, 0)
+    while len(msgs) < n:
+        dia = rng.choice(dias)
+        people = rng.sample(NAMES, rng.randint(2, 4))
+        voice = {p: rng.choice(styles) for p in people}
+        ts += timedelta(hours=rng.choice((2, 5, 20)))
+        if rng.random() < 0.05:
+            msgs.append(Message(ts, "", f"{people[-1][1:]}님이 들어왔습니다."))
+        for i, row in enumerate(dia):
+            speaker = people[i % len(people)]
+            text = (row.get(voice[speaker]) or row.get("informal") or "응").strip() or "응"
+            r = rng.random()
+            if r < 0.02:
+                text += f" 내 번호 010-{rng.randint(1000, 9999)}-{rng.randint(1000, 9999)}"
+            elif r < 0.03:
+                text += f" 메일은 user{rng.randint(1, 999)}@naver.com"
+            elif r < 0.06:
+                text = rng.choice(("사진", "이모티콘", "사진 3장", "삭제된 메시지입니다."))
+            elif r < 0.062:
+                text = (text + " ") * 40  # long turn: goes through kss
+            elif r < 0.1:
+                text += f" {people[(i + 1) % len(people)][1:]}아"  # name in text
+            ts += timedelta(seconds=rng.randint(5, 200))
+            msgs.append(Message(ts, speaker, text))
+            if len(msgs) >= n:
+                break
+    return msgs
+
+
+def child(path: str, keep_pii: bool) -> None:
+    """Run prepare once and print its figures as JSON (peak RSS is this process's own)."""
+    from pipeline.prepare import PrepareConfig, Timer, run
+
+    out = tempfile.mkdtemp(prefix="prepare-bench-")
+    cfg = PrepareConfig(inputs=(path,), out=str(Path(out) / "data"), min_replies=20, keep_pii=keep_pii)
+    timer = Timer()
+    start = time.perf_counter()
+    result = run(cfg, timer)
+    total = time.perf_counter() - start
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"seconds": total, "peak_mb": peak_mb, "stages": timer.seconds,
+                      "messages": result.stats["messages"]["parsed"],
+                      "pairs": sum(c["train"] + c["validation"] for c in result.stats["pairs"].values())}))
+
+
+_NAIVE = [re.compile(p) for p in (
+    r"https?://\S+|www\.\S+", r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+", r"\d{6}-?[1-8]\d{6}",
+    r"(?:\d{4}-){3}\d{4}", r"(?:\+82|0)1[016789]-?\d{3,4}-?\d{4}|0[2-6]\d?-?\d{3,4}-?\d{4}",
+    r"\d{2,6}-\d{2,6}-\d{2,7}",
+)]
+
+
+def pii_ratio(msgs: list) -> tuple[float, float]:
+    """(optimised PII stage seconds, naive per-pattern seconds) on the same messages."""
+    from data_prep.pii import PIIConfig, Pseudonymizer, remove_pii
+
+    pseudo = Pseudonymizer(NAMES, personas={NAMES[0]})
+    t0 = time.perf_counter()
+    remove_pii(msgs, pseudo, PIIConfig())
+    fast = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for m in msgs:
+        text = m.text
+        for pat in _NAIVE:
+            text = pat.sub("<X>", text)
+        for name in NAMES:
+            text = text.replace(name, "친구")
+    return fast, time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--messages", type=int, default=1_000_000, help="messages in the generated export")
+    ap.add_argument("--child", nargs=2, metavar=("FILE", "KEEP_PII"), help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.child:
+        return child(a.child[0], a.child[1] == "1")
+    from data_prep.formats import PARSERS
+
+    t0 = time.perf_counter()
+    msgs = build_messages(a.messages)
+    path = Path(tempfile.mkdtemp(prefix="prepare-bench-")) / "KakaoTalkChats.txt"
+    path.write_text(PARSERS["kakao_windows"].write(msgs), encoding="utf-8")
+    print(f"built {len(msgs):,} messages ({path.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - t0:.1f}s")
+    fast, naive = pii_ratio(msgs[:200_000])
+    print(f"PII stage on 200,000 messages: {fast:.2f}s vs naive per-pattern {naive:.2f}s -> {naive / fast:.1f}x faster")
+    runs = {}
+    for label, keep in (("full", "0"), ("keep-pii (baseline)", "1")):
+        out = subprocess.run([sys.executable, __file__, "--child", str(path), keep], capture_output=True, text=True, cwd=ROOT)
+        if out.returncode:
+            sys.exit(f"{label} run failed:\n{out.stderr[-2000:]}")
+        runs[label] = r = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"\n{label}: {r['messages']:,} messages, {r['pairs']:,} pairs in {r['seconds']:.1f}s "
+              f"-> {r['messages'] / r['seconds']:,.0f} messages/s, peak {r['peak_mb']:.0f} MB")
+        print("  " + ", ".join(f"{k} {v:.2f}s" for k, v in r["stages"].items()))
+    full, base = runs["full"], runs["keep-pii (baseline)"]
+    print(f"\nratio full/baseline time: {full['seconds'] / base['seconds']:.2f} "
+          f"(PII stage costs {full['stages'].get('remove_pii', 0):.2f}s)")
+    ok = full["messages"] / full["seconds"] >= 100_000 and full["peak_mb"] < 2048
+    print(f"target >= 100,000 messages/s and < 2 GB: {'met' if ok else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()
