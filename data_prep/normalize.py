@@ -58,7 +58,15 @@ class NormalizeConfig:
 
 
 def _run_pattern(cap: int) -> re.Pattern:
-    return re.compile(r"([^\d\s])\1{%d,}" % cap)
+    # "(.)" and a check in the callback is ~2x faster than "([^\d\s])": matches are rare
+    return re.compile(r"(.)\1{%d,}" % cap)
+
+
+def _capper(cap: int):
+    def cap_run(m: re.Match) -> str:
+        ch = m.group(1)
+        return m.group() if ch.isdigit() or ch.isspace() else ch * cap
+    return cap_run
 
 
 def strip_special_tokens(text: str) -> tuple[str, int]:
@@ -77,7 +85,7 @@ def canonical_speaker(name: str, self_alias: str = DEFAULT_SELF_ALIAS) -> str:
     return self_alias if name in SELF_NAMES else name
 
 
-def normalize_text(text: str, cap_repeats: int = 4, _runs: re.Pattern | None = None) -> str:
+def normalize_text(text: str, cap_repeats: int = 4, _runs: tuple | None = None) -> str:
     """NFC + invisible characters removed + repeated-character runs capped (no token stripping)."""
     if not text.isascii():
         if not unicodedata.is_normalized("NFC", text):
@@ -85,8 +93,8 @@ def normalize_text(text: str, cap_repeats: int = 4, _runs: re.Pattern | None = N
         if _HAS_INVISIBLE(text):
             text = text.translate(_INVISIBLE)
     if cap_repeats:
-        runs = _runs or _run_pattern(cap_repeats)
-        text = runs.sub(lambda m: m.group(1) * cap_repeats, text)
+        pattern, cap_run = _runs or (_run_pattern(cap_repeats), _capper(cap_repeats))
+        text = pattern.sub(cap_run, text)
     return text.strip()
 
 
@@ -96,7 +104,7 @@ def normalize(messages: list[Message], cfg: NormalizeConfig) -> tuple[list[Messa
     A new Message is built only when something changed (most texts are already clean).
     """
     counts: Counter = Counter()
-    runs = _run_pattern(cfg.cap_repeats) if cfg.cap_repeats else None
+    runs = (_run_pattern(cfg.cap_repeats), _capper(cfg.cap_repeats)) if cfg.cap_repeats else None
     speakers: dict[str, str] = {}
     out = []
     for m in messages:

@@ -38,6 +38,7 @@ _PII = re.compile(
 )
 _MAYBE_PII = re.compile(r"[\d@]|http|www", re.IGNORECASE).search
 _HANGUL = re.compile(r"[가-힣]+")
+_SYMBOLS = re.compile(r"[^\w\s]+")
 _MIN_DIGITS_ACCOUNT = 10  # fewer digits in a hyphenated run is a date or a code, not an account
 
 
@@ -68,16 +69,18 @@ def redact_text(text: str, counts: Counter) -> str:
 
 
 def name_variants(name: str) -> list[str]:
-    """Spellings of ``name`` to hide in text: the name, and the given name of a Korean full name."""
-    out = [name] if len(name) >= 2 else []
-    if _HANGUL.fullmatch(name) and len(name) in (3, 4):
-        out.append(name[1:])  # 김영희 -> 영희; 남궁민수 -> 궁민수 is harmless, 민수 comes from len 4 below
-    if _HANGUL.fullmatch(name) and len(name) == 4:
-        out.append(name[2:])
-    for part in name.split():
-        if len(part) >= 2 and part != name:
-            out.append(part)
-    return out
+    """Spellings of ``name`` to hide in text.
+
+    The name itself; its letters without emoji/symbols (지은🌸 -> 지은); the given
+    name of a Korean full name (김영희 -> 영희, 남궁민수 -> 민수); each word of a
+    multi-word name. One-letter spellings are skipped (they would hit ordinary words).
+    """
+    core = _SYMBOLS.sub("", name).strip()
+    out = [name, core]
+    if _HANGUL.fullmatch(core) and len(core) in (3, 4):
+        out += [core[1:], core[2:]] if len(core) == 4 else [core[1:]]
+    out += core.split()
+    return [v for v in dict.fromkeys(out) if len(v) >= 2]
 
 
 class Pseudonymizer:

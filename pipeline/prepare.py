@@ -27,7 +27,7 @@ from collections import Counter
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from data_prep.conversations import TurnConfig, merge_bursts, reply_counts, split_conversations
 from data_prep.errors import ParseError, UserError
@@ -165,7 +165,7 @@ def run(cfg: PrepareConfig, timer: Timer | None = None) -> Result:
         stats = build_stats(cfg, parsed, speakers, pseudo, personas, dropped, redactions, cleaning,
                             sentence_counts, convs, train, val, duplicates, len(messages))
         with t("write"):
-            write_outputs(tmp, cfg, train, val, stats)
+            write_outputs(tmp, cfg, train, val, stats, _cleaner(pseudo, cfg))
     log_summary(stats, t.seconds)
     return Result(stats, t.seconds)
 
@@ -233,9 +233,13 @@ def check_pairs(personas: Sequence[str], pairs: list[Pair], speakers: Counter) -
                         f"speakers: {_speaker_list(speakers)}")
 
 
+def _cleaner(pseudo: Pseudonymizer, cfg: PrepareConfig) -> Callable[[str], str]:
+    """Free text (paths, unparsed lines) as it may appear in outputs: scrubbed unless --keep-pii."""
+    return (lambda s: s) if cfg.keep_pii else (lambda s: scrub(s, pseudo, Counter()))
+
+
 def _label(path: str, pseudo: Pseudonymizer, cfg: PrepareConfig) -> str:
-    name = Path(path).name
-    return name if cfg.keep_pii else scrub(name, pseudo, Counter())
+    return _cleaner(pseudo, cfg)(Path(path).name)
 
 
 # ---------------------------------------------------------------- stats and writing
@@ -263,7 +267,7 @@ def build_stats(cfg, parsed, speakers, pseudo, personas, dropped, redactions, cl
 
 
 def _file_stats(pf, pseudo: Pseudonymizer, cfg: PrepareConfig) -> dict[str, Any]:
-    clean = (lambda s: s) if cfg.keep_pii else (lambda s: scrub(s, pseudo, Counter()))
+    clean = _cleaner(pseudo, cfg)
     samples = [{"line": n, "text": clean(raw)[:200]} for n, raw in pf.unparsed[:UNPARSED_SAMPLES]]
     assert sum(pf.line_kinds.values()) == pf.lines, f"{pf.path}: line kinds do not add up"
     return {
@@ -290,7 +294,8 @@ def chat_messages(p: Pair) -> dict[str, Any]:
     return {"messages": to_messages(p.instruction, p.context, p.persona, p.response)}
 
 
-def write_outputs(tmp: Path, cfg: PrepareConfig, train: list[Pair], val: list[Pair], stats: dict) -> None:
+def write_outputs(tmp: Path, cfg: PrepareConfig, train: list[Pair], val: list[Pair], stats: dict,
+                  clean: Callable[[str], str]) -> None:
     """Every output file into ``tmp``; JSONL is streamed, the dataset is read back from it by pyarrow."""
     from data_prep.report import write_report, write_stats
 
@@ -304,7 +309,8 @@ def write_outputs(tmp: Path, cfg: PrepareConfig, train: list[Pair], val: list[Pa
     write_dataset(tmp / "dataset", {s: tmp / f"{s}.jsonl" for s in ("train", "validation")})
     write_stats(tmp / "stats.json", stats)
     write_report(tmp, stats, [len(p.response) for p in train + val])
-    config = {**asdict(cfg), "inputs": [str(Path(p).resolve()) for p in cfg.inputs]}
+    # input paths may hold a friend's name (KakaoTalk_김영희.txt): ``clean`` pseudonymises them
+    config = {**asdict(cfg), "inputs": [clean(str(Path(p).resolve())) for p in cfg.inputs]}
     (tmp / "config.json").write_text(json.dumps(config, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
 
 

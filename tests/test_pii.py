@@ -2,7 +2,7 @@
 from collections import Counter
 from datetime import datetime
 
-from data_prep.pii import PIIConfig, Pseudonymizer, redact_text, remove_pii, scrub
+from data_prep.pii import PIIConfig, Pseudonymizer, name_variants, redact_text, remove_pii, scrub
 from data_prep.records import Message
 
 T = datetime(2024, 1, 1, 9, 0)
@@ -40,3 +40,11 @@ def test_keep_pii_and_scrub():
     msgs = [Message(T, "김영희", "010-1234-5678")]
     assert remove_pii(msgs, pseudo, PIIConfig(enabled=False))[0] == msgs
     assert scrub("line 영희: 010-1234-5678", pseudo, Counter()) == "line 친구1: <전화번호>"
+
+
+def test_name_variants():
+    assert name_variants("김영희") == ["김영희", "영희"]
+    assert name_variants("남궁민수") == ["남궁민수", "궁민수", "민수"]
+    assert name_variants("지은🌸") == ["지은🌸", "지은"]
+    assert name_variants("Kim Minsu") == ["Kim Minsu", "Kim", "Minsu"]
+    assert name_variants("나") == []
