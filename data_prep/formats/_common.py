@@ -81,25 +81,24 @@ def is_title_line(line: str) -> bool:
     return s.endswith(_TITLE_ENDS) or s.startswith(_TITLE_STARTS)
 
 
-def header_lines(lines: list[str], i: int, before_first: bool) -> int:
-    """How many header lines start at index ``i`` (0 when none).
+def is_header(lines: list[str], i: int, before_first: bool) -> bool:
+    """Whether line ``i`` is a header line (title, save date, iOS file name).
 
     A title line mid-file could be message text ("Talk with me"), so it counts
     only before the first message or when a save-date line follows it.
     """
     line = lines[i]
     if is_saved_line(line):
-        return 1
+        return True
     if is_title_line(line):
         if before_first:
-            return 1
+            return True
         j = i + 1
         while j < len(lines) and not lines[j].strip():
             j += 1
-        return j - i + 1 if j < len(lines) and is_saved_line(lines[j]) else 0
-    if before_first and _FILE_NAME.match(line.strip()):
-        return 1  # iOS exports may start with their own file name
-    return 0
+        return j < len(lines) and is_saved_line(lines[j])
+    # iOS exports may start with their own file name
+    return before_first and _FILE_NAME.match(line.strip()) is not None
 
 
 @dataclass(frozen=True)
@@ -112,99 +111,79 @@ class Format:
     write: Callable[..., str]  # (messages, **opts) -> export text
 
 
-class _Builder:
-    """Collects messages and line kinds; holds the open message until its body ends."""
-
-    def __init__(self, source: str):
-        self.source = source
-        self.messages: list[Message] = []
-        self.kinds = dict.fromkeys(KINDS, 0)
-        self.unparsed: list[tuple[int, str]] = []
-        self.open: list | None = None  # [ts, speaker, first_line, lineno, extra_lines]
-        self.blanks: list[str] = []  # blank lines seen after the open message
-        self.last_ts: datetime | None = None
-
-    def close(self) -> None:
-        if self.open is not None:
-            ts, speaker, text, lineno, extra = self.open
-            if extra:
-                text = "\n".join([text, *extra]).strip("\n")
-            self.messages.append(Message(ts, speaker, text, self.source, lineno))
-            self.open = None
-        if self.blanks:
-            self.kinds["blank"] += len(self.blanks)
-            self.blanks = []
-
-    def continuation(self, line: str) -> None:
-        extra = self.open[4]
-        if self.blanks:
-            extra.extend(self.blanks)
-            self.kinds["continuation"] += len(self.blanks)
-            self.blanks = []
-        extra.append(line)
-        self.kinds["continuation"] += 1
-
-    def result(self) -> ParseResult:
-        self.close()
-        return self.messages, self.kinds, self.unparsed
-
-
 def parse_lines(lines: list[str], source: str, classify: Classify) -> ParseResult:
-    """Run the record/continuation state machine over ``lines`` with a format's ``classify``."""
-    b = _Builder(source)
-    kinds, append_msg = b.kinds, b.messages.append
-    skip = 0
+    """Run the record/continuation state machine over ``lines`` with a format's ``classify``.
+
+    The message path is inlined (no method calls, no per-message list): it runs
+    for nearly every line of a million-message export.
+    """
+    messages: list[Message] = []
+    append = messages.append
+    kinds = dict.fromkeys(KINDS, 0)
+    unparsed: list[tuple[int, str]] = []
+    n_messages = 0
+    cur = None  # the open message record: (MESSAGE, ts, speaker, first body line)
+    cur_line = 0
+    body: list[str] | None = None  # its continuation lines
+    blanks: list[str] = []  # blank lines after it: body text only if a continuation follows
+    last_ts = None
+
+    def close() -> None:
+        nonlocal cur, body, blanks
+        if cur is not None:
+            text = cur[3] if body is None else "\n".join([cur[3], *body]).strip("\n")
+            append(Message(cur[1], cur[2], text, source, cur_line))
+            cur = body = None
+        if blanks:
+            kinds["blank"] += len(blanks)
+            blanks = []
+
     for i, line in enumerate(lines):
-        if skip:
-            skip -= 1
-            continue
         rec = classify(line)
+        if rec is not None and rec[0] is MESSAGE:
+            if cur is not None:
+                if body is None and not blanks:  # the common case, inlined
+                    append(Message(cur[1], cur[2], cur[3], source, cur_line))
+                else:
+                    close()
+            cur, cur_line, body = rec, i + 1, None
+            n_messages += 1
+            continue
         if rec is None:
-            skip = _not_a_record(b, lines, i)
+            if not line.strip():
+                if cur is not None:
+                    blanks.append(line)
+                else:
+                    kinds["blank"] += 1
+            elif is_header(lines, i, before_first=cur is None and not messages):
+                close()
+                kinds["header"] += 1
+            elif cur is not None:
+                if body is None:
+                    body = []
+                if blanks:
+                    body += blanks
+                    kinds["continuation"] += len(blanks)
+                    blanks = []
+                body.append(line)
+                kinds["continuation"] += 1
+            else:
+                kinds["unparsed"] += 1
+                unparsed.append((i + 1, line))
             continue
+        if cur is not None:
+            last_ts = cur[1] or last_ts
+        close()
         kind = rec[0]
-        if kind is MESSAGE:
-            b.close()
-            b.open = [rec[1], rec[2], rec[3], i + 1, []]
-            b.last_ts = rec[1] or b.last_ts
-            kinds["message"] += 1
-            continue
-        b.close()
         if kind is SYSTEM:
-            ts = rec[1] or b.last_ts  # Windows join/leave lines print no time: keep the last one
-            append_msg(Message(ts, "", rec[2], source, i + 1))
+            last_ts = rec[1] or last_ts  # Windows join/leave lines print no time: keep the last one
+            append(Message(last_ts, "", rec[2], source, i + 1))
             kinds["system"] += 1
         elif kind is DATE:
             kinds["date"] += 1
         else:
             kinds["unparsed"] += 1
-            b.unparsed.append((i + 1, line))
-    return b.result()
-
-
-def _not_a_record(b: _Builder, lines: list[str], i: int) -> int:
-    """Blank, header, continuation or unparsed; returns how many following lines were consumed."""
-    line = lines[i]
-    if not line.strip():
-        if b.open is not None:
-            b.blanks.append(line)
-        else:
-            b.kinds["blank"] += 1
-        return 0
-    n = header_lines(lines, i, before_first=not b.messages and b.open is None)
-    if n:
-        b.close()
-        for j in range(i, i + n):
-            b.kinds["header" if lines[j].strip() else "blank"] += 1
-        return n - 1
-    if b.open is not None:
-        b.continuation(line)
-    else:
-        b.kinds["unparsed"] += 1
-        b.unparsed.append((i + 1, line))
-    return 0
-
-
-def clock_12(ts: datetime, ampm: tuple[str, str]) -> tuple[str, int]:
-    """(오전/오후 or AM/PM, hour on a 12-hour clock) for writers."""
-    return ampm[ts.hour >= 12], (ts.hour % 12) or 12
+            unparsed.append((i + 1, line))
+    close()
+    kinds["message"] = n_messages
+    return messages, kinds, unparsed

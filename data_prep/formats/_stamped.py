@@ -89,35 +89,45 @@ def _timestamp(m: re.Match) -> datetime:
 
 
 def make_classifier(variants: tuple[Variant, ...]):
-    """``classify(line)`` for :func:`parse_lines` over the given variants (first match wins)."""
+    """``classify(line)`` for :func:`parse_lines` over the given variants.
+
+    The variant that matched last is tried first with one regex call; the
+    others (and date lines) only when it fails.
+    """
     cache: dict[str, datetime | None] = {}
+    primary = [variants[0].record.match]
+
+    def record(m: re.Match):
+        key, name, text, sys_text = m.group(1, "name", "text", "sys")
+        ts = cache.get(key, _MISS)
+        if ts is _MISS:
+            try:
+                ts = _timestamp(m)
+            except ValueError:  # 오후 13:00, 2월 30일 ... looks like a record, is not one
+                ts = None
+            cache[key] = ts
+        if ts is None:
+            return _BAD_REC
+        if name is not None:
+            return (MESSAGE, ts, name, text)
+        return (SYSTEM, ts, sys_text)
 
     def classify(line: str):
+        m = primary[0](line)
+        if m is not None:
+            return record(m)
         c = line[:1]
         for v in variants:
             if c not in v.first:
                 continue
             m = v.record.match(line)
-            if m is None:
-                if any(d.match(line) for d in v.dates):
-                    return _DATE_REC
-                if v.shape.match(line):
-                    return _BAD_REC
-                continue
-            key = m.group("ts")
-            ts = cache.get(key, _MISS)
-            if ts is _MISS:
-                try:
-                    ts = _timestamp(m)
-                except ValueError:  # 오후 13:00, 2월 30일 ... looks like a record, is not one
-                    ts = None
-                cache[key] = ts
-            if ts is None:
+            if m is not None:
+                primary[0] = v.record.match
+                return record(m)
+            if any(d.match(line) for d in v.dates):
+                return _DATE_REC
+            if v.shape.match(line):
                 return _BAD_REC
-            name = m.group("name")
-            if name is not None:
-                return (MESSAGE, ts, name, m.group("text"))
-            return (SYSTEM, ts, m.group("sys"))
         return None
 
     return classify

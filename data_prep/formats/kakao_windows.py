@@ -50,32 +50,36 @@ def _separator_date(m: re.Match) -> date | None:
 
 def _classifier():
     day: list = [None, {}]  # current date, its {time text: datetime} cache
+    match = _MESSAGE.match
+
+    def message(m: re.Match):
+        time, name, text = m.group("time", "name", "text")
+        ts = day[1].get(time)
+        if ts is None and day[0] is not None:
+            try:
+                hour = hour24(m.group("ap") or m.group("ap2"), int(m.group("h")))
+            except ValueError:  # [오후 27:15]: looks like a record, is not one
+                return (BAD,)
+            d = day[0]
+            ts = day[1][time] = datetime(d.year, d.month, d.day, hour, int(m.group("mi")))
+        return (MESSAGE, ts, name, text)
 
     def classify(line: str):
+        m = match(line)
+        if m is not None:
+            return message(m)
         c = line[:1]
         if c == "[":
-            m = _MESSAGE.match(line)
-            if m is None:
-                return (BAD,) if _SHAPE.match(line) else None
-            ts = day[1].get(m.group("time"))
-            if ts is None and day[0] is not None:
-                try:
-                    hour = hour24(m.group("ap") or m.group("ap2"), int(m.group("h")))
-                    d = day[0]
-                    ts = datetime(d.year, d.month, d.day, hour, int(m.group("mi")))
-                except ValueError:
-                    return (BAD,)
-                day[1][m.group("time")] = ts
-            return (MESSAGE, ts, m.group("name"), m.group("text"))
+            return (BAD,) if _SHAPE.match(line) else None
         if c == "-":
             m = _SEPARATOR.match(line)
-            if m is not None:
-                d = _separator_date(m)
-                if d is None:
-                    return (BAD,)
-                day[0], day[1] = d, {}
-                return (DATE,)
-            return None
+            if m is None:
+                return None
+            d = _separator_date(m)
+            if d is None:
+                return (BAD,)
+            day[0], day[1] = d, {}
+            return (DATE,)
         if is_system_text(line):
             return (SYSTEM, None, line)
         return None
