@@ -114,15 +114,13 @@ def write(messages: list[Message], lang: str = "ko", title: str = "대화상대"
         out = [f"Talk with {title}", f"Date Saved : {saved:%Y-%m-%d %H:%M:%S}", ""]
     day = None
     for m in messages:
-        if not m.speaker:
-            out.append(m.text)  # join/leave lines print no time
-            continue
-        if m.ts is None:
+        if m.ts is None and m.speaker:
             raise ValueError(f"{m.source}:{m.line}: this export format needs a timestamp")
-        if m.ts.date() != day:
+        if m.ts is not None and m.ts.date() != day:
             day = m.ts.date()
             out.append(_separator(day, lang))
-        out.append(f"[{m.speaker}] [{_time(m.ts, lang)}] {m.text}")
+        # join/leave lines print no time
+        out.append(f"[{m.speaker}] [{_time(m.ts, lang)}] {m.text}" if m.speaker else m.text)
     nl = "\r\n" if crlf else "\n"
     return nl.join(out) + nl
 
