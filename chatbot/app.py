@@ -107,13 +107,14 @@ def build_app(engine: Engine, seed: int | None = None) -> Any:
 
     cb = Callbacks(engine, seed)
     choices = persona_choices(engine)
-    with gr.Blocks(title="KakaoTalk persona chat") as demo:
+    # no telemetry: the page shows people's private chats
+    with gr.Blocks(title="KakaoTalk persona chat", analytics_enabled=False) as demo:
         gr.Markdown("## 카카오톡 페르소나 챗봇 · persona chat\n페르소나를 바꾸면 다음 답장부터 적용됩니다. "
                     "(Switching persona applies from the next reply.)")
         persona = gr.Dropdown(choices, value=choices[0][1], label="페르소나 (persona)", elem_id="persona")
         gr.Markdown(unavailable_note(engine))
         chat = gr.Chatbot(label="대화 (conversation)", height=420, elem_id="chat", buttons=["copy"],
-                          feedback_options=None)
+                          feedback_options=None, render_markdown=False)  # "좋아~~" is not strikethrough
         history = gr.State([])
         with gr.Row():
             box = gr.Textbox(placeholder="메시지를 입력하세요… (Enter to send)", show_label=False, scale=5,
@@ -140,10 +141,10 @@ def build_app(engine: Engine, seed: int | None = None) -> Any:
 
 def launch(engine: Engine, host: str = "127.0.0.1", port: int | None = 7860,
            auth: tuple[str, str] | None = None, share: bool = False, concurrency: int = 4,
-           block: bool = True) -> Any:
+           block: bool = True, seed: int | None = None) -> Any:
     """Queue and launch the app. Generation is serialised by the engine's lock anyway;
     ``concurrency`` only lets waiting sessions hold a worker instead of a queue slot."""
-    demo = build_app(engine)
+    demo = build_app(engine, seed)
     demo.queue(default_concurrency_limit=concurrency, max_size=64)
     demo.launch(server_name=host, server_port=port, auth=auth, share=share,
                 prevent_thread_lock=not block, show_error=False, footer_links=[], quiet=not block)

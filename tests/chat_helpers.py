@@ -106,13 +106,24 @@ def load_engine(ext_dir: Path, adapters: Path):
     return Engine.from_adapters_dir(adapters, cache_dir=Path(ext_dir).parents[1])
 
 
+_BUILT: dict[str, tuple[Path, Path]] = {}  # tiny base dir -> fixture dirs: built once per test session
+
+
 @pytest.fixture(scope="module")
 def chat_dirs(tiny_gemma_dir, tmp_path_factory) -> tuple[Path, Path]:
-    """(extended tiny base, adapters dir holding minji and junho)."""
-    return make_chat_fixture(Path(tiny_gemma_dir), tmp_path_factory.mktemp("chat"))
+    """(extended tiny base, adapters dir holding minji and junho); shared by every chat test module."""
+    key = str(tiny_gemma_dir)
+    if key not in _BUILT:
+        _BUILT[key] = make_chat_fixture(Path(tiny_gemma_dir), tmp_path_factory.mktemp("chat"))
+    return _BUILT[key]
+
+
+_ENGINES: dict[tuple[Path, Path], object] = {}
 
 
 @pytest.fixture(scope="module")
 def engine(chat_dirs):
-    """An Engine with the two tiny personas."""
-    return load_engine(*chat_dirs)
+    """An Engine with the two tiny personas (one per session: it is thread-safe and read-only)."""
+    if chat_dirs not in _ENGINES:
+        _ENGINES[chat_dirs] = load_engine(*chat_dirs)
+    return _ENGINES[chat_dirs]
