@@ -33,6 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 SMILESTYLE = ROOT.parent / "shared" / "data" / "smilestyle" / "smilestyle_dataset.tsv"
+PERSONA = "김민수"  # the usage: --persona 민수
 NAMES = ["김민수", "이지은", "박서준", "최유리", "정하늘", "강도윤", "윤서연", "회원님"]
 
 
@@ -74,8 +75,8 @@ def build_messages(n: int, seed: int = 0) -> list:
                 text += f" 메일은 user{rng.randint(1, 999)}@naver.com"
             elif r < 0.06:
                 text = rng.choice(("사진", "이모티콘", "사진 3장", "삭제된 메시지입니다."))
-            elif r < 0.062:
-                text = (text + " ") * 40  # long turn: goes through kss
+            elif r < 0.0605:  # a long turn (rows of other dialogues pasted together): sentence stage
+                text = " ".join((rng.choice(rng.choice(dias)).get("formal") or "") for _ in range(12))
             elif r < 0.1:
                 text += f" {people[(i + 1) % len(people)][1:]}아"  # name in text
             ts += timedelta(seconds=rng.randint(5, 200))
@@ -90,13 +91,15 @@ def child(path: str, keep_pii: bool) -> None:
     from pipeline.prepare import PrepareConfig, Timer, run
 
     out = tempfile.mkdtemp(prefix="prepare-bench-")
-    cfg = PrepareConfig(inputs=(path,), out=str(Path(out) / "data"), min_replies=20, keep_pii=keep_pii)
+    cfg = PrepareConfig(inputs=(path,), out=str(Path(out) / "data"), personas=(PERSONA,), keep_pii=keep_pii)
     timer = Timer()
+    cpu0 = time.process_time()
     start = time.perf_counter()
     result = run(cfg, timer)
     total = time.perf_counter() - start
+    cpu = time.process_time() - cpu0
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"seconds": total, "peak_mb": peak_mb, "stages": timer.seconds,
+    print(json.dumps({"seconds": total, "cpu_seconds": cpu, "peak_mb": peak_mb, "stages": timer.seconds,
                       "messages": result.stats["messages"]["parsed"],
                       "pairs": sum(c["train"] + c["validation"] for c in result.stats["pairs"].values())}))
 
@@ -140,7 +143,9 @@ def main() -> None:
     path = Path(tempfile.mkdtemp(prefix="prepare-bench-")) / "KakaoTalkChats.txt"
     path.write_text(PARSERS["kakao_windows"].write(msgs), encoding="utf-8")
     print(f"built {len(msgs):,} messages ({path.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - t0:.1f}s")
-    fast, naive = pii_ratio(msgs[:200_000])
+    from data_prep.normalize import NormalizeConfig, normalize
+
+    fast, naive = pii_ratio(normalize(msgs[:200_000], NormalizeConfig())[0])
     print(f"PII stage on 200,000 messages: {fast:.2f}s vs naive per-pattern {naive:.2f}s -> {naive / fast:.1f}x faster")
     runs = {}
     for label, keep in (("full", "0"), ("keep-pii (baseline)", "1")):
@@ -149,7 +154,9 @@ def main() -> None:
             sys.exit(f"{label} run failed:\n{out.stderr[-2000:]}")
         runs[label] = r = json.loads(out.stdout.strip().splitlines()[-1])
         print(f"\n{label}: {r['messages']:,} messages, {r['pairs']:,} pairs in {r['seconds']:.1f}s "
-              f"-> {r['messages'] / r['seconds']:,.0f} messages/s, peak {r['peak_mb']:.0f} MB")
+              f"-> {r['messages'] / r['seconds']:,.0f} messages/s, peak {r['peak_mb']:.0f} MB "
+              f"(CPU {r['cpu_seconds']:.1f}s -> {r['messages'] / r['cpu_seconds']:,.0f} messages per CPU-second; "
+              f"wall > CPU means other processes shared the cores)")
         print("  " + ", ".join(f"{k} {v:.2f}s" for k, v in r["stages"].items()))
     full, base = runs["full"], runs["keep-pii (baseline)"]
     print(f"\nratio full/baseline time: {full['seconds'] / base['seconds']:.2f} "

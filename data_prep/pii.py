@@ -3,7 +3,7 @@
 * Phone numbers (mobile, landline, +82), e-mail addresses, resident registration
   numbers, card numbers, bank account numbers and URLs become ``<전화번호>``,
   ``<이메일>``, ``<주민번호>``, ``<카드번호>``, ``<계좌번호>``, ``<URL>``.
-  One combined regex runs only on texts with a digit, ``@``, ``http`` or ``www``.
+  Each kind runs only behind a cheap test (``@``, ``http``/``www``, a run of 8+ digits).
 * Every speaker who is not a persona gets a consistent pseudonym (친구1, 친구2...,
   most active first), in the speaker field and wherever the name appears in text:
   the full name and, for three/four-syllable Korean names, the given name alone
@@ -26,19 +26,22 @@ PLACEHOLDERS = {
 _D = r"(?<![\d-])"  # no digit (or digit group) right before
 _E = r"(?![\d])"  # no digit right after
 _SEP = r"(?:[-. ]|\) ?)?"
-# order matters: earlier alternatives win at the same position
-_PII = re.compile(
-    r"(?P<url>(?:https?://|www\.)[^\s<>\"']+)"
-    r"|(?P<email>[\w.+-]+@[\w-]+(?:\.[\w-]+)+)"
-    rf"|(?P<rrn>{_D}\d{{6}}[- ]?[1-8]\d{{6}}{_E})"
+_URL = re.compile(r"(?:https?://|www\.)[^\s<>\"']+", re.IGNORECASE)
+_EMAIL = re.compile(r"(?<![\w.+-])[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+# a run of digits and separators: the only places a number-like PII can be
+_NUMBER_RUN = re.compile(r"\+?\d[\d\-. )]*\d")
+# inside such a run; order matters (earlier alternatives win at the same position)
+_NUMBERS = re.compile(
+    rf"(?P<rrn>{_D}\d{{6}}[- ]?[1-8]\d{{6}}{_E})"
     rf"|(?P<card>{_D}(?:\d{{4}}[- ]){{3}}\d{{4}}{_E}|{_D}\d{{4}}[- ]\d{{6}}[- ]\d{{5}}{_E}|{_D}\d{{16}}{_E})"
     rf"|(?P<phone>(?:\+82[- ]?\(?0?\)?[- ]?(?:1[016789]|[2-6]\d?|70)|{_D}0(?:1[016789]|2|[3-6][1-5]|70|50\d?))"
     rf"{_SEP}\d{{3,4}}{_SEP}\d{{4}}{_E}|{_D}1[568][0-9]{{2}}-\d{{4}}{_E})"
     rf"|(?P<account>{_D}\d{{2,6}}-\d{{2,6}}-\d{{2,7}}(?:-\d{{1,3}})?{_E}|{_D}\d{{10,14}}{_E})"
 )
-_MAYBE_PII = re.compile(r"[\d@]|http|www", re.IGNORECASE).search
+_HAS_DIGIT = re.compile(r"\d").search
 _HANGUL = re.compile(r"[가-힣]+")
 _SYMBOLS = re.compile(r"[^\w\s]+")
+_MIN_DIGITS = 8  # the shortest number kept as PII (1588-1234); shorter runs are never looked at
 _MIN_DIGITS_ACCOUNT = 10  # fewer digits in a hyphenated run is a date or a code, not an account
 
 
@@ -53,7 +56,7 @@ class PIIConfig:
         return [] if self.pseudonym_prefix.strip() else ["--pseudonym-prefix: must not be empty"]
 
 
-def _replace(m: re.Match, counts: Counter) -> str:
+def _number(m: re.Match, counts: Counter) -> str:
     kind = m.lastgroup
     if kind == "account" and sum(c.isdigit() for c in m.group()) < _MIN_DIGITS_ACCOUNT:
         return m.group()
@@ -61,11 +64,33 @@ def _replace(m: re.Match, counts: Counter) -> str:
     return PLACEHOLDERS[kind]
 
 
+def _number_run(m: re.Match, counts: Counter) -> str:
+    run = m.group()
+    if len(run) < _MIN_DIGITS or sum(c.isdigit() for c in run) < _MIN_DIGITS:
+        return run
+    return _NUMBERS.sub(lambda n: _number(n, counts), run)
+
+
+def _typed(pattern: re.Pattern, kind: str, text: str, counts: Counter) -> str:
+    text, n = pattern.subn(PLACEHOLDERS[kind], text)
+    if n:
+        counts[kind] += n
+    return text
+
+
 def redact_text(text: str, counts: Counter) -> str:
-    """Replace phone/e-mail/RRN/card/account/URL in ``text``; adds to ``counts`` per kind."""
-    if not _MAYBE_PII(text):
-        return text
-    return _PII.sub(lambda m: _replace(m, counts), text)
+    """Replace URL/e-mail/RRN/card/phone/account in ``text``; adds to ``counts`` per kind.
+
+    Each kind runs only when a cheap substring test says it could be there; the
+    number patterns run only inside digit runs of at least 8 digits.
+    """
+    if "http" in text or "www" in text or "HTTP" in text or "WWW" in text:
+        text = _typed(_URL, "url", text, counts)
+    if "@" in text:
+        text = _typed(_EMAIL, "email", text, counts)
+    if _HAS_DIGIT(text):
+        text = _NUMBER_RUN.sub(lambda m: _number_run(m, counts), text)
+    return text
 
 
 def name_variants(name: str) -> list[str]:
@@ -116,9 +141,10 @@ class Pseudonymizer:
         """Replace every hidden name in ``text``; counts them as ``name``."""
         if self._pattern is None:
             return text
+        if not self._pattern.search(text):  # the common case: no new string, no Message rebuilt
+            return text
         new, n = self._pattern.subn(lambda m: self._variants.get(m.group()) or self._lookup(m.group()), text)
-        if n:
-            counts["name"] += n
+        counts["name"] += n
         return new
 
     def _lookup(self, matched: str) -> str:  # case-insensitive Latin match
