@@ -178,7 +178,8 @@ def load_persona_data(cfg: TrainConfig) -> PersonaData:
                        user_speaker(train), file_hash(hashed), card if card.is_file() else None)
 
 
-def _args(argv: Sequence[str] | None) -> TrainConfig:
+def parse_args(argv: Sequence[str] | None) -> TrainConfig:
+    """The TrainConfig the command line describes (not yet validated)."""
     ap = parser("python -m pipeline.train", __doc__)
     d = TrainConfig("", "")
     a = ap.add_argument
@@ -228,7 +229,7 @@ def _args(argv: Sequence[str] | None) -> TrainConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    cfg = _args(argv)
+    cfg = parse_args(argv)
     cfg.validate()
     from pipeline.training.run import train
 

@@ -120,11 +120,14 @@ def _seed_step(seed: int, step: int, rank: int) -> None:
     torch.manual_seed(seed * 1_000_003 + step * 101 + rank)
 
 
-def _reduce_sum(acc, value: float):
+def _reduce_sum(acc, *values: float):
+    """Sum each value over all processes (one collective); a single value comes back as a float."""
     import torch
 
-    t = torch.tensor([value], dtype=torch.float64, device=acc.device)
-    return float(acc.reduce(t, reduction="sum").item()) if acc.num_processes > 1 else value
+    if acc.num_processes > 1:
+        t = acc.reduce(torch.tensor(values, dtype=torch.float64, device=acc.device), reduction="sum")
+        values = tuple(float(v) for v in t.tolist())
+    return values[0] if len(values) == 1 else values
 
 
 @dataclass
@@ -181,9 +184,10 @@ def _train_step(c: _Ctx, state: LoopState) -> dict:
     c.optimizer.step()
     c.scheduler.step()
     c.optimizer.zero_grad(set_to_none=True)
+    loss_total, tokens = _reduce_sum(c.acc, loss_total, tokens)
     state.step += 1
-    state.tokens += tokens
-    return {"loss": _reduce_sum(c.acc, loss_total) / global_n, "tokens": tokens, "grad_norm": float(grad_norm)}
+    state.tokens += int(tokens)
+    return {"loss": loss_total / global_n, "tokens": int(tokens), "grad_norm": float(grad_norm)}
 
 
 def evaluate(c: _Ctx, examples: list[Rendered]) -> float | None:
@@ -201,7 +205,8 @@ def evaluate(c: _Ctx, examples: list[Rendered]) -> float | None:
             with c.acc.autocast():
                 s, k = c.model(**batch)
             total, n = total + float(s), n + int(k)
-    return _reduce_sum(c.acc, total) / max(1.0, _reduce_sum(c.acc, n))
+    total, n = _reduce_sum(c.acc, total, n)
+    return total / max(1.0, n)
 
 
 def _eval_and_track(c: _Ctx, state: LoopState, best: dict | None, log: MetricsLog) -> dict | None:
@@ -269,7 +274,7 @@ def run(cfg: "TrainConfig", model, data: LoopData, out: Path, fingerprint: str, 
                            "lr": scheduler.get_last_lr()[0], "grad_norm": m["grad_norm"],
                            "tokens_per_s": tok_s, "elapsed_s": time.perf_counter() - t0})
                 window = []
-            if cfg.eval_every and (state.step % cfg.eval_every == 0 or state.step == total):
+            if state.step == total or (cfg.eval_every and state.step % cfg.eval_every == 0):
                 best = _eval_and_track(c, state, best, log)
             stopping = bool(_reduce_sum(acc, float(stop.requested)))
             early = cfg.patience and state.bad_evals >= cfg.patience

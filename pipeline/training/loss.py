@@ -12,7 +12,7 @@ by a tied output layer) are part of the result. A test holds it equal to
 
 Virtual-token methods (prompt tuning, P-tuning, prefix tuning) change the input
 sequence inside PEFT's forward, so for them the loss falls back to the model's
-own forward (``supervised_only=False``): slower on a large vocabulary, same value.
+own forward automatically: slower on a large vocabulary, same value.
 """
 from __future__ import annotations
 
@@ -34,6 +34,9 @@ def causal_lm(model: nn.Module) -> nn.Module:
 
 def supports_fast_loss(model: nn.Module) -> bool:
     """Whether the body + gathered-head path reproduces this model's forward exactly."""
+    peft_cfg = getattr(model, "active_peft_config", None)
+    if peft_cfg is not None and peft_cfg.is_prompt_learning:  # virtual tokens change the sequence
+        return False
     lm = causal_lm(model)
     cfg = lm.config
     if any(getattr(cfg, name, None) not in (None, 1, 1.0) for name in _UNHANDLED_LOGIT_POSTPROCESSING):

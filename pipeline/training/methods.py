@@ -49,7 +49,20 @@ def lora_targets(model_type: str, override: Sequence[str] = ()) -> list[str]:
     return list(override) if override else list(LORA_TARGETS.get(model_type, _LLAMA_STYLE))
 
 
-def peft_config(model_type: str, s: MethodSettings):
+def token_rows(model, new_ids: Sequence[int]) -> dict[str, list[int]] | None:
+    """``trainable_token_indices`` for the new ids: the input embedding, plus the output
+    layer when it is not tied to it (a tied one shares the input's trainable rows)."""
+    if not new_ids:
+        return None
+    names = {id(m): n for n, m in model.named_modules()}
+    inp, outp = model.get_input_embeddings(), model.get_output_embeddings()
+    rows = {names[id(inp)].rsplit(".", 1)[-1]: list(new_ids)}
+    if outp is not None and outp.weight is not inp.weight:
+        rows[names[id(outp)].rsplit(".", 1)[-1]] = list(new_ids)
+    return rows
+
+
+def peft_config(model_type: str, s: MethodSettings, token_indices: dict[str, list[int]] | None = None):
     """The PEFT config for ``s.method`` (None for ``full``)."""
     import peft
 
@@ -58,7 +71,7 @@ def peft_config(model_type: str, s: MethodSettings):
         return peft.LoraConfig(
             task_type="CAUSAL_LM", r=s.lora_r, lora_alpha=s.lora_alpha, lora_dropout=s.lora_dropout,
             target_modules=lora_targets(model_type, s.target_modules), fan_in_fan_out=conv1d,
-            trainable_token_indices=list(s.new_token_ids) or None,
+            trainable_token_indices=token_indices,
         )
     if s.method == "ia3":
         targets, ff = IA3_TARGETS.get(model_type, _IA3_DEFAULT)
@@ -94,7 +107,8 @@ def apply_method(model, s: MethodSettings):
         return model
     import peft
 
-    return peft.get_peft_model(model, peft_config(model.config.model_type, s))
+    rows = token_rows(model, s.new_token_ids) if s.method == "lora" else None
+    return peft.get_peft_model(model, peft_config(model.config.model_type, s, rows))
 
 
 def count_parameters(model) -> tuple[int, int]:

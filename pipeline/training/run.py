@@ -34,7 +34,8 @@ log = logging.getLogger("pipeline.train")
 @dataclass(frozen=True)
 class TrainResult:
     out: Path
-    manifest: dict[str, Any]
+    manifest: dict[str, Any]  # empty on ranks other than 0
+    model: Any = None  # the trained model (best weights), for callers that go on in-process
 
 
 def make_accelerator():
@@ -161,7 +162,7 @@ def finish(cfg: "TrainConfig", pd: "PersonaData", model, tok, ext: tuple[Path, d
     if problems:
         raise RuntimeError("saved adapter failed its checks: " + "; ".join(problems))
     plot_loss(records, out / "loss.png", title=f"{cfg.method} r={cfg.lora_r}" if cfg.method == "lora" else cfg.method)
-    return TrainResult(out, manifest)
+    return TrainResult(out, manifest, model)
 
 
 def _resume_point(cfg: "TrainConfig", fingerprint: str, is_main: bool) -> tuple[Path | None, dict | None]:
@@ -198,7 +199,13 @@ def train(cfg: "TrainConfig") -> TrainResult:
     trainable, total = count_parameters(model)
     log.info("%s: %.2fM trainable of %.1fM parameters; %d threads, %d process(es) on %s", cfg.method,
              trainable / 1e6, total / 1e6, threads, acc.num_processes, acc.device)
-    result = run_loop(cfg, model, data, Path(cfg.out), fingerprint, acc, ckpt, meta)
+    try:
+        result = run_loop(cfg, model, data, Path(cfg.out), fingerprint, acc, ckpt, meta)
+    except KeyboardInterrupt:
+        log.warning("interrupted: checkpoint written under %s; continue with the same command and --resume",
+                    Path(cfg.out) / ckpt_io.CHECKPOINTS)
+        raise
+    ranks_agree(acc, model)
     records = _read_records(Path(cfg.out) / "metrics.jsonl")
     done = None
     if acc.is_main_process:
@@ -207,7 +214,20 @@ def train(cfg: "TrainConfig") -> TrainResult:
         log.info("saved %s (best step %d, val loss %s, %.2f steps/s, %.0f tokens/s)", done.out, m["best_step"],
                  f"{m['val_loss']:.4f}" if m["val_loss"] is not None else "n/a", m["steps_per_s"], m["tokens_per_s"])
     acc.wait_for_everyone()
-    return done or TrainResult(Path(cfg.out), {})
+    return done or TrainResult(Path(cfg.out), {}, model)
+
+
+def ranks_agree(acc, model) -> None:
+    """Under DDP every rank must end with the same weights; a cheap checksum proves it."""
+    if acc.num_processes == 1:
+        return
+    import torch
+
+    total = sum(p.detach().double().abs().sum() for p in model.parameters() if p.requires_grad)
+    sums = acc.gather(torch.stack([total.to(acc.device)]))
+    if not torch.allclose(sums, sums[0].expand_as(sums), rtol=1e-9, atol=0):
+        raise RuntimeError(f"ranks disagree after training: {sums.tolist()}")
+    log.info("all %d ranks agree (weight checksum %.6f)", acc.num_processes, float(sums[0]))
 
 
 def _read_records(path: Path) -> list[dict]:

@@ -1,0 +1,79 @@
+"""The supervised-only loss equals the model's own loss, through PEFT, and trains the new rows."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pipeline import chat_format
+from pipeline.training.data import collate, render_pairs
+from pipeline.training.loss import SupervisedLoss, causal_lm, project
+from pipeline.training.methods import MethodSettings, apply_method
+from tests.test_train_helpers import extended, persona_pairs, train_cache  # noqa: F401 (fixture)
+
+
+def _lora_model(base_dir, cache, method="lora"):
+    model, tok, manifest, _ = extended(base_dir, cache)
+    torch.manual_seed(0)
+    peft_model = apply_method(model, MethodSettings(method, new_token_ids=tuple(manifest["new_token_ids"])))
+    with torch.no_grad():  # a freshly initialised LoRA is the identity: make it count
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name or "trainable_tokens_delta" in name:
+                p.add_(torch.randn_like(p) * 0.05)
+    return peft_model.eval(), tok, manifest
+
+
+def _batch(tok, n=6, max_length=96):
+    examples, _ = render_pairs(persona_pairs(limit=n), tok, max_length)
+    return collate(examples, chat_format.pad_id(tok))
+
+
+@pytest.mark.parametrize("base", ["tiny_gpt2_dir", "tiny_gemma_dir", "tiny_gemma_untied_dir"])
+def test_loss_equals_model_loss_with_lora(base, request, train_cache):
+    model, tok, _ = _lora_model(request.getfixturevalue(base), train_cache)
+    batch = _batch(tok)
+    reference = model(**batch).loss
+    total, n = SupervisedLoss(model)(**batch)
+    assert n == int((batch["labels"][:, 1:] != -100).sum()) > 0
+    assert torch.allclose(total / n, reference, rtol=1e-5, atol=1e-5), (float(total / n), float(reference))
+
+
+def test_softcap_is_applied(tiny_gemma_dir, train_cache):
+    model, tok, _ = _lora_model(tiny_gemma_dir, train_cache)
+    lm = causal_lm(model)
+    assert lm.config.final_logit_softcapping == 30.0
+    h = torch.randn(4, lm.config.hidden_size) * 50
+    logits = project(lm, h)
+    assert logits.abs().max() < 30.0  # capped, while the raw projection is far beyond
+    assert (lm.get_output_embeddings()(h)).abs().max() > 30.0
+
+
+def test_tied_projection_uses_trained_token_rows(tiny_gemma_dir, train_cache):
+    model, tok, manifest = _lora_model(tiny_gemma_dir, train_cache)
+    lm, new_ids = causal_lm(model), manifest["new_token_ids"]
+    delta = next(p for n, p in model.named_parameters() if "trainable_tokens_delta" in n)
+    h = torch.randn(3, lm.config.hidden_size)
+    raw = lm.get_output_embeddings()(h)
+    assert torch.allclose(raw[:, new_ids], h @ delta.T, atol=1e-5)  # the adapter's rows, not the base's
+    project(lm, h.requires_grad_(False))[:, new_ids].sum().backward()
+    assert delta.grad is not None and delta.grad.abs().sum() > 0  # the output path alone trains them
+
+
+def test_gradient_reaches_new_rows_and_lora(tiny_gemma_untied_dir, train_cache):
+    model, tok, _ = _lora_model(tiny_gemma_untied_dir, train_cache)
+    model.train()
+    total, n = SupervisedLoss(model)(**_batch(tok))
+    (total / n).backward()
+    grads = {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
+    deltas = [g for name, g in grads.items() if "trainable_tokens_delta" in name]
+    assert len(deltas) == 2  # untied: input rows and output rows are both trained
+    assert all(g is not None and g.abs().sum() > 0 for g in deltas)
+    assert any("lora_A" in name and g is not None and g.abs().sum() > 0 for name, g in grads.items())
+
+
+def test_virtual_token_method_falls_back_to_model_loss(tiny_gpt2_dir, train_cache):
+    model, tok, _ = _lora_model(tiny_gpt2_dir, train_cache, method="prompt")
+    loss = SupervisedLoss(model)
+    assert not loss.supervised_only
+    batch = _batch(tok)
+    total, n = loss(**batch)
+    assert torch.allclose(total / n, model(**batch).loss, atol=1e-6)

@@ -1,0 +1,57 @@
+"""Every method trains a few steps, saves, and reloads onto the extended base with the same logits."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pipeline.extend import ensure_extended, read_manifest
+from pipeline.train import TrainConfig
+from pipeline.training.adapter_io import load_trained
+from pipeline.training.methods import lora_targets
+from pipeline.training.run import train
+from tests.test_train_helpers import persona_data, train_cache  # noqa: F401 (fixtures)
+
+IDS = torch.tensor([[2, 10, 20, 30, 40, 50, 60, 70]])
+
+
+def _train(base_dir, data, out, cache, **kw):
+    cfg = TrainConfig(str(data), str(out), persona="민수", base_model=str(base_dir), cache_dir=str(cache),
+                      max_steps=3, batch_size=4, eval_every=0, save_every=0, log_every=1, **kw)
+    cfg.validate()
+    return train(cfg.resolved())
+
+
+def _logits(model):
+    with torch.no_grad():
+        return model(input_ids=IDS).logits[:, -IDS.shape[1]:]  # prompt tuning prepends virtual positions
+
+
+@pytest.mark.parametrize("method", ["lora", "prompt", "ptuning", "prefix", "ia3", "full"])
+def test_method_trains_saves_and_reloads(method, tiny_gpt2_dir, persona_data, train_cache, tmp_path):
+    result = _train(tiny_gpt2_dir, persona_data, tmp_path / method, train_cache, method=method, lr=1e-2)
+    manifest = json.loads((tmp_path / method / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["method"] == method and manifest["metrics"]["steps"] == 3
+    expected = _logits(result.model.eval())
+    loaded, _, _ = load_trained(tmp_path / method, cache_dir=train_cache)
+    assert torch.allclose(_logits(loaded), expected, atol=1e-5)
+    if method != "full":  # and the adapter does change the model
+        with loaded.disable_adapter():
+            assert not torch.allclose(_logits(loaded), expected, atol=1e-4)
+
+
+def test_lora_adapter_contents_gemma(tiny_gemma_dir, persona_data, train_cache, tmp_path):
+    _train(tiny_gemma_dir, persona_data, tmp_path / "a", train_cache, lr=1e-2)
+    tensors = load_file(tmp_path / "a" / "adapter_model.safetensors")
+    for module in lora_targets("gemma3_text"):
+        assert any(f"{module}.lora_A" in k for k in tensors) and any(f"{module}.lora_B" in k for k in tensors)
+    assert any(float(v.abs().max()) > 0 for k, v in tensors.items() if "lora_B" in k)
+    [delta] = [v for k, v in tensors.items() if "trainable_tokens_delta" in k]
+    assert delta.shape[0] == len(read_manifest(ensure_extended(str(tiny_gemma_dir), train_cache))["new_token_ids"])
+    assert not any(k.endswith("embed_tokens.weight") or k.endswith("lm_head.weight") for k in tensors)
+    base_bytes = sum(p.stat().st_size for p in tiny_gemma_dir.glob("*.safetensors"))
+    assert (tmp_path / "a" / "adapter_model.safetensors").stat().st_size < 0.25 * base_bytes
+    config = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
+    assert not config.get("modules_to_save") and config["trainable_token_indices"]
