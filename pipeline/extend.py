@@ -32,7 +32,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -89,7 +89,6 @@ class Extension:
     rows: int  # embedding rows now (>= base_rows: we only grow)
     tied: bool  # output layer shares the input embedding
     seed: int
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 # -- the extension itself (in memory) ----------------------------------------------------------

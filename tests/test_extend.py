@@ -114,6 +114,23 @@ def test_spare_rows_are_reused_not_shrunk(tiny_gpt2_dir, tmp_path):
     assert verify_extended(out) == []
 
 
+def test_pad_added_only_when_base_pads_with_eos(tiny_gpt2_dir, tmp_path):
+    base_dir = tmp_path / "pad-is-eos"
+    shutil.copytree(tiny_gpt2_dir, base_dir)
+    base_tok = AutoTokenizer.from_pretrained(base_dir)
+    base_tok.pad_token = base_tok.eos_token  # the usual GPT-2 fine-tuning shortcut, and the trap
+    base_tok.save_pretrained(base_dir)
+    out = tmp_path / "ext"
+    manifest = extend.build_extended(resolve_base(str(base_dir), tmp_path / "cache"), out)
+    assert list(manifest["added_tokens"]) == list(SPECIAL_TOKENS) + [PAD]
+    assert manifest["pad_token"] == PAD and manifest["pad_token_id"] == len(base_tok) + 5
+    assert manifest["new_token_ids"] == list(range(len(base_tok), len(base_tok) + 6))
+    model, tok, _ = load_extended(out)
+    assert tok.pad_token_id == manifest["pad_token_id"] == model.generation_config.pad_token_id
+    assert model.config.pad_token_id == tok.pad_token_id != tok.eos_token_id
+    assert verify_extended(out) == []
+
+
 def test_seed_fixes_the_new_rows(tiny_gemma_untied_dir, tmp_path):
     ref = resolve_base(str(tiny_gemma_untied_dir), tmp_path / "cache")
     a = extend.build_extended(ref, tmp_path / "a", seed=3)
