@@ -54,6 +54,7 @@ class EvalConfig:
     seed: int = 0  # --seed: example choice, few-shot choice and sampling
     cache_dir: Path | None = None  # --cache-dir: extended-base cache (default $KAKAO_PERSONA_CACHE)
     no_identification: bool = False  # --no-identification: skip SmileStyle persona identification
+    threads: int | None = None  # --threads: torch CPU threads (default: torch's choice)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -68,7 +69,8 @@ class EvalConfig:
                 problems.append(f"{flag} {path}: no such file")
         for flag, v, low in (("--max-examples", self.max_examples, 1), ("--general-lines", self.general_lines, 0),
                              ("--shots", self.shots, 0), ("--samples", self.samples, 0),
-                             ("--generate", self.generate, 0), ("--max-new-tokens", self.max_new_tokens, 1)):
+                             ("--generate", self.generate, 0), ("--max-new-tokens", self.max_new_tokens, 1),
+                             ("--threads", self.threads or 1, 1)):
             if v < low:
                 problems.append(f"{flag} must be >= {low}")
         if problems:
@@ -114,6 +116,7 @@ def build_parser():
     p.add_argument("--cache-dir", type=Path, help="extended-base cache (default $KAKAO_PERSONA_CACHE or "
                    "~/.cache/kakao-persona)")
     p.add_argument("--no-identification", action="store_true", help="skip SmileStyle persona identification")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: all CPUs available)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
@@ -123,7 +126,7 @@ def config_from_args(a) -> EvalConfig:
         adapters=tuple(a.adapter), data=tuple(a.data), out=a.out, smilestyle=a.smilestyle, general=a.general,
         max_examples=a.max_examples, general_lines=a.general_lines, shots=a.shots, samples=a.samples,
         generate=a.generate, max_new_tokens=a.max_new_tokens, seed=a.seed, cache_dir=a.cache_dir,
-        no_identification=a.no_identification,
+        no_identification=a.no_identification, threads=a.threads,
     )
 
 
@@ -141,9 +144,16 @@ def evaluate(cfg: EvalConfig) -> Path:
     """Run every measurement for every adapter; write eval.json, eval.md and charts; return the folder."""
     from pipeline.evaluation import orchestrate as ev
 
+    import torch
+
     t0 = time.perf_counter()
-    tasks = ev.build_tasks(cfg)
-    data = ev.run_all(cfg, tasks)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads or threads)
+    try:
+        tasks = ev.build_tasks(cfg)
+        data = ev.run_all(cfg, tasks)
+    finally:  # evaluate also runs in-process (pipeline.run): leave the thread count as it was
+        torch.set_num_threads(threads)
     data["config"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items() if k != "extra"}
     data["config"]["adapters"] = [str(x) for x in cfg.adapters]
     data["config"]["data"] = [str(x) for x in cfg.data]
