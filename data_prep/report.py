@@ -56,6 +56,8 @@ def draw_chart(path: Path, stats: dict[str, Any], reply_lengths: list[int]) -> b
 def _table(rows: list[tuple], head: tuple[str, ...]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    if not rows:
+        lines.append("| " + " | ".join(["none"] + ["0"] * (len(head) - 1)) + " |")
     return "\n".join(lines)
 
 

@@ -137,5 +137,5 @@ def split_long_turns(
         turns = [t.with_text(c) for t in conv.turns for c in split_turn(t.text, cfg.max_turn_chars, splitter, counts)]
         out.append(Conversation(conv.id, tuple(turns)))
     if isinstance(splitter, KssSplitter) and splitter.used_backend:
-        counts[f"backend_{splitter.used_backend}"] = 1
+        counts[f"kss_backend_{splitter.used_backend}"] = 1  # which backend ran (machines differ)
     return out, counts

@@ -43,6 +43,9 @@ from pipeline.cli import parser as make_parser, run_cli, setup_logging
 log = logging.getLogger("prepare")
 EXPORTS = ("alpaca", "messages")
 UNPARSED_SAMPLES = 5
+BIG_INPUT_BYTES = 5_000_000  # progress bars only above this (small runs stay quiet)
+STAGES = ("parse", "normalise", "drop_non_speech", "remove_pii", "merge_bursts", "split_conversations",
+          "sentences", "persona_cards", "build_pairs", "dedupe", "split", "write")
 
 
 @dataclass(frozen=True)
@@ -105,16 +108,40 @@ class PrepareConfig:
 
 @dataclass
 class Timer:
-    """Seconds per stage, in run order (printed by the bench, logged by the CLI)."""
+    """Seconds per stage, in run order (printed by the bench, logged by the CLI); optional tqdm bar."""
 
     seconds: dict[str, float] = field(default_factory=dict)
+    bar: Any = None  # a tqdm over STAGES, advanced after each stage
 
     @contextmanager
     def __call__(self, stage: str) -> Iterator[None]:
+        if self.bar is not None:
+            self.bar.set_postfix_str(stage)
         start = time.perf_counter()
         yield
         self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
         log.debug("%s: %.2fs", stage, self.seconds[stage])
+        if self.bar is not None:
+            self.bar.update(1)
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """What stats.json says about one input file (the parsed messages themselves are not kept)."""
+
+    path: str
+    format: str
+    encoding: str
+    lines: int
+    messages: int
+    line_kinds: dict[str, int]
+    unparsed_lines: int
+    unparsed_samples: tuple[tuple[int, str], ...]  # raw: scrubbed before anything shows them
+
+    @classmethod
+    def of(cls, pf) -> "FileInfo":
+        return cls(str(pf.path), pf.format, pf.encoding, pf.lines, len(pf.messages), dict(pf.line_kinds),
+                   len(pf.unparsed), tuple(pf.unparsed[:UNPARSED_SAMPLES]))
 
 
 @dataclass(frozen=True)
@@ -129,9 +156,24 @@ def run(cfg: PrepareConfig, timer: Timer | None = None) -> Result:
     """All stages in order; raises UserError for bad input; writes nothing until everything worked."""
     cfg.validate()
     t = timer or Timer()
+    if t.bar is None and sum(Path(p).stat().st_size for p in cfg.inputs) >= BIG_INPUT_BYTES:
+        from tqdm import tqdm
+
+        t.bar = tqdm(total=len(STAGES), desc="prepare", unit="stage", leave=False)
+    try:
+        return _stages(cfg, t)
+    finally:
+        if t.bar is not None:
+            t.bar.close()
+
+
+def _stages(cfg: PrepareConfig, t: Timer) -> Result:
+    """The stages, in the order they run (names as in STAGES and in the timing log)."""
     with t("parse"):
         parsed = parse_all(cfg)
         messages = [m for pf in parsed for m in pf.messages]
+        files = [FileInfo.of(pf) for pf in parsed]
+        del parsed  # the parsers' message lists would otherwise live until the end (memory)
     with t("normalise"):
         messages, cleaning = normalize(messages, cfg.normalize)
     with t("drop_non_speech"):
@@ -140,6 +182,8 @@ def run(cfg: PrepareConfig, timer: Timer | None = None) -> Result:
     if cfg.list_speakers:
         print_speakers(speakers, reply_counts(messages, cfg.conversation_gap_s))
         return Result({}, t.seconds)
+    if cfg.strict:
+        check_strict(files, _cleaner(Pseudonymizer(list(speakers), set(cfg.personas)), cfg))
     personas = choose_personas(cfg, speakers, messages)
     pseudo = Pseudonymizer([s for s, _ in speakers.most_common()], set(personas), keep={cfg.self_alias})
     with t("remove_pii"):
@@ -155,14 +199,14 @@ def run(cfg: PrepareConfig, timer: Timer | None = None) -> Result:
         with t("persona_cards"):
             instructions = persona_cards(convs, personas, out / "personas", tmp / "personas")
         with t("build_pairs"):
-            sources = {pf.path: _label(pf.path, pseudo, cfg) for pf in parsed}
+            sources = {f.path: _label(f.path, pseudo, cfg) for f in files}
             pairs = [p for name in personas for p in build_pairs(convs, name, instructions[name], cfg.context_turns, sources)]
         with t("dedupe"):
             pairs, duplicates = dedupe(pairs)
         with t("split"):
             train, val = split_by_conversation(pairs, cfg.val_ratio, cfg.seed)
         check_pairs(personas, train + val, speakers)
-        stats = build_stats(cfg, parsed, speakers, pseudo, personas, dropped, redactions, cleaning,
+        stats = build_stats(cfg, files, speakers, pseudo, personas, dropped, redactions, cleaning,
                             sentence_counts, convs, train, val, duplicates, len(messages))
         with t("write"):
             write_outputs(tmp, cfg, train, val, stats, _cleaner(pseudo, cfg))
@@ -171,16 +215,30 @@ def run(cfg: PrepareConfig, timer: Timer | None = None) -> Result:
 
 
 def parse_all(cfg: PrepareConfig) -> list:
-    """read_export on every input (tqdm over files); ParseError is a UserError naming the file."""
+    """read_export on every input, with a tqdm bar in bytes for big inputs; ParseError names the file."""
     from tqdm import tqdm
 
     from data_prep.formats import read_export
 
-    files = tqdm(cfg.inputs, desc="reading", unit="file", disable=len(cfg.inputs) < 2 or None)
-    try:
-        return [read_export(p, strict=cfg.strict) for p in files]
-    except ParseError as e:  # its message may quote a raw line: hide numbers/addresses in it
-        raise ParseError(e.file, redact_text(e.reason, Counter()), e.line) from e
+    sizes = [Path(p).stat().st_size for p in cfg.inputs]
+    parsed = []
+    with tqdm(total=sum(sizes), desc="reading", unit="B", unit_scale=True,
+              disable=sum(sizes) < BIG_INPUT_BYTES or None) as bar:
+        for path, size in zip(cfg.inputs, sizes):
+            try:
+                parsed.append(read_export(path))  # --strict is checked later, once names can be hidden
+            except ParseError as e:  # its message may quote a raw line: hide numbers/addresses in it
+                raise ParseError(e.file, redact_text(e.reason, Counter()), e.line) from e
+            bar.update(size)
+    return parsed
+
+
+def check_strict(files: list[FileInfo], clean: Callable[[str], str]) -> None:
+    """--strict: any unparsed line is an error naming the file and line (the line's text scrubbed)."""
+    for f in files:
+        if f.unparsed_lines:
+            line, raw = f.unparsed_samples[0]
+            raise ParseError(clean(f.path), f"{f.unparsed_lines} unparsed lines (--strict), first: {clean(raw)[:80]!r}", line)
 
 
 def print_speakers(speakers: Counter, replies: dict[str, int]) -> None:
@@ -244,10 +302,10 @@ def _label(path: str, pseudo: Pseudonymizer, cfg: PrepareConfig) -> str:
 
 # ---------------------------------------------------------------- stats and writing
 
-def build_stats(cfg, parsed, speakers, pseudo, personas, dropped, redactions, cleaning,
+def build_stats(cfg, files, speakers, pseudo, personas, dropped, redactions, cleaning,
                 sentence_counts, convs, train, val, duplicates, kept_messages) -> dict[str, Any]:
     """stats.json content: every input line and message accounted for; no raw names or numbers."""
-    files = [_file_stats(pf, pseudo, cfg) for pf in parsed]
+    files = [_file_stats(f, pseudo, cfg) for f in files]
     total = sum(f["messages"] for f in files)
     assert total == sum(dropped.values()) + kept_messages, "a message went missing between stages"
     return {
@@ -266,14 +324,13 @@ def build_stats(cfg, parsed, speakers, pseudo, personas, dropped, redactions, cl
     }
 
 
-def _file_stats(pf, pseudo: Pseudonymizer, cfg: PrepareConfig) -> dict[str, Any]:
+def _file_stats(f: FileInfo, pseudo: Pseudonymizer, cfg: PrepareConfig) -> dict[str, Any]:
     clean = _cleaner(pseudo, cfg)
-    samples = [{"line": n, "text": clean(raw)[:200]} for n, raw in pf.unparsed[:UNPARSED_SAMPLES]]
-    assert sum(pf.line_kinds.values()) == pf.lines, f"{pf.path}: line kinds do not add up"
+    assert sum(f.line_kinds.values()) == f.lines, f"{f.path}: line kinds do not add up"
     return {
-        "path": clean(str(pf.path)), "format": pf.format, "encoding": pf.encoding, "lines": pf.lines,
-        "messages": len(pf.messages), "unparsed_lines": len(pf.unparsed), "line_kinds": dict(pf.line_kinds),
-        "unparsed_samples": samples,
+        "path": clean(f.path), "format": f.format, "encoding": f.encoding, "lines": f.lines,
+        "messages": f.messages, "unparsed_lines": f.unparsed_lines, "line_kinds": dict(f.line_kinds),
+        "unparsed_samples": [{"line": n, "text": clean(raw)[:200]} for n, raw in f.unparsed_samples],
     }
 
 

@@ -145,3 +145,38 @@ def test_bad_flags(export, tmp_path, capsys):
     assert prepare(export, "--out", tmp_path / "o", "--val-ratio", "1.5", "--context-turns", "0") == 2
     err = capsys.readouterr().err
     assert "--val-ratio" in err and "--context-turns" in err
+
+
+def test_smilestyle_export_persona_card_reflects_style(tmp_path):
+    from data_prep import smilestyle
+
+    dialogues = smilestyle.load_dialogues()[:60]
+    chat_ = smilestyle.build_chat(dialogues, "formal", persona_name="존댓말", partner_name="친구")
+    path = tmp_path / "smile.txt"
+    path.write_text(smilestyle.write_export(chat_, "kakao_windows"), encoding="utf-8")
+    out = tmp_path / "out"
+    assert prepare(path, "--out", out, "--persona", "존댓말") == 0
+    stats = json.loads((out / "stats.json").read_text(encoding="utf-8"))
+    assert stats["pairs"]["존댓말"]["train"] > 20 and stats["pairs"]["존댓말"]["validation"] > 0
+    card = (out / "personas" / "존댓말.yaml").read_text(encoding="utf-8")
+    assert "- 요" in card  # the formal style ends its sentences with -요
+
+
+def test_unparsed_lines_counted_redacted_and_strict(tmp_path, capsys):
+    t = datetime(2024, 1, 1, 9)
+    msgs = [Message(t + timedelta(minutes=i), s, f"말 {i}") for i, s in enumerate(["영희", "민수"] * 3)]
+    text = PARSERS["kakao_windows"].write(msgs).replace(
+        "[민수] [오전 9:01] 말 1", "[민수] [오전 9:01] 말 1\n[영희] [25:99] 깨진 줄 010-9999-8888")
+    path = tmp_path / "chat.txt"
+    path.write_text(text, encoding="utf-8")
+    out = tmp_path / "out"
+    assert prepare(path, "--out", out, "--persona", "민수") == 0
+    stats = json.loads((out / "stats.json").read_text(encoding="utf-8"))
+    f = stats["files"][0]
+    assert f["unparsed_lines"] == 1 and sum(f["line_kinds"].values()) == f["lines"]
+    assert f["unparsed_samples"][0]["text"].startswith("[친구1]") and "<전화번호>" in f["unparsed_samples"][0]["text"]
+    assert "010-9999-8888" not in capsys.readouterr().err
+    assert prepare(path, "--out", tmp_path / "strict", "--persona", "민수", "--strict") == 2
+    err = capsys.readouterr().err
+    assert "chat.txt:7" in err and "010-9999-8888" not in err and "영희" not in err
+    assert not (tmp_path / "strict").exists()
