@@ -111,7 +111,17 @@ def _reject_binary(text: str, name: str) -> None:
         raise ParseError(name, "binary file, not a chat export (control characters)")
 
 
-def split_lines(text: str) -> list[str]:
+class Lines(list):
+    """A list of physical lines that also keeps ``text``: the same lines joined by LF, ending in LF.
+
+    Parsers scan ``text`` with one regex ``finditer`` (C speed) and index the
+    lines in between; a plain list works too (they join it). Do not mutate.
+    """
+
+    __slots__ = ("text",)
+
+
+def split_lines(text: str) -> Lines:
     """Physical lines: CRLF, LF and lone CR all end a line; a final newline adds no empty line.
 
     Not ``str.splitlines``: that also splits on U+2028, U+0085 and form feeds,
@@ -119,12 +129,11 @@ def split_lines(text: str) -> list[str]:
     """
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
-    if not text:
-        return []
-    lines = text.split("\n")
-    if lines[-1] == "":
+    lines = Lines(text.split("\n") if text else [])
+    if lines and lines[-1] == "":
         lines.pop()
+    lines.text = text if not text or text.endswith("\n") else text + "\n"
     return lines
 
 
-__all__ = ["decode_file", "decode_bytes", "split_lines"]
+__all__ = ["decode_file", "decode_bytes", "split_lines", "Lines"]

@@ -111,11 +111,14 @@ class Format:
     write: Callable[..., str]  # (messages, **opts) -> export text
 
 
-def parse_lines(lines: list[str], source: str, classify: Classify) -> ParseResult:
+def parse_lines(lines: list[str], source: str, classify: Classify,
+                fast: tuple[re.Pattern, Callable[[re.Match], Record]] | None = None) -> ParseResult:
     """Run the record/continuation state machine over ``lines`` with a format's ``classify``.
 
-    The message path is inlined (no method calls, no per-message list): it runs
-    for nearly every line of a million-message export.
+    ``fast`` = (multiline regex of a message line, match -> record): message
+    lines are then found by one ``finditer`` over the joined text, and only the
+    lines between two matches (dates, system lines, bodies) go through
+    ``classify`` one by one. Same result, a few times faster on big exports.
     """
     messages: list[Message] = []
     append = messages.append
@@ -138,17 +141,9 @@ def parse_lines(lines: list[str], source: str, classify: Classify) -> ParseResul
             kinds["blank"] += len(blanks)
             blanks = []
 
-    for i, line in enumerate(lines):
-        rec = classify(line)
-        if rec is not None and rec[0] is MESSAGE:
-            if cur is not None:
-                if body is None and not blanks:  # the common case, inlined
-                    append(Message(cur[1], cur[2], cur[3], source, cur_line))
-                else:
-                    close()
-            cur, cur_line, body = rec, i + 1, None
-            n_messages += 1
-            continue
+    def other(i: int, line: str, rec: Record | None) -> None:
+        """Any line but a message header: blank, header, continuation, system, date, unparsed."""
+        nonlocal body, blanks, last_ts
         if rec is None:
             if not line.strip():
                 if cur is not None:
@@ -170,7 +165,7 @@ def parse_lines(lines: list[str], source: str, classify: Classify) -> ParseResul
             else:
                 kinds["unparsed"] += 1
                 unparsed.append((i + 1, line))
-            continue
+            return
         if cur is not None:
             last_ts = cur[1] or last_ts
         close()
@@ -184,6 +179,47 @@ def parse_lines(lines: list[str], source: str, classify: Classify) -> ParseResul
         else:
             kinds["unparsed"] += 1
             unparsed.append((i + 1, line))
+
+    def scan(start: int, stop: int) -> None:
+        nonlocal cur, cur_line, body, n_messages
+        for i in range(start, stop):
+            line = lines[i]
+            rec = classify(line)
+            if rec is not None and rec[0] is MESSAGE:
+                close()
+                cur, cur_line, body = rec, i + 1, None
+                n_messages += 1
+            else:
+                other(i, line, rec)
+
+    if fast is None:
+        scan(0, len(lines))
+    else:
+        pattern, to_record = fast
+        # split_lines keeps the text it split (data_prep.encoding.Lines): no second join
+        text = getattr(lines, "text", None) or "\n".join(lines) + "\n"
+        count = text.count
+        i = pos = 0
+        for m in pattern.finditer(text):
+            start, end = m.span()
+            if start != pos:  # lines between two message headers
+                gap = count("\n", pos, start)
+                scan(i, i + gap)
+                i += gap
+            pos = end + 1
+            rec = to_record(m)
+            if rec[0] is MESSAGE:
+                if cur is not None:
+                    if body is None and not blanks:  # the common case, inlined
+                        append(Message(cur[1], cur[2], cur[3], source, cur_line))
+                    else:
+                        close()
+                cur, cur_line, body = rec, i + 1, None
+                n_messages += 1
+            else:
+                other(i, lines[i], rec)
+            i += 1
+        scan(i, len(lines))
     close()
     kinds["message"] = n_messages
     return messages, kinds, unparsed

@@ -13,14 +13,17 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from data_prep.formats._common import (
-    BAD, DATE, MESSAGE, MONTH_FULL, MONTH_RE, MONTHS, SYSTEM, WEEKDAYS_EN, WEEKDAYS_KO, hour24,
+    BAD, DATE, MESSAGE, MONTH_FULL, MONTH_RE, MONTHS, SYSTEM, WEEKDAYS_EN, WEEKDAYS_KO, hour24, parse_lines,
 )
+
+HEAD_SCAN = 500  # lines searched for the first record, to pick the fast-path variant
 
 _AMPM = r"AM|PM|am|pm"
 # Newer iOS builds put a narrow no-break space before AM/PM.
 _SP = "[ \u202f]"
 # After the timestamp: ", name : text" (name lazy: bodies may contain " : ") or ": system text".
 _REST = r"(?:, (?P<name>.+?) :(?: |$)(?P<text>.*)|: (?P<sys>.*))$"
+_MESSAGE_REST = r", (?P<name>.+?) :(?: |$)(?P<text>.*)(?P<sys>(?!))?$"  # sys: never set
 _WD_EN = "|".join(WEEKDAYS_EN)
 _WD_KO = "|".join(WEEKDAYS_KO)
 _DIGITS = frozenset("0123456789")
@@ -36,12 +39,13 @@ class Variant:
     dates: tuple[re.Pattern, ...]  # lines that only mark a new day
     shape: re.Pattern  # a timestamp at line start: not a record -> unparsed, not body text
     first: frozenset[str]
+    multiline: re.Pattern  # ``record`` for finditer over the whole text (messages only)
 
 
 def _variant(name: str, ts: str, dates: tuple[str, ...], first: frozenset[str]) -> Variant:
     ts_re = f"(?P<ts>{ts})"
     return Variant(name, re.compile(f"^{ts_re}{_REST}"), tuple(re.compile(f"^{d}$") for d in dates),
-                   re.compile(f"^{ts_re}[,:]"), first)
+                   re.compile(f"^{ts_re}[,:]"), first, re.compile(f"^{ts_re}{_MESSAGE_REST}", re.M))
 
 
 _TIME12_KO = r"(?:(?P<ap>오전|오후) )?(?P<h>\d{1,2}):(?P<mi>\d{2})"
@@ -89,7 +93,7 @@ def _timestamp(m: re.Match) -> datetime:
 
 
 def make_classifier(variants: tuple[Variant, ...]):
-    """``classify(line)`` for :func:`parse_lines` over the given variants.
+    """``(classify(line), record(match))`` for :func:`parse_lines` over the given variants.
 
     The variant that matched last is tried first with one regex call; the
     others (and date lines) only when it fails.
@@ -130,7 +134,16 @@ def make_classifier(variants: tuple[Variant, ...]):
                 return _BAD_REC
         return None
 
-    return classify
+    return classify, record
+
+
+def parse_stamped(lines: list[str], source: str, variants: tuple[Variant, ...]):
+    """:func:`parse_lines` with the fast path on the variant of the first record line."""
+    classify, record = make_classifier(variants)
+    head = lines[:HEAD_SCAN]
+    primary = next((v for line in head for v in variants if v.record.match(line)), None)
+    fast = (primary.multiline, record) if primary else None
+    return parse_lines(lines, source, classify, fast)
 
 
 def detect_any(head: list[str], variants: tuple[Variant, ...]) -> bool:

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from data_prep.formats._common import MONTH_FULL, WEEKDAYS_EN, WEEKDAYS_KO, Format, ParseResult, parse_lines
+from data_prep.formats._common import MONTH_FULL, WEEKDAYS_EN, WEEKDAYS_KO, Format, ParseResult
 from data_prep.formats._stamped import (
-    ANDROID_KO, ENGLISH_DMY, ENGLISH_MDY, detect_any, english_months, make_classifier, write_stamped,
+    ANDROID_KO, ENGLISH_DMY, ENGLISH_MDY, detect_any, english_months, parse_stamped, write_stamped,
 )
 from data_prep.records import Message
 
@@ -28,7 +28,7 @@ def detect(head: list[str]) -> bool:
 
 
 def parse(lines: list[str], source: str) -> ParseResult:
-    return parse_lines(lines, source, make_classifier(VARIANTS))
+    return parse_stamped(lines, source, VARIANTS)
 
 
 def _stamp_ko(ts: datetime, clock: int) -> str:

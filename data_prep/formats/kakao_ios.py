@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from data_prep.formats._common import MONTH_FULL, WEEKDAYS_EN, WEEKDAYS_KO, Format, ParseResult, parse_lines
+from data_prep.formats._common import MONTH_FULL, WEEKDAYS_EN, WEEKDAYS_KO, Format, ParseResult
 from data_prep.formats._stamped import (
-    ENGLISH_MDY, IOS_KO, detect_any, english_months, make_classifier, write_stamped,
+    ENGLISH_MDY, IOS_KO, detect_any, english_months, parse_stamped, write_stamped,
 )
 from data_prep.records import Message
 
@@ -29,7 +29,7 @@ def detect(head: list[str]) -> bool:
 
 
 def parse(lines: list[str], source: str) -> ParseResult:
-    return parse_lines(lines, source, make_classifier(VARIANTS))
+    return parse_stamped(lines, source, VARIANTS)
 
 
 def _stamp_ko(ts: datetime, clock: int) -> str:

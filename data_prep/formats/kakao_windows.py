@@ -27,6 +27,7 @@ _MESSAGE = re.compile(
     r"^\[(?P<name>.+?)\] \[(?P<time>(?:(?P<ap>오전|오후) )?(?P<h>\d{1,2}):(?P<mi>\d{2})"
     r"(?:[ \u202f](?P<ap2>AM|PM))?)\] ?(?P<text>.*)$"
 )
+_MESSAGE_LINES = re.compile(_MESSAGE.pattern, re.M)  # for finditer over the whole text
 # "[name] [<something with a time>]" that _MESSAGE rejected: a broken record, not body text.
 _SHAPE = re.compile(r"^\[[^\]]+\] \[[^\]]*\d:\d\d[^\]]*\]")
 _SEPARATOR = re.compile(
@@ -84,11 +85,12 @@ def _classifier():
             return (SYSTEM, None, line)
         return None
 
-    return classify
+    return classify, message
 
 
 def parse(lines: list[str], source: str) -> ParseResult:
-    return parse_lines(lines, source, _classifier())
+    classify, message = _classifier()
+    return parse_lines(lines, source, classify, (_MESSAGE_LINES, message))
 
 
 def _time(ts: datetime, lang: str) -> str:
