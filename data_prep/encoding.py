@@ -49,7 +49,10 @@ def decode_bytes(data: bytes, name: str = "<bytes>") -> tuple[str, str]:
             return _decode(data[2:], codec, name), "utf-16"
     codec = _utf16_without_bom(data[:_SNIFF])
     if codec:
-        return _decode(data, codec, name), codec
+        try:
+            return _decode(data, codec, name), codec
+        except ParseError:  # only a guess from NUL positions: more likely a binary file
+            raise ParseError(name, "binary file, not a chat export (NUL bytes)") from None
     if b"\x00" in data:
         raise ParseError(name, "binary file, not a chat export (NUL bytes)")
     try:

@@ -73,6 +73,7 @@ KOREAN = "2024년 7월 1일 오후 3:15, 민수 : 안녕하세요 반갑습니�
     (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x01\x00" + bytes(range(256)) * 4, "binary file"),
     (b"\x01\x02\x03\x04hello\x05\x06\x07\x08world\x0e\x0f" * 20, "binary file"),
     (KOREAN.encode("utf-16")[:-1], "truncated: file ends in the middle of a UTF-16 character"),
+    (b"PK\x03\x04\x14\x00\x06\x00\x08\x00\x00\x00!\x00" + bytes(range(1, 256, 2)) * 20, "binary file"),
     (KOREAN.encode("utf-16-le") + "민".encode("utf-16-le")[:1], "truncated"),
     (KOREAN.encode("utf-8") + "민".encode("utf-8")[:2], "truncated: file ends in the middle of a UTF-8"),
     (b"2024 \x80\xff\x80 text\n", "cannot decode"),

@@ -165,6 +165,21 @@ def test_names_and_placeholders_stay_raw(fmt: str, line: str, speaker: str, body
     assert (m.speaker, m.text, m.ts) == (speaker, body, datetime(2024, 7, 1, 15, 15))
 
 
+@pytest.mark.parametrize("separator", [
+    "--------------- 2024년 7월 1일 월요일 ---------------",
+    "--------------- Monday, July 1, 2024 ---------------",
+    "--------------- Monday, 1 July 2024 ---------------",
+])
+def test_windows_date_separators_and_untimed_system_lines(separator: str) -> None:
+    text = (f"{separator}\n[민수] [오전 12:00] 자정\n민수님이 지은님을 초대했습니다.\n"
+            "Min Su invited Ji Eun to this chatroom.\n지은님을 내보냈습니다.\n[You] [12:00 PM] 정오\n")
+    parsed = parse_text(text, "x.txt")
+    assert [(m.ts, m.speaker) for m in parsed.messages] == [
+        (datetime(2024, 7, 1, 0, 0), "민수"), *[(datetime(2024, 7, 1, 0, 0), "")] * 3,
+        (datetime(2024, 7, 1, 12, 0), "You")]
+    assert parsed.line_kinds["system"] == 3 and parsed.line_kinds["date"] == 1
+
+
 def test_blank_lines_inside_a_body_are_kept_trailing_ones_are_not() -> None:
     text = "2024년 7월 1일 오후 3:15, 민수 : 첫 줄\n\n셋째 줄\n\n\n2024년 7월 1일 오후 3:16, 철수 : ㅇㅇ\n"
     parsed = parse_text(text, "x.txt")

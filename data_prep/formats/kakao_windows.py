@@ -30,9 +30,11 @@ _MESSAGE = re.compile(
 _MESSAGE_LINES = re.compile(_MESSAGE.pattern, re.M)  # for finditer over the whole text
 # "[name] [<something with a time>]" that _MESSAGE rejected: a broken record, not body text.
 _SHAPE = re.compile(r"^\[[^\]]+\] \[[^\]]*\d:\d\d[^\]]*\]")
+_WD = "|".join(WEEKDAYS_EN)
 _SEPARATOR = re.compile(
     r"^-{5,} (?:(?P<y>\d{4})년 (?P<mo>\d{1,2})월 (?P<d>\d{1,2})일(?: [월화수목금토일]요일)?"
-    rf"|(?:(?:{'|'.join(WEEKDAYS_EN)}), )?(?P<mon>{MONTH_RE}) (?P<d2>\d{{1,2}}), (?P<y2>\d{{4}})) -{{5,}}$"
+    rf"|(?:(?:{_WD}), )?(?P<mon>{MONTH_RE}) (?P<d2>\d{{1,2}}), (?P<y2>\d{{4}})"  # Sunday, June 28, 2020
+    rf"|(?:(?:{_WD}),? )?(?P<d3>\d{{1,2}}) (?P<mon3>{MONTH_RE}) (?P<y3>\d{{4}})) -{{5,}}$"  # Sunday, 28 June 2020
 )
 
 
@@ -44,7 +46,9 @@ def _separator_date(m: re.Match) -> date | None:
     try:
         if m.group("y"):
             return date(int(m.group("y")), int(m.group("mo")), int(m.group("d")))
-        return date(int(m.group("y2")), MONTHS[m.group("mon")], int(m.group("d2")))
+        if m.group("y2"):
+            return date(int(m.group("y2")), MONTHS[m.group("mon")], int(m.group("d2")))
+        return date(int(m.group("y3")), MONTHS[m.group("mon3")], int(m.group("d3")))
     except ValueError:
         return None
 
