@@ -51,7 +51,9 @@ def decode_bytes(data: bytes, name: str = "<bytes>") -> tuple[str, str]:
     if codec:
         try:
             return _decode(data, codec, name), codec
-        except ParseError:  # only a guess from NUL positions: more likely a binary file
+        except ParseError as e:  # only a guess from NUL positions: bad bytes mean binary
+            if e.reason.startswith("truncated"):
+                raise
             raise ParseError(name, "binary file, not a chat export (NUL bytes)") from None
     if b"\x00" in data:
         raise ParseError(name, "binary file, not a chat export (NUL bytes)")
