@@ -13,6 +13,7 @@
 """
 from __future__ import annotations
 
+import itertools
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -114,7 +115,9 @@ class Pseudonymizer:
     def __init__(self, speakers: list[str], personas: set[str], prefix: str = "친구", keep: set[str] = frozenset()):
         """``speakers`` most active first (pseudonym order); ``keep``: names never hidden in text."""
         others = [s for s in speakers if s and s not in personas]
-        self.mapping = {s: f"{prefix}{i}" for i, s in enumerate(others, 1)}
+        # skip pseudonyms someone already uses as a real name (a speaker called 친구1)
+        free = (f"{prefix}{i}" for i in itertools.count(1) if f"{prefix}{i}" not in set(speakers))
+        self.mapping = dict(zip(others, free))
         protected = set(personas) | set(keep)
         variants: dict[str, str] = {}
         for s in others:

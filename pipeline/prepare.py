@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 from data_prep.conversations import TurnConfig, merge_bursts, reply_counts, split_conversations
 from data_prep.errors import ParseError, UserError
 from data_prep.filters import drop_non_speech
-from data_prep.normalize import NormalizeConfig, normalize
+from data_prep.normalize import NormalizeConfig, canonical_speaker, normalize
 from data_prep.pairs import PairConfig, build_pairs, count_by_persona, dedupe, split_by_conversation
 from data_prep.persona_card import build_card, card_path, resolve_card
 from data_prep.pii import PIIConfig, Pseudonymizer, redact_text, remove_pii, scrub
@@ -254,10 +254,12 @@ def _speaker_list(speakers: Counter) -> str:
 def choose_personas(cfg: PrepareConfig, speakers: Counter, messages: list[Message]) -> tuple[str, ...]:
     """--persona names (each must exist), else every speaker with at least --min-replies replies."""
     if cfg.personas:
-        missing = [p for p in cfg.personas if p not in speakers]
+        # the same spelling rules as the speaker field: NFC (macOS terminals may pass NFD), 회원님/You -> alias
+        wanted = [canonical_speaker(p, cfg.self_alias) for p in cfg.personas]
+        missing = [p for p in wanted if p not in speakers]
         if missing:
             raise UserError(f"--persona: unknown {', '.join(missing)}; speakers: {_speaker_list(speakers)}")
-        return tuple(dict.fromkeys(cfg.personas))
+        return tuple(dict.fromkeys(wanted))
     replies = reply_counts(messages, cfg.conversation_gap_s)
     chosen = tuple(s for s, _ in speakers.most_common() if replies.get(s, 0) >= cfg.min_replies)
     if not chosen:

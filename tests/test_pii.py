@@ -48,3 +48,8 @@ def test_name_variants():
     assert name_variants("지은🌸") == ["지은🌸", "지은"]
     assert name_variants("Kim Minsu") == ["Kim Minsu", "Kim", "Minsu"]
     assert name_variants("나") == []
+
+
+def test_pseudonyms_never_collide_with_real_names():
+    pseudo = Pseudonymizer(["영수", "친구1", "민수"], personas={"민수"})
+    assert pseudo.mapping == {"영수": "친구2", "친구1": "친구3"}

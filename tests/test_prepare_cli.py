@@ -103,6 +103,8 @@ def test_list_speakers_and_unknown_persona(export, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "철수" in err[0] and "김영희" in err[0]
     assert not (tmp_path / "o").exists()
+    assert prepare(export, "--out", tmp_path / "me", "--persona", "회원님") == 0  # the exporting user = 나
+    assert json.loads((tmp_path / "me" / "stats.json").read_text(encoding="utf-8"))["personas"] == ["나"]
 
 
 def test_persona_without_replies_is_an_error(tmp_path, capsys):
