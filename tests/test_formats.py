@@ -128,6 +128,22 @@ def test_garbage_lines_are_counted_and_listed() -> None:
     assert_accounted(parsed)
 
 
+def test_jsonl_bad_lines_are_listed() -> None:
+    good = '{"ts": "2024-07-01 15:15", "name": "민수", "content": "안녕"}'
+    parsed = parse_text("not json\n" + good + "\n[1, 2]\n" + good.replace("15:15", "25:99") + "\n", "x.jsonl")
+    assert parsed.format == "generic_jsonl" and len(parsed.messages) == 1
+    assert [n for n, _ in parsed.unparsed] == [1, 3, 4]
+
+
+def test_csv_bad_rows_are_listed() -> None:
+    text = ('Date,User,Message\n2024-07-01 15:15:00,"민수","안녕"\n어제,"민수","시간이 없다"\n\n'
+            '2024-07-01 15:16:00,"철수","따옴표가\n안 닫힘\n')
+    parsed = parse_text(text, "x.csv")
+    assert parsed.format == "kakao_macos" and [m.text for m in parsed.messages] == ["안녕"]
+    assert [n for n, _ in parsed.unparsed] == [3, 5, 6]
+    assert_accounted(parsed)
+
+
 def test_strict_rejects_the_first_unparsed_line() -> None:
     with pytest.raises(ParseError) as e:
         parse_text(GARBAGE, "garbage.txt", strict=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import io
 from datetime import datetime, timezone
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 from data_prep.formats._common import KINDS, ParseResult
 from data_prep.records import Message
@@ -42,6 +42,30 @@ def parse_timestamp(value, cache: dict) -> datetime:
     return ts
 
 
+def csv_rows(lines: list[str]) -> Iterator[tuple[int, int, list[str] | None]]:
+    """``(first line number, physical lines, row)``; row None for lines the CSV reader rejects.
+
+    Strict reading: an unclosed quote would otherwise swallow the rest of the
+    file into one message. After an error, reading resumes on the next line.
+    """
+    start = 0
+    while start < len(lines):
+        text = getattr(lines, "text", None) if start == 0 else None
+        text = text or "\n".join(lines[start:]) + "\n"
+        # StringIO iteration splits at "\n" only, like split_lines did; csv reads it at C speed.
+        reader = csv.reader(io.StringIO(text, newline="\n"), strict=True)
+        done = 0
+        try:
+            for row in reader:
+                yield start + done + 1, reader.line_num - done, row
+                done = reader.line_num
+            return
+        except csv.Error:
+            bad = max(reader.line_num, done + 1) - done
+            yield start + done + 1, bad, None
+            start += done + bad
+
+
 def parse_csv(lines: list[str], source: str, roles: Callable[[list[str]], tuple[int, int, int] | None]) -> ParseResult:
     """Parse a CSV export; ``roles(header) -> (time, speaker, text) column indexes``.
 
@@ -52,29 +76,21 @@ def parse_csv(lines: list[str], source: str, roles: Callable[[list[str]], tuple[
     kinds = dict.fromkeys(KINDS, 0)
     messages: list[Message] = []
     unparsed: list[tuple[int, str]] = []
-    # StringIO iteration splits at "\n" only, like split_lines did; csv reads it at C speed.
-    reader = csv.reader(io.StringIO("\n".join(lines) + "\n", newline="\n"))
-    cols, header, cache, done = None, None, {}, 0
-    try:
-        for row in reader:
-            start, n, done = done + 1, reader.line_num - done, reader.line_num
-            if cols is not None and len(row) > cols[3] and row != header:
-                ts = cache.get(row[cols[0]]) or _timestamp_or_none(row[cols[0]], cache)
-                if ts is not None:
-                    messages.append(Message(ts, row[cols[1]], row[cols[2]], source, start))
-                    kinds["continuation"] += n - 1
-                    continue
-            kind = _other_row(row, cols is None or row == header)
-            if kind == "header" and cols is None:
-                cols, header = _with_max(roles(row)), row
-                kind = "header" if cols else "unparsed"
-            kinds[kind] += n
-            if kind == "unparsed":
-                unparsed.append((start, lines[start - 1]))
-    except csv.Error:  # an unclosed quote ran to the end of the file
-        for i in range(done, len(lines)):
-            kinds["unparsed"] += 1
-            unparsed.append((i + 1, lines[i]))
+    cols, header, cache = None, None, {}
+    for start, n, row in csv_rows(lines):
+        if row is not None and cols is not None and len(row) > cols[3] and row != header:
+            ts = cache.get(row[cols[0]]) or _timestamp_or_none(row[cols[0]], cache)
+            if ts is not None:
+                messages.append(Message(ts, row[cols[1]], row[cols[2]], source, start))
+                kinds["continuation"] += n - 1
+                continue
+        kind = "unparsed" if row is None else _other_row(row, cols is None or row == header)
+        if kind == "header" and cols is None:
+            cols, header = _with_max(roles(row)), row
+            kind = "header" if cols else "unparsed"
+        if kind == "unparsed":
+            unparsed += [(k, lines[k - 1]) for k in range(start, start + n)]
+        kinds[kind] += n
     n_system = sum(1 for m in messages if not m.speaker)
     kinds["message"], kinds["system"] = len(messages) - n_system, n_system
     return messages, kinds, unparsed

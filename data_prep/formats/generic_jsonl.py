@@ -27,9 +27,12 @@ def _keys(obj: dict) -> tuple[str, str, str] | None:
 
 
 def detect(head: list[str]) -> bool:
-    first = next((line for line in head if line.strip()), "")
-    obj = _record(first) if first.lstrip().startswith("{") else None
-    return obj is not None and _keys(obj) is not None
+    """Any head line is a JSON object with time, speaker and text keys (a bad first line is allowed)."""
+    for line in head:
+        obj = _record(line) if line.lstrip().startswith("{") else None
+        if obj is not None and _keys(obj) is not None:
+            return True
+    return False
 
 
 def _message(line: str, cache: dict, source: str, lineno: int) -> Message | None:
