@@ -34,6 +34,13 @@ _CALL = re.compile(
 )
 
 
+# one fullmatch instead of three: the group that matched names the reason
+_NOT_SPEECH = re.compile(
+    "|".join(f"(?P<{name}>{p.pattern})" for name, p in (("deleted", _DELETED), ("media", _MEDIA), ("call", _CALL))),
+    re.IGNORECASE | re.DOTALL,
+)
+
+
 def drop_reason(m: Message) -> str | None:
     """Why ``m`` is not speech, or None when it is. Speaker "" marks a system event."""
     if not m.speaker:
@@ -43,13 +50,8 @@ def drop_reason(m: Message) -> str | None:
         return "empty"
     if len(text) > 40 and not text.startswith(("파일", "File", "샵검색", "#검색", "지도", "Map", "연락처", "Contact")):
         return None  # placeholders are short; skip the regexes for ordinary long text
-    if _DELETED.fullmatch(text):
-        return "deleted"
-    if _MEDIA.fullmatch(text):
-        return "media"
-    if _CALL.fullmatch(text):
-        return "call"
-    return None
+    m = _NOT_SPEECH.fullmatch(text)
+    return m.lastgroup if m else None
 
 
 def drop_non_speech(messages: list[Message]) -> tuple[list[Message], Counter]:

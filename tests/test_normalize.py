@@ -21,6 +21,7 @@ def test_invisible_characters_and_nbsp():
 
 def test_runs_capped_but_digits_kept():
     assert normalize_text("ㅋㅋㅋㅋㅋㅋㅋㅋ 진짜!!!!!!! 1000000원", cap_repeats=4) == "ㅋㅋㅋㅋ 진짜!!!! 1000000원"
+    assert normalize_text("하하하하하하하 ㅠㅠㅠㅠㅠㅠ 😂😂😂😂😂😂 zzzzzz", cap_repeats=3) == "하하하 ㅠㅠㅠ 😂😂😂 zzzzzz"
     assert normalize_text("ㅋㅋㅋㅋㅋㅋ", cap_repeats=0) == "ㅋㅋㅋㅋㅋㅋ"
 
 
