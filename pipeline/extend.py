@@ -193,9 +193,8 @@ def fingerprint(model, tokenizer, base_sha256: str, new_ids: Sequence[int]) -> s
 
 
 def _special_map(tokenizer) -> dict[str, int]:
-    return {str(t): int(i) for i, t in ((k, v) for k, v in tokenizer.added_tokens_decoder.items())
-            if getattr(t, "special", False)} | {t: tokenizer.convert_tokens_to_ids(t)
-                                                for t in tokenizer.all_special_tokens}
+    added = {str(t): int(i) for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    return added | {t: tokenizer.convert_tokens_to_ids(t) for t in tokenizer.all_special_tokens}
 
 
 def _vocab_sha(tokenizer) -> str:
