@@ -59,3 +59,37 @@ def test_run_reports_missing_inputs_in_one_line(tmp_path, capsys):
     code = run_cli(main, [str(tmp_path / "nope.txt"), "--persona", "민수", "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "nope.txt: no such file" in err and "\n" not in err
+
+
+def _dockerfile() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of the Dockerfile, continuation lines joined, comments dropped."""
+    text = (Path(__file__).resolve().parents[1] / "Dockerfile").read_text(encoding="utf-8")
+    logical, buf = [], ""
+    for line in text.splitlines():
+        if line.lstrip().startswith("#") or not line.strip():
+            continue
+        buf += line.rstrip("\\").strip() + " "
+        if not line.rstrip().endswith("\\"):
+            logical.append(buf.strip())
+            buf = ""
+    return [(ln.split(None, 1)[0].upper(), ln.split(None, 1)[1] if " " in ln else "") for ln in logical]
+
+
+def test_dockerfile_serves_the_chat_on_all_interfaces_with_the_model_baked_in():
+    steps = _dockerfile()
+    kinds = [k for k, _ in steps]
+    assert kinds[0] == "ARG" and steps[0][1].startswith("BASE_IMAGE=python:3.11-slim")
+    assert ("FROM", "${BASE_IMAGE}") in steps
+    assert {"EXPOSE", "CMD", "RUN", "COPY", "ENV"} <= set(kinds)
+    assert ("EXPOSE", "7860") in steps
+    args = " ".join(a for k, a in steps if k == "ARG")
+    assert "TORCH_INDEX=https://download.pytorch.org/whl/cpu" in args
+    runs = " ".join(a for k, a in steps if k == "RUN")
+    assert '--index-url "${TORCH_INDEX}"' in runs and "python -m pipeline.extend" in runs
+    assert "KAKAO_PERSONA_CACHE=" in " ".join(a for k, a in steps if k == "ENV")
+    cmd = json.loads(next(a for k, a in steps if k == "CMD"))
+    assert cmd[:3] == ["python", "-m", "chatbot"] and cmd[cmd.index("--host") + 1] == "0.0.0.0"
+    assert cmd[cmd.index("--adapters") + 1] == "/adapters" and cmd[cmd.index("--port") + 1] == "7860"
+    assert "--share" not in cmd
+    ignored = (Path(__file__).resolve().parents[1] / ".dockerignore").read_text(encoding="utf-8").split()
+    assert {".venv", "runs", "adapters", ".git"} <= set(ignored)
