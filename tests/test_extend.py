@@ -220,6 +220,18 @@ def test_verify_ok_and_cli_out(tiny_gemma_dir, tmp_path, capsys):
     assert err.startswith("error: --out") and "\n" not in err
 
 
+def test_cli_without_out_prints_the_cached_dir(tiny_gpt2_dir, ext_cache, capsys):
+    assert run_cli(extend.main, ["--base-model", str(tiny_gpt2_dir), "--cache-dir", str(ext_cache)]) == 0
+    printed = Path(capsys.readouterr().out.strip())
+    assert printed == ensure_extended(str(tiny_gpt2_dir), cache_dir=ext_cache)
+    assert printed.parent == ext_cache / "extended"
+
+
+def test_verify_dir_without_manifest_fails(tmp_path, capsys):
+    assert run_cli(extend.main, ["--verify", str(tmp_path)]) == 1
+    assert "not an extended base" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("bad", ["missing-dir", "not-a-model", "not-gguf.txt", "junk.gguf", "fake-magic.gguf"])
 def test_bad_base_model_is_one_line_exit_2(bad, tmp_path, capsys):
     (tmp_path / "not-a-model").mkdir()
