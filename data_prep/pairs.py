@@ -6,12 +6,17 @@ training (docs/PITFALLS.md).
 """
 from __future__ import annotations
 
+import json
 import random
 from collections import Counter
 from dataclasses import dataclass
-from typing import Mapping
+from pathlib import Path
+from typing import Any, Iterable, Mapping
 
 from data_prep.records import ContextTurn, Conversation, Pair
+
+
+EXPORTS = ("alpaca", "messages")  # extra shapes --export can write beside the native JSONL
 
 
 @dataclass(frozen=True)
@@ -90,3 +95,54 @@ def count_by_persona(train: list[Pair], val: list[Pair]) -> dict[str, dict[str, 
     """{persona: {"train": n, "validation": n}} for stats.json."""
     tr, va = Counter(p.persona for p in train), Counter(p.persona for p in val)
     return {name: {"train": tr[name], "validation": va[name]} for name in sorted(set(tr) | set(va))}
+
+
+def _write_jsonl(path: Path, rows: Iterable[dict]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+
+
+def alpaca(p: Pair) -> dict[str, str]:
+    """Alpaca shape: the context as "speaker: text" lines in ``input``."""
+    return {"instruction": p.instruction, "input": "\n".join(f"{t.speaker}: {t.text}" for t in p.context),
+            "output": p.response}
+
+
+def chat_messages(p: Pair) -> dict[str, Any]:
+    from pipeline.chat_format import to_messages
+
+    return {"messages": to_messages(p.instruction, p.context, p.persona, p.response)}
+
+
+def write_pairs(directory: Path, split: str, pairs: list[Pair], exports: Iterable[str] = ()) -> None:
+    """``SPLIT.jsonl`` (one Pair.dumps() per line) and ``SPLIT_alpaca.jsonl``/``SPLIT_messages.jsonl``, streamed."""
+    with open(directory / f"{split}.jsonl", "w", encoding="utf-8") as f:
+        f.writelines(p.dumps() + "\n" for p in pairs)
+    if "alpaca" in exports:
+        _write_jsonl(directory / f"{split}_alpaca.jsonl", (alpaca(p) for p in pairs))
+    if "messages" in exports:
+        _write_jsonl(directory / f"{split}_messages.jsonl", (chat_messages(p) for p in pairs))
+
+
+def write_dataset(path: Path, jsonl: dict[str, Path]) -> None:
+    """The JSONL splits as a ``datasets.DatasetDict`` saved with ``save_to_disk``.
+
+    pyarrow's JSON reader builds the tables in C++ (no per-pair Python dicts);
+    datasets is imported only here because it is slow to import.
+    """
+    import pyarrow as pa
+    import pyarrow.json as pj
+    from datasets import Dataset, DatasetDict
+    from datasets.table import InMemoryTable
+
+    turn = pa.struct([("speaker", pa.string()), ("text", pa.string())])
+    schema = pa.schema([("persona", pa.string()), ("instruction", pa.string()), ("context", pa.list_(turn)),
+                        ("response", pa.string()), ("conversation_id", pa.string()), ("source", pa.string())])
+
+    def table(file: Path) -> pa.Table:
+        if file.stat().st_size == 0:
+            return schema.empty_table()
+        opts = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="error")
+        return pj.read_json(file, parse_options=opts, read_options=pj.ReadOptions(block_size=1 << 24))
+
+    DatasetDict({split: Dataset(InMemoryTable(table(f))) for split, f in jsonl.items()}).save_to_disk(str(path))

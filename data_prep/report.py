@@ -8,11 +8,58 @@ report's table gives the names, so no label is drawn as empty boxes.
 from __future__ import annotations
 
 import json
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 KOREAN_FONTS = ("NanumGothic", "NanumBarunGothic", "Noto Sans CJK KR", "Noto Sans KR", "Malgun Gothic",
                 "AppleGothic", "Apple SD Gothic Neo", "UnDotum", "Baekmuk Gulim")
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """What stats.json says about one input file (the parsed messages themselves are not kept)."""
+
+    path: str
+    format: str
+    encoding: str
+    lines: int
+    messages: int
+    line_kinds: dict[str, int]
+    unparsed_lines: int
+    unparsed_samples: tuple[tuple[int, str], ...]  # raw: scrubbed before anything shows them
+
+    @classmethod
+    def of(cls, pf, samples: int = 5) -> "FileInfo":
+        """From a ``data_prep.formats.ParsedFile``, keeping the first ``samples`` unparsed lines."""
+        return cls(str(pf.path), pf.format, pf.encoding, pf.lines, len(pf.messages), dict(pf.line_kinds),
+                   len(pf.unparsed), tuple(pf.unparsed[:samples]))
+
+
+def file_stats(f: FileInfo, clean: Callable[[str], str]) -> dict[str, Any]:
+    """One ``files`` entry of stats.json; ``clean`` hides personal data in the path and sample lines."""
+    assert sum(f.line_kinds.values()) == f.lines, f"{f.path}: line kinds do not add up"
+    return {
+        "path": clean(f.path), "format": f.format, "encoding": f.encoding, "lines": f.lines,
+        "messages": f.messages, "unparsed_lines": f.unparsed_lines, "line_kinds": dict(f.line_kinds),
+        "unparsed_samples": [{"line": n, "text": clean(raw)[:200]} for n, raw in f.unparsed_samples],
+    }
+
+
+def build_stats(files: list[dict], speakers: Counter, personas, kept_messages: int, *,
+                dropped: Counter, **counts: Any) -> dict[str, Any]:
+    """stats.json content; ``speakers`` already pseudonymised. Every parsed message is kept or dropped."""
+    total = sum(f["messages"] for f in files)
+    assert total == sum(dropped.values()) + kept_messages, "a message went missing between stages"
+    return {
+        "files": files,
+        "speakers": dict(speakers.most_common()),
+        "personas": list(personas),
+        "messages": {"parsed": total, "dropped": sum(dropped.values()), "kept": kept_messages},
+        "dropped": dict(dropped),
+        **{k: dict(v) if isinstance(v, Counter) else v for k, v in counts.items()},
+    }
 
 
 def write_stats(path: Path, stats: dict[str, Any]) -> None:

@@ -21,7 +21,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
-from data_prep.records import Conversation, Message
+from data_prep.records import Conversation
 
 Splitter = Callable[[str], list[str]]
 _WS = re.compile(r"\s+")

@@ -27,21 +27,23 @@ from collections import Counter
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from data_prep.conversations import TurnConfig, merge_bursts, reply_counts, split_conversations
 from data_prep.errors import ParseError, UserError
 from data_prep.filters import drop_non_speech
 from data_prep.normalize import NormalizeConfig, canonical_speaker, normalize
-from data_prep.pairs import PairConfig, build_pairs, count_by_persona, dedupe, split_by_conversation
+from data_prep.pairs import (
+    EXPORTS, PairConfig, build_pairs, count_by_persona, dedupe, split_by_conversation, write_dataset, write_pairs,
+)
 from data_prep.persona_card import build_card, card_path, resolve_card
 from data_prep.pii import PIIConfig, Pseudonymizer, redact_text, remove_pii, scrub
 from data_prep.records import Conversation, Message, Pair
+from data_prep.report import FileInfo, build_stats, file_stats
 from data_prep.sentences import SentenceConfig, split_long_turns
 from pipeline.cli import parser as make_parser, run_cli, setup_logging
 
 log = logging.getLogger("prepare")
-EXPORTS = ("alpaca", "messages")
 UNPARSED_SAMPLES = 5
 BIG_INPUT_BYTES = 5_000_000  # progress bars only above this (small runs stay quiet)
 STAGES = ("parse", "normalise", "drop_non_speech", "remove_pii", "merge_bursts", "split_conversations",
@@ -126,25 +128,6 @@ class Timer:
 
 
 @dataclass(frozen=True)
-class FileInfo:
-    """What stats.json says about one input file (the parsed messages themselves are not kept)."""
-
-    path: str
-    format: str
-    encoding: str
-    lines: int
-    messages: int
-    line_kinds: dict[str, int]
-    unparsed_lines: int
-    unparsed_samples: tuple[tuple[int, str], ...]  # raw: scrubbed before anything shows them
-
-    @classmethod
-    def of(cls, pf) -> "FileInfo":
-        return cls(str(pf.path), pf.format, pf.encoding, pf.lines, len(pf.messages), dict(pf.line_kinds),
-                   len(pf.unparsed), tuple(pf.unparsed[:UNPARSED_SAMPLES]))
-
-
-@dataclass(frozen=True)
 class Result:
     stats: dict[str, Any]
     seconds: dict[str, float]
@@ -172,7 +155,7 @@ def _stages(cfg: PrepareConfig, t: Timer) -> Result:
     with t("parse"):
         parsed = parse_all(cfg)
         messages = [m for pf in parsed for m in pf.messages]
-        files = [FileInfo.of(pf) for pf in parsed]
+        files = [FileInfo.of(pf, UNPARSED_SAMPLES) for pf in parsed]
         del parsed  # the parsers' message lists would otherwise live until the end (memory)
     with t("normalise"):
         messages, cleaning = normalize(messages, cfg.normalize)
@@ -206,8 +189,13 @@ def _stages(cfg: PrepareConfig, t: Timer) -> Result:
         with t("split"):
             train, val = split_by_conversation(pairs, cfg.val_ratio, cfg.seed)
         check_pairs(personas, train + val, speakers)
-        stats = build_stats(cfg, files, speakers, pseudo, personas, dropped, redactions, cleaning,
-                            sentence_counts, convs, train, val, duplicates, len(messages))
+        shown = speakers if cfg.keep_pii else Counter({pseudo.speaker(s): n for s, n in speakers.items()})
+        stats = build_stats(
+            [file_stats(f, _cleaner(pseudo, cfg)) for f in files], shown, personas, len(messages),
+            dropped=dropped, redactions=redactions, cleaning=cleaning, sentences=sentence_counts,
+            conversations=len(convs), turns=sum(len(c.turns) for c in convs), duplicates_removed=duplicates,
+            pairs=count_by_persona(train, val),
+        )
         with t("write"):
             write_outputs(tmp, cfg, train, val, stats, _cleaner(pseudo, cfg))
     log_summary(stats, t.seconds)
@@ -304,97 +292,19 @@ def _label(path: str, pseudo: Pseudonymizer, cfg: PrepareConfig) -> str:
 
 # ---------------------------------------------------------------- stats and writing
 
-def build_stats(cfg, files, speakers, pseudo, personas, dropped, redactions, cleaning,
-                sentence_counts, convs, train, val, duplicates, kept_messages) -> dict[str, Any]:
-    """stats.json content: every input line and message accounted for; no raw names or numbers."""
-    files = [_file_stats(f, pseudo, cfg) for f in files]
-    total = sum(f["messages"] for f in files)
-    assert total == sum(dropped.values()) + kept_messages, "a message went missing between stages"
-    return {
-        "files": files,
-        "speakers": {pseudo.speaker(s) if not cfg.keep_pii else s: n for s, n in speakers.most_common()},
-        "personas": list(personas),
-        "messages": {"parsed": total, "dropped": sum(dropped.values()), "kept": kept_messages},
-        "dropped": dict(dropped),
-        "redactions": dict(redactions),
-        "cleaning": dict(cleaning),
-        "sentences": dict(sentence_counts),
-        "conversations": len(convs),
-        "turns": sum(len(c.turns) for c in convs),
-        "duplicates_removed": duplicates,
-        "pairs": count_by_persona(train, val),
-    }
-
-
-def _file_stats(f: FileInfo, pseudo: Pseudonymizer, cfg: PrepareConfig) -> dict[str, Any]:
-    clean = _cleaner(pseudo, cfg)
-    assert sum(f.line_kinds.values()) == f.lines, f"{f.path}: line kinds do not add up"
-    return {
-        "path": clean(f.path), "format": f.format, "encoding": f.encoding, "lines": f.lines,
-        "messages": f.messages, "unparsed_lines": f.unparsed_lines, "line_kinds": dict(f.line_kinds),
-        "unparsed_samples": [{"line": n, "text": clean(raw)[:200]} for n, raw in f.unparsed_samples],
-    }
-
-
-def _write_jsonl(path: Path, rows: Iterable[dict]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-
-
-def alpaca(p: Pair) -> dict[str, str]:
-    """Alpaca shape: the context as "speaker: text" lines in ``input``."""
-    return {"instruction": p.instruction, "input": "\n".join(f"{t.speaker}: {t.text}" for t in p.context),
-            "output": p.response}
-
-
-def chat_messages(p: Pair) -> dict[str, Any]:
-    from pipeline.chat_format import to_messages
-
-    return {"messages": to_messages(p.instruction, p.context, p.persona, p.response)}
-
-
 def write_outputs(tmp: Path, cfg: PrepareConfig, train: list[Pair], val: list[Pair], stats: dict,
                   clean: Callable[[str], str]) -> None:
     """Every output file into ``tmp``; JSONL is streamed, the dataset is read back from it by pyarrow."""
-    from data_prep.report import write_report, write_stats
+    from data_prep.report import write_report, write_stats  # matplotlib only when writing
 
     for split, pairs in (("train", train), ("validation", val)):
-        with open(tmp / f"{split}.jsonl", "w", encoding="utf-8") as f:
-            f.writelines(p.dumps() + "\n" for p in pairs)
-        if "alpaca" in cfg.exports:
-            _write_jsonl(tmp / f"{split}_alpaca.jsonl", (alpaca(p) for p in pairs))
-        if "messages" in cfg.exports:
-            _write_jsonl(tmp / f"{split}_messages.jsonl", (chat_messages(p) for p in pairs))
+        write_pairs(tmp, split, pairs, cfg.exports)
     write_dataset(tmp / "dataset", {s: tmp / f"{s}.jsonl" for s in ("train", "validation")})
     write_stats(tmp / "stats.json", stats)
     write_report(tmp, stats, [len(p.response) for p in train + val])
     # input paths may hold a friend's name (KakaoTalk_김영희.txt): ``clean`` pseudonymises them
     config = {**asdict(cfg), "inputs": [clean(str(Path(p).resolve())) for p in cfg.inputs]}
     (tmp / "config.json").write_text(json.dumps(config, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-
-
-def write_dataset(path: Path, jsonl: dict[str, Path]) -> None:
-    """The JSONL splits as a ``datasets.DatasetDict`` saved with ``save_to_disk``.
-
-    pyarrow's JSON reader builds the tables in C++ (no per-pair Python dicts);
-    datasets is imported only here because it is slow to import.
-    """
-    import pyarrow as pa
-    import pyarrow.json as pj
-    from datasets import Dataset, DatasetDict
-    from datasets.table import InMemoryTable
-
-    turn = pa.struct([("speaker", pa.string()), ("text", pa.string())])
-    schema = pa.schema([("persona", pa.string()), ("instruction", pa.string()), ("context", pa.list_(turn)),
-                        ("response", pa.string()), ("conversation_id", pa.string()), ("source", pa.string())])
-
-    def table(file: Path) -> pa.Table:
-        if file.stat().st_size == 0:
-            return schema.empty_table()
-        opts = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="error")
-        return pj.read_json(file, parse_options=opts, read_options=pj.ReadOptions(block_size=1 << 24))
-
-    DatasetDict({split: Dataset(InMemoryTable(table(f))) for split, f in jsonl.items()}).save_to_disk(str(path))
 
 
 @contextmanager
