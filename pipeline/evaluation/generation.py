@@ -53,11 +53,11 @@ def generate_replies(
         ids, mask = _left_pad([rendered[i].input_ids for i in chunk], pad)
         with torch.inference_mode():
             gen = model.generate(
-                input_ids=ids, attention_mask=mask, max_new_tokens=cfg.max_new_tokens, do_sample=True,
+                input_ids=ids.to(model.device), attention_mask=mask.to(model.device), max_new_tokens=cfg.max_new_tokens, do_sample=True,
                 temperature=cfg.temperature, top_p=cfg.top_p, repetition_penalty=cfg.repetition_penalty,
                 eos_token_id=eot, pad_token_id=pad,
             )
-        for row, i in zip(gen[:, ids.shape[1]:], chunk):
+        for row, i in zip(gen[:, ids.shape[1]:].cpu(), chunk):
             out[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
         if progress is not None:
             progress.update(len(chunk))

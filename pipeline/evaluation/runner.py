@@ -41,11 +41,18 @@ class SystemOutput:
     generated: list[str]
 
 
+def device() -> str:
+    """CUDA when torch sees a GPU (bf16 there, by load_extended's default), else the CPU (fp32)."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def load_base(spec: str | None, cache_dir: Path | None = None):
     """(model, tokenizer, extended manifest) of the cached extended base for ``spec``."""
     from pipeline.extend import ensure_extended, load_extended
 
-    model, tok, manifest = load_extended(ensure_extended(spec, cache_dir))
+    model, tok, manifest = load_extended(ensure_extended(spec, cache_dir), device=device())
     return model.eval(), tok, manifest
 
 
@@ -59,8 +66,9 @@ def load_adapter(task: PersonaTask, cache_dir: Path | None = None):
     if method == "full":
         from transformers import AutoModelForCausalLM
 
+        base_dtype = base.dtype
         del base
-        return AutoModelForCausalLM.from_pretrained(task.adapter).eval(), tok, True
+        return AutoModelForCausalLM.from_pretrained(task.adapter, dtype=base_dtype).to(device()).eval(), tok, True
     from peft import PeftModel
 
     model = PeftModel.from_pretrained(base, str(task.adapter))

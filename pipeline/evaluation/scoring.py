@@ -100,8 +100,9 @@ def score_group(model, tokenizer, renders: Sequence[Rendered], share_prefix: boo
     import torch
 
     p = min(_common_prefix([r.input_ids for r in renders]), *(_first_label(r) for r in renders))
+    dev = model.device
     with torch.inference_mode():
-        head = model(input_ids=torch.tensor([renders[0].input_ids[:p]]), use_cache=True, logits_to_keep=1)
+        head = model(input_ids=torch.tensor([renders[0].input_ids[:p]], device=dev), use_cache=True, logits_to_keep=1)
         cache = head.past_key_values
         if len(renders) > 1:
             cache.batch_repeat_interleave(len(renders))
@@ -111,10 +112,10 @@ def score_group(model, tokenizer, renders: Sequence[Rendered], share_prefix: boo
         ids = torch.full((len(renders), width), pad_id(tokenizer), dtype=torch.long)
         for b, t in enumerate(tails):
             ids[b, : len(t)] = torch.tensor(t)
-        body = model(input_ids=ids, past_key_values=cache, use_cache=True)
+        body = model(input_ids=ids.to(dev), past_key_values=cache, use_cache=True)
         last = head.logits[:, -1:].expand(len(renders), 1, -1)
         logits = torch.cat([last, body.logits[:, :-1]], dim=1)  # position t predicts tails[t]
-        return _sum_logprobs(logits, ids, [r.labels[p:] for r in renders])
+        return _sum_logprobs(logits.cpu(), ids, [r.labels[p:] for r in renders])
 
 
 def _score_full(model, r: Rendered) -> ReplyScore:
@@ -123,9 +124,10 @@ def _score_full(model, r: Rendered) -> ReplyScore:
 
     start = _first_label(r) - 1
     with torch.inference_mode():
-        out = model(input_ids=torch.tensor([r.input_ids]), logits_to_keep=len(r.input_ids) - start)
+        ids = torch.tensor([r.input_ids], device=model.device)
+        out = model(input_ids=ids, logits_to_keep=len(r.input_ids) - start)
         targets = torch.tensor([r.input_ids[start + 1:]])
-        return _sum_logprobs(out.logits[:, :-1], targets, [r.labels[start + 1:]])[0]
+        return _sum_logprobs(out.logits[:, :-1].cpu(), targets, [r.labels[start + 1:]])[0]
 
 
 def score_examples(
