@@ -54,23 +54,23 @@ STAGES = ("parse", "normalise", "drop_non_speech", "remove_pii", "merge_bursts",
 class PrepareConfig:
     """Everything one prepare run needs; written to ``config.json`` next to the output."""
 
-    inputs: tuple[str, ...]
-    out: str = ""
-    personas: tuple[str, ...] = ()  # empty: everyone with >= min_replies replies
-    min_replies: int = 20
-    context_turns: int = 8
-    burst_gap_s: float = 120.0
-    conversation_gap_s: float = 3600.0
-    max_turn_chars: int = 300
-    cap_laughter: int = 4  # 0 = off
-    val_ratio: float = 0.1
-    seed: int = 0
-    keep_pii: bool = False
-    strict: bool = False
-    exports: tuple[str, ...] = ()
-    self_alias: str = "나"
-    kss_backend: str = "mecab"
-    list_speakers: bool = False
+    inputs: tuple[str, ...]  # chat export files (any supported format, mixed)
+    out: str = ""  # output folder; replaced as a whole at the end of a successful run
+    personas: tuple[str, ...] = ()  # speakers to imitate; empty: everyone with >= min_replies replies
+    min_replies: int = 20  # replies a speaker needs to become a persona when none is named
+    context_turns: int = 8  # previous turns (any speakers) given as context per pair
+    burst_gap_s: float = 120.0  # one speaker's messages closer than this merge into one turn
+    conversation_gap_s: float = 3600.0  # a longer silence starts a new conversation
+    max_turn_chars: int = 300  # longer turns are split at sentence boundaries
+    cap_laughter: int = 4  # longest run of one repeated character kept (ㅋㅋㅋㅋ); 0 = off
+    val_ratio: float = 0.1  # share of conversations held out for validation
+    seed: int = 0  # seeds the conversation split
+    keep_pii: bool = False  # True: no placeholders, no pseudonyms
+    strict: bool = False  # any unparsed line is an error
+    exports: tuple[str, ...] = ()  # extra shapes: "alpaca", "messages"
+    self_alias: str = "나"  # name of the exporting user (회원님/You/you)
+    kss_backend: str = "mecab"  # kss backend for long turns (pecab when mecab is missing)
+    list_speakers: bool = False  # print speakers and exit; writes nothing
 
     @property
     def normalize(self) -> NormalizeConfig:
@@ -99,6 +99,8 @@ class PrepareConfig:
             problems.append("FILES: give at least one chat export")
         if not self.out and not self.list_speakers:
             problems.append("--out: required (the output folder)")
+        elif self.out and Path(self.out).exists() and not Path(self.out).is_dir():
+            problems.append(f"--out {self.out}: exists and is not a folder")
         if self.min_replies < 1:
             problems.append("--min-replies: must be at least 1")
         problems += [f"--export: unknown shape {e!r} (choose from {', '.join(EXPORTS)})" for e in self.exports if e not in EXPORTS]
