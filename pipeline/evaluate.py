@@ -24,9 +24,9 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from data_prep.errors import UserError
 from pipeline.cli import parser as make_parser
@@ -45,7 +45,7 @@ class EvalConfig:
     out: Path | None = None  # --out: where eval.json/eval.md/PNGs go (default: next to the adapter)
     smilestyle: Path | None = None  # --smilestyle: the SmileStyle TSV (default ../shared/data/... if present)
     general: Path | None = None  # --general: general Korean text (.txt lines or a CSV with an A column)
-    max_examples: int = 16  # --max-examples: held-out replies scored (and identification items) per persona
+    max_examples: int = 12  # --max-examples: held-out replies scored (and identification items) per persona
     general_lines: int = 40  # --general-lines: general Korean replies scored for forgetting
     shots: int = 5  # --shots: real train replies in the few-shot prompt
     samples: int = 3  # --samples: side-by-side samples shown in eval.md
@@ -55,7 +55,6 @@ class EvalConfig:
     cache_dir: Path | None = None  # --cache-dir: extended-base cache (default $KAKAO_PERSONA_CACHE)
     no_identification: bool = False  # --no-identification: skip SmileStyle persona identification
     threads: int | None = None  # --threads: torch CPU threads (default: torch's choice)
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         problems = [f"--adapter {a}: not a directory" for a in self.adapters if not a.is_dir()]
@@ -105,7 +104,8 @@ def build_parser():
                         "smilestyle_dataset.tsv when it exists; used only when the replies match it)")
     p.add_argument("--general", type=Path, help="general Korean text for the forgetting check: .txt (a sentence "
                    "a line) or .csv with an A column (default: ChatbotData answers, else a shipped text)")
-    p.add_argument("--max-examples", type=int, default=16, help="held-out replies per persona (default 16)")
+    p.add_argument("--max-examples", type=int, default=12,
+                   help="held-out replies per persona, also the identification items (default 12)")
     p.add_argument("--general-lines", type=int, default=40, help="general Korean replies scored (default 40)")
     p.add_argument("--shots", type=int, default=5, help="real train replies in the few-shot prompt (default 5)")
     p.add_argument("--samples", type=int, default=3, help="side-by-side samples in eval.md (default 3)")
@@ -154,7 +154,7 @@ def evaluate(cfg: EvalConfig) -> Path:
         data = ev.run_all(cfg, tasks)
     finally:  # evaluate also runs in-process (pipeline.run): leave the thread count as it was
         torch.set_num_threads(threads)
-    data["config"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items() if k != "extra"}
+    data["config"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
     data["config"]["adapters"] = [str(x) for x in cfg.adapters]
     data["config"]["data"] = [str(x) for x in cfg.data]
     data["seconds"] = round(time.perf_counter() - t0, 1)

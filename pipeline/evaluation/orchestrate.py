@@ -52,8 +52,8 @@ def _bar(total: int, desc: str):
     return tqdm(total=total, desc=desc, unit="ex", leave=False, dynamic_ncols=True)
 
 
-def _run(model, tok, cfg, task: PersonaTask, system: str, share_prefix: bool = True) -> SystemOutput:
-    general, _ = _general(cfg, task)
+def _run(model, tok, cfg, task: PersonaTask, general: list[Example], system: str,
+         share_prefix: bool = True) -> SystemOutput:
     sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
     with _bar(work_units(task, general, cfg.generate), f"{task.persona}: {system}") as bar:
         return run_system(model, tok, task, system, general, sampling, cfg.generate, share_prefix, bar)
@@ -62,17 +62,18 @@ def _run(model, tok, cfg, task: PersonaTask, system: str, share_prefix: bool = T
 def run_all(cfg, tasks: Sequence[PersonaTask]) -> dict[str, Any]:
     """Every system on every task; returns the eval.json data (without config)."""
     outputs: list[dict[str, SystemOutput]] = [{} for _ in tasks]
+    general = [_general(cfg, t) for t in tasks]
     model, tok, _ = load_base(tasks[0].manifest.get("base_model"), cfg.cache_dir)
-    for task, out in zip(tasks, outputs):
+    for task, out, (gen, _) in zip(tasks, outputs, general):
         for system in ("base", "few_shot"):
-            out[system] = _run(model, tok, cfg, task, system)
+            out[system] = _run(model, tok, cfg, task, gen, system)
     del model
-    for task, out in zip(tasks, outputs):
+    for task, out, (gen, _) in zip(tasks, outputs, general):
         model, tok, share = load_adapter(task, cfg.cache_dir)
-        out["adapter"] = _run(model, tok, cfg, task, "adapter", share)
+        out["adapter"] = _run(model, tok, cfg, task, gen, "adapter", share)
         del model
-    personas = {t.persona: report.persona_results(t, o, cfg.samples, _general(cfg, t)[1])
-                for t, o in zip(tasks, outputs)}
+    personas = {t.persona: report.persona_results(t, o, cfg.samples, source)
+                for t, o, (_, source) in zip(tasks, outputs, general)}
     return {"personas": personas, "confusion": report.confusion_block(tasks, outputs)}
 
 
