@@ -114,16 +114,18 @@ class PrepareConfig:
 class Timer:
     """Seconds per stage, in run order (printed by the bench, logged by the CLI); optional tqdm bar."""
 
-    seconds: dict[str, float] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)  # wall clock
+    cpu: dict[str, float] = field(default_factory=dict)  # this process's CPU time (robust to busy machines)
     bar: Any = None  # a tqdm over STAGES, advanced after each stage
 
     @contextmanager
     def __call__(self, stage: str) -> Iterator[None]:
         if self.bar is not None:
             self.bar.set_postfix_str(stage)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         yield
         self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
+        self.cpu[stage] = self.cpu.get(stage, 0.0) + time.process_time() - cpu
         log.debug("%s: %.2fs", stage, self.seconds[stage])
         if self.bar is not None:
             self.bar.update(1)
