@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 
 from data_prep.formats._common import (
     BAD, DATE, MESSAGE, MONTH_FULL, MONTH_RE, MONTHS, SYSTEM, WEEKDAYS_EN, WEEKDAYS_KO, hour24, parse_lines,
@@ -35,7 +35,7 @@ class Variant:
     """One timestamp syntax: the record regex, date-line regexes, and the chars a record can start with."""
 
     name: str
-    record: re.Pattern  # groups: ts, y, mo|mon, d, ap|ap2, h, mi, name, text, sys
+    record: re.Pattern  # groups: ts (date, time), y, mo|mon, d, ap|ap2, h, mi, name, text, sys
     dates: tuple[re.Pattern, ...]  # lines that only mark a new day
     shape: re.Pattern  # a timestamp at line start: not a record -> unparsed, not body text
     first: frozenset[str]
@@ -48,26 +48,26 @@ def _variant(name: str, ts: str, dates: tuple[str, ...], first: frozenset[str]) 
                    re.compile(f"^{ts_re}[,:]"), first, re.compile(f"^{ts_re}{_MESSAGE_REST}", re.M))
 
 
-_TIME12_KO = r"(?:(?P<ap>오전|오후) )?(?P<h>\d{1,2}):(?P<mi>\d{2})"
-_TIME_EN = rf"(?P<h>\d{{1,2}}):(?P<mi>\d{{2}})(?:{_SP}(?P<ap2>{_AMPM}))?"
+_TIME12_KO = r"(?P<time>(?:(?P<ap>오전|오후) )?(?P<h>\d{1,2}):(?P<mi>\d{2}))"
+_TIME_EN = rf"(?P<time>(?P<h>\d{{1,2}}):(?P<mi>\d{{2}})(?:{_SP}(?P<ap2>{_AMPM}))?)"
 _KO_DATE = r"\d{4}년 \d{1,2}월 \d{1,2}일"
 
 ANDROID_KO = _variant(
     "ko",
-    rf"(?P<y>\d{{4}})년 (?P<mo>\d{{1,2}})월 (?P<d>\d{{1,2}})일 {_TIME12_KO}",
+    rf"(?P<date>(?P<y>\d{{4}})년 (?P<mo>\d{{1,2}})월 (?P<d>\d{{1,2}})일) {_TIME12_KO}",
     (rf"{_KO_DATE}(?: (?:{_WD_KO}))?", rf"{_KO_DATE} (?:(?:오전|오후) )?\d{{1,2}}:\d{{2}}"),
     _DIGITS,
 )
 IOS_KO = _variant(
     "ko",
-    rf"(?P<y>\d{{4}})\. (?P<mo>\d{{1,2}})\. (?P<d>\d{{1,2}})\. {_TIME12_KO}",
+    rf"(?P<date>(?P<y>\d{{4}})\. (?P<mo>\d{{1,2}})\. (?P<d>\d{{1,2}})\.) {_TIME12_KO}",
     (rf"{_KO_DATE}(?: (?:{_WD_KO}))?", r"\d{4}\. \d{1,2}\. \d{1,2}\.(?: (?:" + _WD_KO + "))?"),
     _DIGITS,
 )
 # "February 10, 2016, 2:33 AM" (Android) / "Jul 9, 2015, 8:34 PM" or "Jul 9, 2015 at 8:34 PM" (iOS)
 ENGLISH_MDY = _variant(
     "en",
-    rf"(?P<mon>{MONTH_RE}) (?P<d>\d{{1,2}}), (?P<y>\d{{4}})(?:,| at) {_TIME_EN}",
+    rf"(?P<date>(?P<mon>{MONTH_RE}) (?P<d>\d{{1,2}}), (?P<y>\d{{4}}))(?:,| at) {_TIME_EN}",
     (rf"(?:(?:{_WD_EN}), )?(?:{MONTH_RE}) \d{{1,2}}, \d{{4}}",
      rf"(?:{MONTH_RE}) \d{{1,2}}, \d{{4}}(?:,| at) \d{{1,2}}:\d{{2}}(?:{_SP}(?:{_AMPM}))?"),
     _LETTERS,
@@ -75,7 +75,7 @@ ENGLISH_MDY = _variant(
 # "10 February 2016, 14:33" (day-month-year locales, 12 or 24 hour)
 ENGLISH_DMY = _variant(
     "dmy",
-    rf"(?P<d>\d{{1,2}}) (?P<mon>{MONTH_RE}) (?P<y>\d{{4}}),? {_TIME_EN}",
+    rf"(?P<date>(?P<d>\d{{1,2}}) (?P<mon>{MONTH_RE}) (?P<y>\d{{4}})),? {_TIME_EN}",
     (rf"(?:(?:{_WD_EN}),? )?\d{{1,2}} (?:{MONTH_RE}) \d{{4}}",),
     _DIGITS | _LETTERS,
 )
@@ -85,11 +85,31 @@ _DATE_REC = (DATE,)
 _BAD_REC = (BAD,)
 
 
-def _timestamp(m: re.Match) -> datetime:
+def _date(m: re.Match) -> date:
     g = m.groupdict()
-    month = int(g["mo"]) if g.get("mo") else MONTHS[g["mon"]]
-    hour = hour24(g.get("ap") or g.get("ap2"), int(g["h"]))
-    return datetime(int(g["y"]), month, int(g["d"]), hour, int(g["mi"]))
+    return date(int(g["y"]), int(g["mo"]) if g.get("mo") else MONTHS[g["mon"]], int(g["d"]))
+
+
+def _hour_minute(m: re.Match) -> tuple[int, int]:
+    g = m.groupdict()
+    minute = int(g["mi"])
+    if minute > 59:
+        raise ValueError(f"minute {minute}")
+    return hour24(g.get("ap") or g.get("ap2"), int(g["h"])), minute
+
+
+def _timestamp_maker():
+    """``timestamp(match)``: a new minute costs two dict lookups; a new day or clock text is parsed once."""
+    dates: dict[str, date] = {}
+    times: dict[str, tuple[int, int]] = {}
+
+    def timestamp(m: re.Match) -> datetime:
+        date_text, time_text = m.group("date", "time")
+        d = dates.get(date_text) or dates.setdefault(date_text, _date(m))
+        hm = times.get(time_text) or times.setdefault(time_text, _hour_minute(m))
+        return datetime(d.year, d.month, d.day, *hm)
+
+    return timestamp
 
 
 def make_classifier(variants: tuple[Variant, ...]):
@@ -100,6 +120,7 @@ def make_classifier(variants: tuple[Variant, ...]):
     """
     cache: dict[str, datetime | None] = {}
     primary = [variants[0].record.match]
+    _timestamp = _timestamp_maker()
 
     def record(m: re.Match):
         key, name, text, sys_text = m.group(1, "name", "text", "sys")

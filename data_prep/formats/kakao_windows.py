@@ -53,20 +53,29 @@ def _separator_date(m: re.Match) -> date | None:
         return None
 
 
+def _hour_minute(m: re.Match) -> tuple[int, int]:
+    minute = int(m.group("mi"))
+    if minute > 59:
+        raise ValueError(f"minute {minute}")
+    return hour24(m.group("ap") or m.group("ap2"), int(m.group("h"))), minute
+
+
 def _classifier():
-    day: list = [None, {}]  # current date, its {time text: datetime} cache
+    day: list = [None]  # the date of the last separator
+    cache: dict[str, datetime | None] = {}  # clock text -> datetime on that date (cleared per day)
+    clock: dict[str, tuple[int, int]] = {}  # clock text -> (hour, minute), parsed once per file
     match = _MESSAGE.match
 
     def message(m: re.Match):
-        time, name, text = m.group("time", "name", "text")
-        ts = day[1].get(time)
+        time, name, text = m.group(2, 1, 7)
+        ts = cache.get(time)
         if ts is None and day[0] is not None:
             try:
-                hour = hour24(m.group("ap") or m.group("ap2"), int(m.group("h")))
+                hm = clock.get(time) or clock.setdefault(time, _hour_minute(m))
             except ValueError:  # [오후 27:15]: looks like a record, is not one
                 return (BAD,)
             d = day[0]
-            ts = day[1][time] = datetime(d.year, d.month, d.day, hour, int(m.group("mi")))
+            ts = cache[time] = datetime(d.year, d.month, d.day, *hm)
         return (MESSAGE, ts, name, text)
 
     def classify(line: str):
@@ -83,7 +92,8 @@ def _classifier():
             d = _separator_date(m)
             if d is None:
                 return (BAD,)
-            day[0], day[1] = d, {}
+            day[0] = d
+            cache.clear()
             return (DATE,)
         if is_system_text(line):
             return (SYSTEM, None, line)
