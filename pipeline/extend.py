@@ -44,7 +44,7 @@ from pipeline.cli import parser, run_cli, setup_logging
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1  # bump when the extension recipe changes, so cached extended bases are rebuilt
+FORMAT_VERSION = 2  # bump when the extension recipe changes, so cached extended bases are rebuilt
 MANIFEST = "manifest.json"
 NOISE_SCALE = 0.1  # noise std relative to the per-dimension std of the existing rows: small, but
 #                    enough that the new tokens are not identical vectors before training
@@ -226,7 +226,7 @@ def build_extended(ref: BaseModelRef, out: str | Path, seed: int = 0) -> dict[st
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
         model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
+        save_tokenizer(tok, tmp)
         manifest = _manifest(ref, ext, model, tok, tmp)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, ensure_ascii=False), encoding="utf-8")
         base_model._rename_into_place(tmp, out)
@@ -235,6 +235,21 @@ def build_extended(ref: BaseModelRef, out: str | Path, seed: int = 0) -> dict[st
     log.info("extended base saved to %s in %.1f s: %d new tokens, %d rows, tied=%s",
              out, time.perf_counter() - t0, len(ext.new_token_ids), ext.rows, ext.tied)
     return manifest
+
+
+def save_tokenizer(tok, directory: Path) -> None:
+    """``save_pretrained``, plus the added tokens listed in ``tokenizer_config.json``.
+
+    transformers 5 no longer writes ``added_tokens_decoder`` there; without it every load
+    re-parses the whole ``tokenizer.json`` in Python to find the added tokens (about 1-2 s
+    for Gemma's 33 MB file). The list is the tokenizer's own; verify checks that
+    AutoTokenizer and :func:`load_tokenizer` still agree.
+    """
+    tok.save_pretrained(directory)
+    cfg_path = Path(directory) / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    cfg["added_tokens_decoder"] = {str(i): t.__getstate__() for i, t in sorted(tok.added_tokens_decoder.items())}
+    cfg_path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def _manifest(ref: BaseModelRef, ext: Extension, model, tok, saved: Path) -> dict[str, Any]:
