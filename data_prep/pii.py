@@ -164,10 +164,11 @@ def remove_pii(messages: list[Message], pseudo: Pseudonymizer, cfg: PIIConfig) -
     counts: Counter = Counter()
     if not cfg.enabled:
         return messages, counts
+    mapping, names = pseudo.mapping, pseudo.text  # bound once: this loop runs on every message
     out = []
     for m in messages:
-        text = pseudo.text(redact_text(m.text, counts), counts)
-        speaker = pseudo.speaker(m.speaker)
+        text = names(redact_text(m.text, counts), counts)
+        speaker = mapping.get(m.speaker, m.speaker)
         if text is not m.text or speaker is not m.speaker:
             m = Message(m.ts, speaker, text, m.source, m.line)
         out.append(m)
