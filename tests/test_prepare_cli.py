@@ -115,6 +115,11 @@ def test_persona_without_replies_is_an_error(tmp_path, capsys):
     assert prepare(path, "--out", tmp_path / "o", "--persona", "혼자") == 2
     assert "no pairs for persona 혼자" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "train.jsonl").write_text("previous run\n")
+    assert prepare(path, "--out", tmp_path / "kept", "--persona", "혼자") == 2  # fails inside staging
+    assert (tmp_path / "kept" / "train.jsonl").read_text() == "previous run\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chat.txt", "kept"]
 
 
 BAD = {"empty.txt": b"", "binary.txt": bytes(range(256)) * 4, "notes.txt": "그냥 메모\n장보기 목록\n".encode(),
