@@ -4,8 +4,8 @@
     python -m pipeline.evaluate --adapter A --adapter B --data runs/x/data --out runs/x/eval
     python -m pipeline.evaluate --adapter A --data D --max-examples 40 --samples 5 --general my_korean.txt
 
-Writes eval.json, eval.md and PNG charts next to the adapter (several adapters: in their
-common parent folder; or --out). For each adapter, three systems are compared on the same
+Writes eval.json, eval.md and PNG charts next to the adapter (several adapters: into PARENT/eval,
+PARENT being their common parent folder; or --out). For each adapter, three systems are compared on the same
 held-out replies (validation split) of its persona:
 
   base      the extended base model, prompted with the persona instruction;
