@@ -14,6 +14,7 @@ from datetime import date, datetime
 
 from data_prep.formats._common import (
     BAD, DATE, MESSAGE, MONTH_FULL, MONTH_RE, MONTHS, SYSTEM, WEEKDAYS_EN, WEEKDAYS_KO, hour24, parse_lines,
+    FastPath,
 )
 
 HEAD_SCAN = 500  # lines searched for the first record, to pick the fast-path variant
@@ -23,7 +24,7 @@ _AMPM = r"AM|PM|am|pm"
 _SP = "[ \u202f]"
 # After the timestamp: ", name : text" (name lazy: bodies may contain " : ") or ": system text".
 _REST = r"(?:, (?P<name>.+?) :(?: |$)(?P<text>.*)|: (?P<sys>.*))$"
-_MESSAGE_REST = r", (?P<name>.+?) :(?: |$)(?P<text>.*)(?P<sys>(?!))?$"  # sys: never set
+_MESSAGE_REST = r", (?P<name>.+?) :(?: |$)(?P<text>.*)$"
 _WD_EN = "|".join(WEEKDAYS_EN)
 _WD_KO = "|".join(WEEKDAYS_KO)
 _DIGITS = frozenset("0123456789")
@@ -113,7 +114,7 @@ def _timestamp_maker():
 
 
 def make_classifier(variants: tuple[Variant, ...]):
-    """``(classify(line), record(match))`` for :func:`parse_lines` over the given variants.
+    """``(classify(line), timestamp cache, timestamp(match))`` for :func:`parse_lines` over ``variants``.
 
     The variant that matched last is tried first with one regex call; the
     others (and date lines) only when it fails.
@@ -155,15 +156,19 @@ def make_classifier(variants: tuple[Variant, ...]):
                 return _BAD_REC
         return None
 
-    return classify, record
+    return classify, cache, _timestamp
 
 
 def parse_stamped(lines: list[str], source: str, variants: tuple[Variant, ...]):
     """:func:`parse_lines` with the fast path on the variant of the first record line."""
-    classify, record = make_classifier(variants)
+    classify, cache, timestamp = make_classifier(variants)
     head = lines[:HEAD_SCAN]
     primary = next((v for line in head for v in variants if v.record.match(line)), None)
-    fast = (primary.multiline, record) if primary else None
+    fast = None
+    if primary is not None:
+        index = primary.multiline.groupindex
+        groups = (index["ts"], index["name"], index["text"])
+        fast = FastPath(primary.multiline, groups, cache, timestamp)
     return parse_lines(lines, source, classify, fast)
 
 

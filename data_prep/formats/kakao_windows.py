@@ -19,7 +19,7 @@ from datetime import date, datetime
 
 from data_prep.formats._common import (
     BAD, DATE, MESSAGE, MONTH_FULL, MONTH_RE, MONTHS, SYSTEM, WEEKDAYS_EN, WEEKDAYS_KO,
-    Format, ParseResult, hour24, is_system_text, parse_lines,
+    FastPath, Format, ParseResult, hour24, is_system_text, parse_lines,
 )
 from data_prep.records import Message
 
@@ -66,16 +66,25 @@ def _classifier():
     clock: dict[str, tuple[int, int]] = {}  # clock text -> (hour, minute), parsed once per file
     match = _MESSAGE.match
 
+    def timestamp(m: re.Match) -> datetime | None:
+        """The message's time on the current separator's date (None before any separator)."""
+        d = day[0]
+        if d is None:
+            return None
+        time = m.group(2)
+        hm = clock.get(time) or clock.setdefault(time, _hour_minute(m))
+        return datetime(d.year, d.month, d.day, *hm)
+
     def message(m: re.Match):
         time, name, text = m.group(2, 1, 7)
         ts = cache.get(time)
-        if ts is None and day[0] is not None:
+        if ts is None:
             try:
-                hm = clock.get(time) or clock.setdefault(time, _hour_minute(m))
+                ts = timestamp(m)
             except ValueError:  # [오후 27:15]: looks like a record, is not one
                 return (BAD,)
-            d = day[0]
-            ts = cache[time] = datetime(d.year, d.month, d.day, *hm)
+            if ts is not None:
+                cache[time] = ts
         return (MESSAGE, ts, name, text)
 
     def classify(line: str):
@@ -99,12 +108,12 @@ def _classifier():
             return (SYSTEM, None, line)
         return None
 
-    return classify, message
+    return classify, FastPath(_MESSAGE_LINES, (2, 1, 7), cache, timestamp)
 
 
 def parse(lines: list[str], source: str) -> ParseResult:
-    classify, message = _classifier()
-    return parse_lines(lines, source, classify, (_MESSAGE_LINES, message))
+    classify, fast = _classifier()
+    return parse_lines(lines, source, classify, fast)
 
 
 def _time(ts: datetime, lang: str) -> str:
