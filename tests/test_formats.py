@@ -110,6 +110,18 @@ def test_pasted_exports_count_repeated_header_and_keep_parsing() -> None:
     assert_accounted(parsed)
 
 
+@pytest.mark.parametrize("first, second", [
+    ("kakao_android_ko.txt", "kakao_android_en.txt"), ("kakao_ios_en.txt", "kakao_ios_ko_24h.txt"),
+    ("kakao_windows_en.txt", "kakao_windows_ko.txt"),
+])
+def test_pasted_exports_of_two_ui_languages(first: str, second: str) -> None:
+    a, b = ((FIXTURES / n).read_text(encoding="utf-8") for n in (first, second))
+    parsed = parse_text(a + b, "pasted.txt")
+    half = as_records(parsed)
+    assert half[:13] == half[13:] == expected_for(parsed)
+    assert parsed.unparsed == [] and parsed.line_kinds["header"] >= 4
+
+
 GARBAGE = """\
 이 파일은 백업입니다
 --------------- 2024년 7월 1일 월요일 ---------------
