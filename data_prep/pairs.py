@@ -114,10 +114,45 @@ def chat_messages(p: Pair) -> dict[str, Any]:
     return {"messages": to_messages(p.instruction, p.context, p.persona, p.response)}
 
 
+class PairEncoder:
+    """``Pair.dumps()`` byte for byte, but each context turn and instruction is encoded once.
+
+    Consecutive windows share up to ``context_turns`` turn objects (see
+    :func:`build_pairs`), so caching their JSON by object id saves most of the
+    encoding work. The pairs must stay alive while encoding (ids are reused after death).
+    """
+
+    def __init__(self) -> None:
+        self._enc = json.encoder.encode_basestring  # what json.dumps(ensure_ascii=False) uses for str
+        self._turns: dict[int, str] = {}
+        self._strings: dict[str, str] = {}
+
+    def _string(self, s: str) -> str:  # instructions, personas, sources repeat across pairs
+        out = self._strings.get(s)
+        if out is None:
+            out = self._strings[s] = self._enc(s)
+        return out
+
+    def _turn(self, t: ContextTurn) -> str:
+        out = self._turns.get(id(t))
+        if out is None:
+            out = self._turns[id(t)] = f'{{"speaker": {self._string(t.speaker)}, "text": {self._enc(t.text)}}}'
+        return out
+
+    def line(self, p: Pair) -> str:
+        ctx = ", ".join(self._turn(t) for t in p.context)
+        return (f'{{"persona": {self._string(p.persona)}, "instruction": {self._string(p.instruction)}, '
+                f'"context": [{ctx}], "response": {self._enc(p.response)}, '
+                f'"conversation_id": {self._enc(p.conversation_id)}, "source": {self._string(p.source)}}}\n')
+
+    def lines(self, pairs: Iterable[Pair]) -> Iterable[str]:
+        return (self.line(p) for p in pairs)
+
+
 def write_pairs(directory: Path, split: str, pairs: list[Pair], exports: Iterable[str] = ()) -> None:
     """``SPLIT.jsonl`` (one Pair.dumps() per line) and ``SPLIT_alpaca.jsonl``/``SPLIT_messages.jsonl``, streamed."""
     with open(directory / f"{split}.jsonl", "w", encoding="utf-8") as f:
-        f.writelines(p.dumps() + "\n" for p in pairs)
+        f.writelines(PairEncoder().lines(pairs))
     if "alpaca" in exports:
         _write_jsonl(directory / f"{split}_alpaca.jsonl", (alpaca(p) for p in pairs))
     if "messages" in exports:

@@ -1,7 +1,7 @@
 """Pairs: context window, at least one context turn, dedupe, split by conversation."""
 from datetime import datetime
 
-from data_prep.pairs import PairConfig, build_pairs, count_by_persona, dedupe, split_by_conversation
+from data_prep.pairs import PairConfig, PairEncoder, build_pairs, count_by_persona, dedupe, split_by_conversation
 from data_prep.records import Conversation, Message
 
 T = datetime(2024, 1, 1, 9, 0)
@@ -36,3 +36,10 @@ def test_split_by_conversation_is_seeded_and_disjoint():
     assert split_by_conversation(pairs, 0.2, seed=1) != (train, val)
     assert count_by_persona(train, val) == {"민수": {"train": 32, "validation": 8}}
     assert PairConfig(context_turns=0).validate()
+
+
+def test_pair_encoder_matches_dumps():
+    c = conv("c1", ("영희", 'say "hi"\n\t\\ 😀'), ("민수", "응</s>"), ("영희", "\u2028 ㅋ"), ("민수", "끝"))
+    pairs = build_pairs([c], "민수", 'i "q"', 8, {"a.txt": "파일.txt"})
+    enc = PairEncoder()
+    assert [enc.line(p) for p in pairs] == [p.dumps() + "\n" for p in pairs]
