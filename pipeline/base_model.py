@@ -197,8 +197,7 @@ def _materialise(source, sha: str, target: Path, spec: str) -> None:
     ``source(tmp_dir) -> gguf path`` provides the file (the default model is assembled
     into the temp dir, so nothing is left behind if we stop half way).
     """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
+    tmp = make_temp_sibling(target)
     try:
         gguf = source(tmp)
         out = tmp / "model"
@@ -210,13 +209,27 @@ def _materialise(source, sha: str, target: Path, spec: str) -> None:
         (out / MATERIALISED_MARKER).write_text(json.dumps(
             {"spec": spec, "gguf": gguf.name, "sha256": sha, "seconds": round(time.perf_counter() - t0, 1),
              "versions": library_versions()}, indent=1), encoding="utf-8")
-        _rename_into_place(out, target)
+        rename_into_place(out, target)
         log.info("materialised in %.0f s: %s", time.perf_counter() - t0, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _rename_into_place(src: Path, target: Path) -> None:
+def make_temp_sibling(target: Path, stale_after_s: float = 6 * 3600) -> Path:
+    """A fresh temp dir next to ``target`` (same filesystem, so the final rename is atomic).
+
+    Temp dirs of earlier runs for the same target that were killed hard (no ``finally``)
+    are removed once they are hours old, so they cannot fill the disk with 1 GB copies.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{target.name}.tmp-"
+    for old in target.parent.glob(prefix + "*"):
+        if time.time() - old.stat().st_mtime > stale_after_s:
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(dir=target.parent, prefix=prefix))
+
+
+def rename_into_place(src: Path, target: Path) -> None:
     """Atomic publish; if another process won the race, keep theirs (same inputs, same result)."""
     os.chmod(src, 0o755)  # mkdtemp makes 0700; the cache is an ordinary directory
     try:

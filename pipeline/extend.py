@@ -27,10 +27,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -222,14 +220,13 @@ def build_extended(ref: BaseModelRef, out: str | Path, seed: int = 0) -> dict[st
     tok = AutoTokenizer.from_pretrained(ref.path)
     model = AutoModelForCausalLM.from_pretrained(ref.path, dtype=torch.float32)
     ext = extend_model(model, tok, seed)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    tmp = base_model.make_temp_sibling(out)
     try:
         model.save_pretrained(tmp)
         save_tokenizer(tok, tmp)
         manifest = _manifest(ref, ext, model, tok, tmp)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, ensure_ascii=False), encoding="utf-8")
-        base_model._rename_into_place(tmp, out)
+        base_model.rename_into_place(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("extended base saved to %s in %.1f s: %d new tokens, %d rows, tied=%s",

@@ -101,3 +101,19 @@ def test_real_default_materialises_once_and_tokenizes_korean():
     assert {"ㅋㅋㅋ", "ㅎㅎ", "ㅠㅠ"} <= {p.lstrip("▁") for p in pieces}
     assert not any(unicodedata.name(c, "").startswith("HANGUL CHOSEONG") for p in pieces for c in p)
     assert len(ids) < 0.6 * len(text)  # whole words/morphemes (15 ids for 29 characters), not bytes
+
+
+def test_stale_temp_dirs_of_killed_runs_are_cleared(tmp_path):
+    import os
+    import time
+
+    target = tmp_path / "base" / "gguf-abc"
+    target.parent.mkdir()
+    stale, fresh = target.parent / ".gguf-abc.tmp-old", target.parent / ".gguf-abc.tmp-live"
+    stale.mkdir()
+    fresh.mkdir()
+    hours_ago = time.time() - 7 * 3600
+    os.utime(stale, (hours_ago, hours_ago))
+    new = base_model.make_temp_sibling(target)
+    assert new.parent == target.parent and new.name.startswith(".gguf-abc.tmp-")
+    assert not stale.exists() and fresh.exists()  # a run still going is left alone
