@@ -77,3 +77,18 @@ def test_virtual_token_method_falls_back_to_model_loss(tiny_gpt2_dir, train_cach
     batch = _batch(tok)
     total, n = loss(**batch)
     assert torch.allclose(total / n, model(**batch).loss, atol=1e-6)
+
+
+def test_gradient_checkpointing_still_trains_lora(tiny_gemma_dir, train_cache):
+    from pipeline.train import TrainConfig
+    from pipeline.training.run import prepare_model
+
+    model, tok, manifest, _ = extended(tiny_gemma_dir, train_cache)
+    cfg = TrainConfig("d", "o", gradient_checkpointing=True)
+    peft_model = prepare_model(cfg, model, manifest["new_token_ids"])
+    assert causal_lm(peft_model).is_gradient_checkpointing and not causal_lm(peft_model).config.use_cache
+    peft_model.train()
+    total, n = SupervisedLoss(peft_model)(**_batch(tok))
+    (total / n).backward()
+    lora_b = [p.grad for name, p in peft_model.named_parameters() if "lora_B" in name]  # lora_A's is 0 at init
+    assert lora_b and all(g is not None and g.abs().sum() > 0 for g in lora_b)

@@ -12,7 +12,8 @@ from pipeline.train import TrainConfig
 from pipeline.training.adapter_io import load_trained
 from pipeline.training.methods import lora_targets
 from pipeline.training.run import train
-from tests.test_train_helpers import persona_data, train_cache  # noqa: F401 (fixtures)
+from data_prep.errors import UserError
+from tests.test_train_helpers import CHATBOT_CSV, extended, persona_data, train_cache  # noqa: F401
 
 IDS = torch.tensor([[2, 10, 20, 30, 40, 50, 60, 70]])
 
@@ -42,8 +43,26 @@ def test_method_trains_saves_and_reloads(method, tiny_gpt2_dir, persona_data, tr
             assert not torch.allclose(_logits(loaded), expected, atol=1e-4)
 
 
-def test_lora_adapter_contents_gemma(tiny_gemma_dir, persona_data, train_cache, tmp_path):
-    _train(tiny_gemma_dir, persona_data, tmp_path / "a", train_cache, lr=1e-2)
+def test_full_method_refused_above_size_limit(tiny_gpt2_dir, train_cache, monkeypatch):
+    from pipeline.training import methods
+
+    model = extended(tiny_gpt2_dir, train_cache)[0]
+    monkeypatch.setattr(methods, "FULL_MAX_PARAMS", 1000)
+    with pytest.raises(UserError, match="--force-full"):
+        methods.apply_method(model, methods.MethodSettings("full"))
+    assert methods.apply_method(model, methods.MethodSettings("full", force_full=True)) is model
+
+
+def test_lora_adapter_contents_gemma_with_rehearsal(tiny_gemma_dir, persona_data, train_cache, tmp_path):
+    _train(tiny_gemma_dir, persona_data, tmp_path / "a", train_cache, lr=1e-2, rehearsal=str(CHATBOT_CSV))
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text(encoding="utf-8"))
+    metrics = manifest["metrics"]
+    assert metrics["rehearsal_train_examples"] == 12  # 0.2 of the mix next to 48 persona examples
+    assert isinstance(metrics["rehearsal_val_loss"], float) and isinstance(metrics["val_loss"], float)
+    assert {"persona", "method", "base_model", "extended_fingerprint", "data_hash", "instruction", "user_speaker",
+            "max_length", "config", "metrics", "versions"} <= manifest.keys()
+    assert manifest["user_speaker"] == "지영" and manifest["config"]["rehearsal_ratio"] == 0.2
+    assert {"persona.yaml", "loss.png", "metrics.jsonl", "tokenizer.json"} <= {p.name for p in (tmp_path / "a").iterdir()}
     tensors = load_file(tmp_path / "a" / "adapter_model.safetensors")
     for module in lora_targets("gemma3_text"):
         assert any(f"{module}.lora_A" in k for k in tensors) and any(f"{module}.lora_B" in k for k in tensors)

@@ -44,9 +44,65 @@ def supports_fast_loss(model: nn.Module) -> bool:
     return lm.get_output_embeddings() is not None and lm.get_decoder() is not lm
 
 
+def _token_layer(module: nn.Module):
+    """PEFT's trainable-token layer inside ``module`` when it is active (else None)."""
+    layer = getattr(module, "token_adapter", None)
+    if layer is None or layer.merged or layer.disable_adapters:
+        return None
+    return layer
+
+
+def _token_rows(layer, device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(token ids, their trained rows) for each active adapter; a tied layer shares its partner's."""
+    rows = []
+    for name in layer.active_adapters:
+        if name in layer.token_indices:
+            ids = torch.as_tensor(layer.token_indices[name], device=device)
+            rows.append((ids, layer.trainable_tokens_delta[name]))
+    return rows
+
+
+def embed(lm: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+    """Input embeddings with the adapter's rows for the new tokens.
+
+    PEFT's layer builds a merged copy of the whole embedding matrix on every call
+    (and, in the backward, a dense gradient of it): 670 MB each for a 262k x 640
+    table. Here the frozen table is looked up as is and only the positions that
+    hold a new token take the trained row; the result is identical.
+    """
+    module = lm.get_input_embeddings()
+    layer = _token_layer(module)
+    if layer is None:
+        return module(input_ids)
+    base = layer.base_layer
+    out = base(input_ids)  # a scaled embedding (Gemma) applies its scale here
+    scale = getattr(base, "embed_scale", None)
+    for ids, delta in _token_rows(layer, input_ids.device):
+        lookup = torch.full((base.num_embeddings,), -1, dtype=torch.long, device=input_ids.device)
+        lookup[ids] = torch.arange(len(ids), device=input_ids.device)
+        pos = lookup[input_ids]
+        hit = pos >= 0
+        new_rows = delta[pos[hit]].to(out.dtype)
+        out = out.index_put((hit,), new_rows * scale.to(out.dtype) if scale is not None else new_rows)
+    return out
+
+
 def project(lm: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-    """Logits for some hidden states, exactly as ``lm``'s forward computes them."""
-    logits = lm.get_output_embeddings()(hidden)
+    """Logits for some hidden states, exactly as ``lm``'s forward computes them.
+
+    With trainable token rows on the output layer (its own, or shared by tying),
+    the frozen matrix projects everything and the new tokens' columns are then
+    replaced by the trained rows: no merged copy of the matrix, no dense gradient for it.
+    """
+    head = lm.get_output_embeddings()
+    layer = _token_layer(head)
+    if layer is None:
+        logits = head(hidden)
+    else:
+        base = layer.base_layer
+        logits = nn.functional.linear(hidden, base.weight, base.bias)
+        for ids, delta in _token_rows(layer, hidden.device):
+            logits = logits.index_copy(-1, ids, hidden @ delta.to(hidden.dtype).T)
     cap = getattr(lm.config, "final_logit_softcapping", None)
     if cap is not None:
         logits = torch.tanh(logits / cap) * cap
@@ -74,7 +130,8 @@ class SupervisedLoss(nn.Module):
             out = self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, use_cache=False)
             return out.loss * n, n  # the model's loss is the mean over the same supervised tokens
         lm = causal_lm(self.model)
-        hidden = lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)[0]
+        embeds = embed(lm, input_ids)
+        hidden = lm.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False)[0]
         logits = project(lm, hidden[:, :-1][keep])
         loss = nn.functional.cross_entropy(logits.float(), targets[keep], reduction="sum")
         return loss, n

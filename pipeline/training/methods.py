@@ -37,7 +37,7 @@ class MethodSettings:
     method: str = "lora"
     lora_r: int = 8
     lora_alpha: int = 16
-    lora_dropout: float = 0.05
+    lora_dropout: float = 0.0
     target_modules: tuple[str, ...] = ()
     num_virtual_tokens: int = 16
     new_token_ids: tuple[int, ...] = ()

@@ -1,0 +1,202 @@
+"""Benchmark: this trainer against TRL's SFTTrainer on the same persona pairs and hyperparameters.
+
+    .venv/bin/python bench/train_bench.py --steps 20            # the default model (Gemma 3 270M)
+    .venv/bin/python bench/train_bench.py --tiny                # a tiny Gemma, for a quick check
+
+Both train LoRA (same rank, alpha, dropout, target modules) on SmileStyle pairs (persona 민수 in one style answering
+지영), the same examples (rendered by the shared chat format; TRL gets them as a
+conversational prompt-completion dataset with ``completion_only_loss=True`` and
+the same chat template), batch size, learning rate, warmup + cosine schedule,
+clipping and fp32 on the CPU. TRL keeps its own defaults otherwise (gradient
+checkpointing on, as a user would get it). Ours also trains the new chat-token
+rows (trainable_token_indices); TRL 1.16 cannot (its fused LM head fails on PEFT's
+trainable-token wrapper), so the baseline does less work. Each trainer runs in its own process;
+printed: tokens/s of training, peak RSS of the process, and the final
+validation loss of each model measured by the same function, with the ratios.
+Not a test: figures depend on the machine.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def _args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tiny", action="store_true", help="a tiny Gemma built in-process instead of the default model")
+    ap.add_argument("--steps", type=int, default=20, help="optimizer steps for each trainer (default 20)")
+    ap.add_argument("--batch-size", type=int, default=8, help="examples per step (default 8)")
+    ap.add_argument("--max-length", type=int, default=256, help="tokens per example (default 256)")
+    ap.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (default 5e-4)")
+    ap.add_argument("--train-pairs", type=int, default=600, help="training pairs (default 600)")
+    ap.add_argument("--val-pairs", type=int, default=64, help="validation pairs (default 64)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads for each trainer (default 2)")
+    ap.add_argument("--only", choices=("ours", "trl"), help="run one trainer only")
+    ap.add_argument("--worker", choices=("ours", "trl"), help=argparse.SUPPRESS)
+    ap.add_argument("--work", help=argparse.SUPPRESS)
+    return ap.parse_args(argv)
+
+
+def _setup(a, work: Path) -> tuple[str | None, Path, Path]:
+    """Write the persona data; returns (base spec, data dir, extended-base cache)."""
+    from tests.test_train_helpers import write_persona_data
+    from tests.tiny_models import make_tiny_gemma
+
+    data = write_persona_data(work / "data", n_train=a.train_pairs, n_val=a.val_pairs)
+    base = str(make_tiny_gemma(work / "tiny-gemma")) if a.tiny else None
+    cache = work / "cache" if a.tiny else None
+    return base, data, cache
+
+
+def _examples(tok, pairs, max_length):
+    from pipeline.training.data import render_pairs
+
+    return render_pairs(pairs, tok, max_length)[0]
+
+
+def eval_loss(model, tok, examples, batch_size: int = 8) -> float:
+    """Mean loss per supervised token, from the model's own forward: the same judge for both."""
+    import torch
+
+    from pipeline import chat_format
+    from pipeline.training.data import collate
+
+    total, n = 0.0, 0
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, len(examples), batch_size):
+            b = collate(examples[i:i + batch_size], chat_format.pad_id(tok))
+            k = int((b["labels"][:, 1:] != -100).sum())
+            total, n = total + float(model(**b).loss) * k, n + k
+    return total / n
+
+
+def _val_and_len(a, tok, data: Path):
+    from data_prep.records import read_pairs
+
+    val = _examples(tok, read_pairs(data / "validation.jsonl"), a.max_length)
+    train = _examples(tok, read_pairs(data / "train.jsonl"), a.max_length)
+    return val, sum(len(e.input_ids) for e in train) / len(train)
+
+
+def worker_ours(a, base, data, cache, work: Path) -> dict:
+    from pipeline.train import TrainConfig
+    from pipeline.training.run import train
+
+    cfg = TrainConfig(str(data), str(work / "ours"), persona="민수", base_model=base,
+                      cache_dir=str(cache) if cache else None, max_steps=a.steps, epochs=0,
+                      batch_size=a.batch_size, max_length=a.max_length, lr=a.lr, eval_every=0, save_every=0,
+                      patience=0, threads=a.threads, lora_dropout=0.0)
+    result = train(cfg)
+    m = result.manifest["metrics"]
+    val, mean_len = _val_and_len(a, _tok(base, cache), data)
+    elapsed = m["steps"] / m["steps_per_s"]
+    return {"train_s": elapsed, "tokens_per_s": a.steps * a.batch_size * mean_len / elapsed,
+            "val_loss": eval_loss(result.model, _tok(base, cache), val)}
+
+
+def _tok(base, cache):
+    from transformers import AutoTokenizer
+
+    from pipeline.extend import ensure_extended
+
+    return AutoTokenizer.from_pretrained(ensure_extended(base, cache))
+
+
+def _trl_dataset(pairs, tok, max_length):
+    """Conversational prompt-completion rows holding exactly the context render() keeps."""
+    from datasets import Dataset
+
+    from pipeline import chat_format
+
+    rows = []
+    for p in pairs:
+        r = chat_format.render(tok, p.instruction, p.context, p.persona, p.response, max_length)
+        if r is None:
+            continue
+        kept = p.context[len(p.context) - r.context_turns:] if r.context_turns else ()
+        msgs = chat_format.to_messages(p.instruction, kept, p.persona, tokenizer=tok)
+        for m in msgs:
+            m.setdefault("name", None)
+        rows.append({"prompt": msgs, "completion": [{"role": "assistant", "content": p.response, "name": None}]})
+    return Dataset.from_list(rows)
+
+
+def worker_trl(a, base, data, cache, work: Path) -> dict:
+    import torch
+    from trl import SFTConfig, SFTTrainer
+
+    from data_prep.records import read_pairs
+    from pipeline.extend import ensure_extended, load_extended
+    from pipeline.training.methods import MethodSettings, peft_config
+
+    torch.set_num_threads(a.threads)
+    model, tok, manifest = load_extended(ensure_extended(base, cache))
+    # TRL 1.16 patches the LM head with its fused loss, which reads lm_head.bias and fails on PEFT's
+    # trainable-token wrapper (AttributeError: 'TrainableTokensWrapper' object has no attribute 'bias');
+    # so the baseline trains LoRA only and leaves the new rows as initialised (less work for it)
+    lora = peft_config(model.config.model_type, MethodSettings(lora_dropout=0.0))
+    args = SFTConfig(
+        output_dir=str(work / "trl"), max_steps=a.steps, per_device_train_batch_size=a.batch_size,
+        learning_rate=a.lr, lr_scheduler_type="cosine", warmup_steps=10, weight_decay=0.0, max_grad_norm=1.0,
+        logging_steps=5, save_strategy="no", report_to="none", bf16=False, use_cpu=True, seed=0,
+        completion_only_loss=True, max_length=a.max_length, dataloader_num_workers=0,
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=_trl_dataset(read_pairs(data / "train.jsonl"), tok,
+                         a.max_length), processing_class=tok, peft_config=lora)
+    t0 = time.perf_counter()
+    trainer.train()
+    elapsed = time.perf_counter() - t0
+    val, mean_len = _val_and_len(a, tok, data)
+    return {"train_s": elapsed, "tokens_per_s": a.steps * a.batch_size * mean_len / elapsed,
+            "val_loss": eval_loss(trainer.model, tok, val)}
+
+
+def _run_worker(a, name: str, work: Path) -> dict:
+    argv = [sys.executable, __file__, "--worker", name, "--work", str(work), "--steps", str(a.steps),
+            "--batch-size", str(a.batch_size), "--max-length", str(a.max_length), "--lr", str(a.lr),
+            "--train-pairs", str(a.train_pairs), "--val-pairs", str(a.val_pairs), "--threads", str(a.threads)]
+    argv += ["--tiny"] if a.tiny else []
+    proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{name} failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+    a = _args(argv)
+    if a.worker:
+        work = Path(a.work)
+        base, data, cache = _setup(a, work)
+        result = (worker_ours if a.worker == "ours" else worker_trl)(a, base, data, cache, work)
+        result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps(result))
+        return 0
+    with tempfile.TemporaryDirectory() as tmp:
+        names = [a.only] if a.only else ["ours", "trl"]
+        results = {n: _run_worker(a, n, Path(tmp) / n) for n in names}
+    model = "tiny Gemma" if a.tiny else "Gemma 3 270M (extended)"
+    print(f"model: {model}; {a.steps} steps x {a.batch_size} examples, max_length {a.max_length}, "
+          f"{a.threads} threads")
+    print(f"{'trainer':8} {'tokens/s':>10} {'peak RSS MB':>12} {'val loss':>9} {'train s':>8}")
+    for n, r in results.items():
+        print(f"{n:8} {r['tokens_per_s']:10.1f} {r['peak_rss_mb']:12.0f} {r['val_loss']:9.4f} {r['train_s']:8.1f}")
+    if len(results) == 2:
+        o, t = results["ours"], results["trl"]
+        print(f"ratios ours/trl: tokens/s {o['tokens_per_s'] / t['tokens_per_s']:.2f}x (target >= 2), "
+              f"peak RSS {o['peak_rss_mb'] / t['peak_rss_mb']:.2f}x (target <= 0.6), "
+              f"val loss {o['val_loss'] / t['val_loss'] - 1:+.2%} (target within 2%)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
