@@ -3,19 +3,21 @@
 A record is ``<timestamp>, <name> : <text>`` (a message) or ``<timestamp>: <text>``
 (a system line: invites, leaves, kicks). Only the timestamp syntax differs
 between platforms and UI languages, so each is a :class:`Variant` and one
-classifier tries them. Timestamps are cached by their exact text: a chat has far
-fewer distinct minutes than lines, so almost no line builds a datetime.
+classifier tries them. Timestamps are cached by their exact text, and a new
+minute reuses the already parsed day and clock text (two dict lookups).
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 from datetime import date, datetime
+from typing import Callable
 
 from data_prep.formats._common import (
-    BAD, DATE, MESSAGE, MONTH_FULL, MONTH_RE, MONTHS, SYSTEM, WEEKDAYS_EN, WEEKDAYS_KO, hour24, parse_lines,
-    FastPath,
+    BAD, DATE, MESSAGE, MONTH_FULL, MONTH_RE, MONTHS, SYSTEM, WEEKDAYS_EN, WEEKDAYS_KO,
+    Classify, FastPath, ParseResult, hour24, parse_lines,
 )
+from data_prep.records import Message
 
 HEAD_SCAN = 500  # lines searched for the first record, to pick the fast-path variant
 
@@ -113,7 +115,7 @@ def _timestamp_maker():
     return timestamp
 
 
-def make_classifier(variants: tuple[Variant, ...]):
+def make_classifier(variants: tuple[Variant, ...]) -> tuple[Classify, dict, Callable[[re.Match], datetime]]:
     """``(classify(line), timestamp cache, timestamp(match))`` for :func:`parse_lines` over ``variants``.
 
     The variant that matched last is tried first with one regex call; the
@@ -159,7 +161,7 @@ def make_classifier(variants: tuple[Variant, ...]):
     return classify, cache, _timestamp
 
 
-def parse_stamped(lines: list[str], source: str, variants: tuple[Variant, ...]):
+def parse_stamped(lines: list[str], source: str, variants: tuple[Variant, ...]) -> ParseResult:
     """:func:`parse_lines` with the fast path on the variant of the first record line."""
     classify, cache, timestamp = make_classifier(variants)
     head = lines[:HEAD_SCAN]
@@ -188,7 +190,8 @@ def english_months(head: list[str]) -> str | None:
     return "full" if any(ENGLISH_MDY.record.match(line) for line in head) else None
 
 
-def write_stamped(messages, stamp, day_line, header: list[str]) -> str:
+def write_stamped(messages: list[Message], stamp: Callable[[datetime], str], day_line: Callable[[date], str],
+                  header: list[str]) -> str:
     """Render messages as a timestamped export; ``stamp(ts)``/``day_line(date)`` give the locale."""
     out = list(header)
     day = None
