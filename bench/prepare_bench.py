@@ -98,7 +98,8 @@ def child(path: str, keep_pii: bool) -> None:
     total = time.perf_counter() - start
     cpu = time.process_time() - cpu0
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"seconds": total, "cpu_seconds": cpu, "peak_mb": peak_mb, "stages": timer.seconds, "stages_cpu": timer.cpu,
+    print(json.dumps({"seconds": total, "cpu_seconds": cpu, "peak_mb": peak_mb,
+                      "stages": timer.seconds, "stages_cpu": timer.cpu,
                       "messages": result.stats["messages"]["parsed"],
                       "pairs": sum(c["train"] + c["validation"] for c in result.stats["pairs"].values())}))
 
@@ -156,7 +157,8 @@ def main() -> None:
           f"{naive:.2f} CPU-s -> {naive / fast:.1f}x")
     runs = {}
     for label, keep in (("full", "0"), ("keep-pii (baseline)", "1")):
-        out = subprocess.run([sys.executable, __file__, "--child", str(path), keep], capture_output=True, text=True, cwd=ROOT)
+        out = subprocess.run([sys.executable, __file__, "--child", str(path), keep],
+                             capture_output=True, text=True, cwd=ROOT)
         if out.returncode:
             sys.exit(f"{label} run failed:\n{out.stderr[-2000:]}")
         runs[label] = r = json.loads(out.stdout.strip().splitlines()[-1])

@@ -30,7 +30,7 @@ _SEP = r"(?:[-. ]|\) ?)?"
 _URL = re.compile(r"(?:https?://|www\.)[^\s<>\"']+", re.IGNORECASE)
 _EMAIL = re.compile(r"(?<![\w.+-])[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 # a run of digits and separators: the only places a number-like PII can be
-_NUMBER_RUN = re.compile(r"\+?\d[\d\-. )]*\d")
+_NUMBER_RUN = re.compile(r"\+?\d[\d\-. ()]*\d")
 # inside such a run; order matters (earlier alternatives win at the same position)
 _NUMBERS = re.compile(
     rf"(?P<rrn>{_D}\d{{6}}[- ]?[1-8]\d{{6}}{_E})"

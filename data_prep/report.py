@@ -114,9 +114,11 @@ def render_report(stats: dict[str, Any], chart_name: str, korean_font: bool) -> 
     out = ["# prepare report", "", f"![chart]({chart_name})", ""]
     if not korean_font:
         out += ["(No Korean font installed: the chart labels speakers S1, S2... in the order of the table below.)", ""]
-    files = [(f["path"], f["format"], f["encoding"], f["lines"], f["messages"], f["unparsed_lines"]) for f in stats["files"]]
+    files = [(f["path"], f["format"], f["encoding"], f["lines"], f["messages"], f["unparsed_lines"])
+             for f in stats["files"]]
     out += ["## Files", _table(files, ("file", "format", "encoding", "lines", "messages", "unparsed")), ""]
-    out += ["## Speakers", _table([(f"S{i}", n, c) for i, (n, c) in enumerate(speakers, 1)], ("", "speaker", "messages")), ""]
+    rows = [(f"S{i}", n, c) for i, (n, c) in enumerate(speakers, 1)]
+    out += ["## Speakers", _table(rows, ("", "speaker", "messages")), ""]
     out += ["## Dropped (not speech)", _table(sorted(stats["dropped"].items()), ("reason", "count")), ""]
     out += ["## Redacted", _table(sorted(stats["redactions"].items()), ("kind", "count")), ""]
     out += ["## Cleaning", _table(sorted(stats["cleaning"].items()), ("what", "count")), ""]

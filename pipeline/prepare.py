@@ -67,6 +67,7 @@ class PrepareConfig:
     val_ratio: float = 0.1  # share of conversations held out for validation
     seed: int = 0  # seeds the conversation split
     keep_pii: bool = False  # True: no placeholders, no pseudonyms
+    pseudonym_prefix: str = "친구"  # other speakers become 친구1, 친구2...
     strict: bool = False  # any unparsed line is an error
     exports: tuple[str, ...] = ()  # extra shapes: "alpaca", "messages"
     self_alias: str = "나"  # name of the exporting user (회원님/You/you)
@@ -91,7 +92,7 @@ class PrepareConfig:
 
     @property
     def pii(self) -> PIIConfig:
-        return PIIConfig(enabled=not self.keep_pii)
+        return PIIConfig(enabled=not self.keep_pii, pseudonym_prefix=self.pseudonym_prefix)
 
     def validate(self) -> None:
         """Raise one UserError listing every problem, each naming the flag or file to fix."""
@@ -104,7 +105,8 @@ class PrepareConfig:
             problems.append(f"--out {self.out}: exists and is not a folder")
         if self.min_replies < 1:
             problems.append("--min-replies: must be at least 1")
-        problems += [f"--export: unknown shape {e!r} (choose from {', '.join(EXPORTS)})" for e in self.exports if e not in EXPORTS]
+        problems += [f"--export: unknown shape {e!r} (choose from {', '.join(EXPORTS)})"
+                     for e in self.exports if e not in EXPORTS]
         for cfg in (self.normalize, self.turns, self.sentences, self.pairs, self.pii):
             problems += cfg.validate()
         if problems:
@@ -179,7 +181,8 @@ def _stages(cfg: PrepareConfig, t: Timer) -> Result:
     if cfg.strict:
         check_strict(files, _cleaner(Pseudonymizer(list(speakers), set(cfg.personas)), cfg))
     personas = choose_personas(cfg, speakers, messages)
-    pseudo = Pseudonymizer([s for s, _ in speakers.most_common()], set(personas), keep={cfg.self_alias})
+    pseudo = Pseudonymizer([s for s, _ in speakers.most_common()], set(personas), cfg.pseudonym_prefix,
+                           keep={cfg.self_alias})
     with t("remove_pii"):
         messages, redactions = remove_pii(messages, pseudo, cfg.pii)
     with t("merge_bursts"):
@@ -194,7 +197,8 @@ def _stages(cfg: PrepareConfig, t: Timer) -> Result:
             instructions = persona_cards(convs, personas, out / "personas", tmp / "personas")
         with t("build_pairs"):
             sources = {f.path: _label(f.path, pseudo, cfg) for f in files}
-            pairs = [p for name in personas for p in build_pairs(convs, name, instructions[name], cfg.context_turns, sources)]
+            pairs = [p for name in personas
+                     for p in build_pairs(convs, name, instructions[name], cfg.context_turns, sources)]
         with t("dedupe"):
             pairs, duplicates = dedupe(pairs)
         with t("split"):
@@ -237,7 +241,8 @@ def check_strict(files: list[FileInfo], clean: Callable[[str], str]) -> None:
     for f in files:
         if f.unparsed_lines:
             line, raw = f.unparsed_samples[0]
-            raise ParseError(clean(f.path), f"{f.unparsed_lines} unparsed lines (--strict), first: {clean(raw)[:80]!r}", line)
+            why = f"{f.unparsed_lines} unparsed lines (--strict), first: {clean(raw)[:80]!r}"
+            raise ParseError(clean(f.path), why, line)
 
 
 def print_speakers(speakers: Counter, replies: dict[str, int]) -> None:
@@ -367,24 +372,36 @@ def log_summary(stats: dict, seconds: dict[str, float]) -> None:
 
 def build_parser():
     p = make_parser("python -m pipeline.prepare", __doc__)
-    p.add_argument("inputs", nargs="+", metavar="FILES", help="chat exports (KakaoTalk PC/Android/iOS txt, macOS csv)")
-    p.add_argument("--out", default="", help="output folder (created; replaced atomically at the end)")
-    p.add_argument("--persona", action="append", default=[], help="speaker to imitate; repeat for several (default: everyone with --min-replies replies)")
-    p.add_argument("--list-speakers", action="store_true", help="print speakers with message and reply counts, then exit")
-    p.add_argument("--min-replies", type=int, default=20, help="without --persona, a speaker needs this many replies to become a persona (default 20)")
-    p.add_argument("--context-turns", type=int, default=8, help="previous turns given as context per pair (default 8)")
-    p.add_argument("--burst-gap", type=float, default=120.0, help="seconds: one speaker's messages closer than this merge into one turn (default 120)")
-    p.add_argument("--conversation-gap", type=float, default=3600.0, help="seconds of silence that start a new conversation (default 3600)")
-    p.add_argument("--max-turn-chars", type=int, default=300, help="longer turns are split at sentence boundaries with kss (default 300)")
-    p.add_argument("--cap-laughter", type=int, default=4, help="cap runs of one repeated character (ㅋㅋㅋㅋㅋㅋ) to this many; 0 = off (default 4)")
-    p.add_argument("--val-ratio", type=float, default=0.1, help="share of conversations held out for validation (default 0.1)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the train/validation split (default 0)")
-    p.add_argument("--keep-pii", action="store_true", help="keep phone numbers, e-mails, account numbers and names (default: replace them)")
-    p.add_argument("--strict", action="store_true", help="any line that cannot be parsed is an error")
-    p.add_argument("--export", action="append", default=[], choices=EXPORTS, help="also write the pairs as alpaca (instruction/input/output) or chat messages; repeatable")
-    p.add_argument("--self-alias", default="나", help="name for the exporting user (회원님/You/you), usable with --persona (default 나)")
-    p.add_argument("--kss-backend", default="mecab", choices=("mecab", "pecab"), help="kss sentence backend for long turns (default mecab)")
-    p.add_argument("-v", "--verbose", action="store_true", help="log the time of every stage")
+    a = p.add_argument
+    a("inputs", nargs="+", metavar="FILES", help="chat exports (KakaoTalk PC/Android/iOS txt, macOS csv)")
+    a("--out", default="", help="output folder (created; replaced as a whole at the end of a successful run)")
+    a("--persona", action="append", default=[],
+      help="speaker to imitate; repeat for several (default: everyone with --min-replies replies)")
+    a("--list-speakers", action="store_true", help="print speakers with message and reply counts, then exit")
+    a("--min-replies", type=int, default=20,
+      help="without --persona, a speaker needs this many replies to become a persona (default 20)")
+    a("--context-turns", type=int, default=8, help="previous turns given as context per pair (default 8)")
+    a("--burst-gap", type=float, default=120.0,
+      help="seconds: one speaker's messages closer than this merge into one turn (default 120)")
+    a("--conversation-gap", type=float, default=3600.0,
+      help="seconds of silence that start a new conversation (default 3600)")
+    a("--max-turn-chars", type=int, default=300,
+      help="longer turns are split at sentence boundaries (kss, mecab backend) (default 300)")
+    a("--cap-laughter", type=int, default=4,
+      help="cap runs of one repeated jamo/punctuation/emoji (ㅋㅋㅋㅋㅋㅋ) to this many; 0 = off (default 4)")
+    a("--val-ratio", type=float, default=0.1, help="share of conversations held out for validation (default 0.1)")
+    a("--seed", type=int, default=0, help="seed of the train/validation split (default 0)")
+    a("--keep-pii", action="store_true",
+      help="keep phone numbers, e-mails, card/account/resident numbers, URLs and names (default: replace them)")
+    a("--pseudonym-prefix", default="친구", help="other speakers become PREFIX1, PREFIX2... (default 친구)")
+    a("--strict", action="store_true", help="any line that cannot be parsed is an error")
+    a("--export", action="append", default=[], choices=EXPORTS,
+      help="also write the pairs as alpaca (instruction/input/output) or chat messages; repeatable")
+    a("--self-alias", default="나",
+      help="name for the exporting user (회원님/You/you), usable with --persona (default 나)")
+    a("--kss-backend", default="mecab", choices=("mecab", "pecab"),
+      help="kss sentence backend for long turns (default mecab; pecab if mecab is not installed)")
+    a("-v", "--verbose", action="store_true", help="log the time of every stage")
     return p
 
 
@@ -393,8 +410,9 @@ def config_from_args(a) -> PrepareConfig:
         inputs=tuple(a.inputs), out=a.out, personas=tuple(a.persona), min_replies=a.min_replies,
         context_turns=a.context_turns, burst_gap_s=a.burst_gap, conversation_gap_s=a.conversation_gap,
         max_turn_chars=a.max_turn_chars, cap_laughter=a.cap_laughter, val_ratio=a.val_ratio, seed=a.seed,
-        keep_pii=a.keep_pii, strict=a.strict, exports=tuple(dict.fromkeys(a.export)), self_alias=a.self_alias,
-        kss_backend=a.kss_backend, list_speakers=a.list_speakers,
+        keep_pii=a.keep_pii, pseudonym_prefix=a.pseudonym_prefix, strict=a.strict,
+        exports=tuple(dict.fromkeys(a.export)), self_alias=a.self_alias, kss_backend=a.kss_backend,
+        list_speakers=a.list_speakers,
     )
 
 

@@ -10,17 +10,17 @@ T = datetime(2024, 1, 1, 9, 0)
 
 def test_numbers_and_addresses():
     c = Counter()
-    text = ("폰 010-1234-5678, +82 10 9876 5432, 집 02-345-6789, 메일 kim.y@naver.com, "
+    text = ("폰 010-1234-5678, +82 10 9876 5432, 집 02-345-6789, +82 (0)10-1111-2222, 메일 kim.y@naver.com, "
             "주민 900101-1234567, 카드 1234-5678-9012-3456, 계좌 110-123-456789, https://x.kr/a?b=1 www.daum.net")
     out = redact_text(text, c)
-    assert out == ("폰 <전화번호>, <전화번호>, 집 <전화번호>, 메일 <이메일>, 주민 <주민번호>, "
+    assert out == ("폰 <전화번호>, <전화번호>, 집 <전화번호>, <전화번호>, 메일 <이메일>, 주민 <주민번호>, "
                    "카드 <카드번호>, 계좌 <계좌번호>, <URL> <URL>")
-    assert c == {"phone": 3, "email": 1, "rrn": 1, "card": 1, "account": 1, "url": 2}
+    assert c == {"phone": 4, "email": 1, "rrn": 1, "card": 1, "account": 1, "url": 2}
 
 
 def test_ordinary_numbers_kept():
     c = Counter()
-    for text in ("2020-06-28에 봐", "3시 15분", "1000000원", "버스 7016번"):
+    for text in ("2020-06-28에 봐", "3시 15분", "1000000원", "버스 7016번", "2024.05.02 20:06", "3개(2000원) 4개(3000원)"):
         assert redact_text(text, c) == text
     assert not c
 
