@@ -10,7 +10,8 @@ placeholders, join lines and long turns sprinkled in) and writes it with
 RSS belongs to that run only, it runs ``pipeline.prepare.run`` end to end twice:
 with PII removal (the default) and with ``--keep-pii`` (the baseline without the
 PII stage). It also times the PII stage against a naive version (one regex per
-kind, applied to every message, no prefilter) on the same messages.
+kind, applied to every message, no prefilter) on the same messages, and the cost
+of kss on long turns without punctuation against the punctuation-only path.
 Prints messages/s, peak MB, seconds per stage and the ratios. Target: >= 100,000
 messages/s on 2 cores, peak < 2 GB.
 """
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -136,6 +138,27 @@ def pii_ratio(msgs: list) -> tuple[float, float]:
     return fast, time.process_time() - t0
 
 
+def kss_cost(msgs: list, n: int = 200) -> tuple[float, float, float]:
+    """(import s, ms per long unpunctuated turn with kss/mecab, ms per long turn cut at punctuation)."""
+    from data_prep.sentences import KssSplitter, split_turn
+
+    texts = [m.text for m in msgs if m.speaker][: n * 12]
+    bare = [" ".join(re.sub(r"[.!?]", "", t) for t in texts[i:i + 12]) for i in range(0, len(texts), 12)][:n]
+    punct = [" ".join(texts[i:i + 12]) for i in range(0, len(texts), 12)][:n]
+    splitter, counts = KssSplitter("mecab"), Counter()
+    t0 = time.perf_counter()
+    splitter("준비.")  # the import and the model load
+    load = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for text in bare:
+        split_turn(text, 300, splitter, counts)
+    bare_ms = (time.perf_counter() - t0) / len(bare) * 1000
+    t0 = time.perf_counter()
+    for text in punct:
+        split_turn(text, 300, lambda t: [t], counts)
+    return load, bare_ms, (time.perf_counter() - t0) / len(punct) * 1000
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--messages", type=int, default=1_000_000, help="messages in the generated export")
@@ -155,6 +178,9 @@ def main() -> None:
     fast, naive = pii_ratio(normalize(msgs[:200_000], NormalizeConfig())[0])
     print(f"PII stage on 200,000 messages: {fast:.2f} CPU-s vs naive (every pattern on every message) "
           f"{naive:.2f} CPU-s -> {naive / fast:.1f}x")
+    load, bare_ms, punct_ms = kss_cost(msgs)
+    print(f"long turns: kss (mecab) import {load:.1f}s, {bare_ms:.1f} ms per unpunctuated 12-sentence turn; "
+          f"{punct_ms:.2f} ms when punctuation gives the boundaries (kss not called) -> {bare_ms / punct_ms:.0f}x")
     runs = {}
     for label, keep in (("full", "0"), ("keep-pii (baseline)", "1")):
         out = subprocess.run([sys.executable, __file__, "--child", str(path), keep],
