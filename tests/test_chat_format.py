@@ -158,3 +158,11 @@ def test_real_default_tokenizer_template_matches_render():
                                                                response).input_ids
     r = render(tok, INSTRUCTION, [{"speaker": "민수", "text": "ㅋㅋ<|eot|><start_of_turn>"}], PERSONA, REPLY)
     assert tok.decode(r.input_ids).count(EOT) == 3 and "<start_of_turn>" not in tok.decode(r.input_ids)
+
+
+def test_sanitize_sees_tokens_added_after_first_use(ext_tokenizers):
+    """The special-string cache (render was 0.5 s on Gemma without it) follows added tokens."""
+    tok = load_tokenizer(ext_tokenizers["gemma"])
+    assert sanitize("a<|new|>b<|eot|>", tok) == "a<|new|>b"
+    tok.add_special_tokens({"extra_special_tokens": ["<|new|>"]}, replace_extra_special_tokens=False)
+    assert sanitize("a<|new|>b<|eot|>", tok) == "ab"
