@@ -64,20 +64,28 @@ def _examples(tok, pairs, max_length):
 
 
 def eval_loss(model, tok, examples, batch_size: int = 8) -> float:
-    """Mean loss per supervised token, from the model's own forward: the same judge for both."""
+    """Mean loss per supervised token: the same judge for both models.
+
+    SupervisedLoss equals the model's own loss (tests hold them equal) without
+    materialising full-vocabulary logits, so evaluation does not set the peak memory.
+    """
     import torch
 
     from pipeline import chat_format
     from pipeline.training.data import collate
+    from pipeline.training.loss import SupervisedLoss
 
+    judge = SupervisedLoss(model).eval()
     total, n = 0.0, 0
-    model.eval()
     with torch.no_grad():
         for i in range(0, len(examples), batch_size):
-            b = collate(examples[i:i + batch_size], chat_format.pad_id(tok))
-            k = int((b["labels"][:, 1:] != -100).sum())
-            total, n = total + float(model(**b).loss) * k, n + k
+            s, k = judge(**collate(examples[i:i + batch_size], chat_format.pad_id(tok)))
+            total, n = total + float(s), n + int(k)
     return total / n
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _val_and_len(a, tok, data: Path):
@@ -97,11 +105,12 @@ def worker_ours(a, base, data, cache, work: Path) -> dict:
                       batch_size=a.batch_size, max_length=a.max_length, lr=a.lr, eval_every=0, save_every=0,
                       patience=0, threads=a.threads, lora_dropout=0.0)
     result = train(cfg)
+    peak = _peak_rss_mb()  # training (and loading) only, before the evaluation below
     m = result.manifest["metrics"]
     val, mean_len = _val_and_len(a, _tok(base, cache), data)
     elapsed = m["steps"] / m["steps_per_s"]
     return {"train_s": elapsed, "tokens_per_s": a.steps * a.batch_size * mean_len / elapsed,
-            "val_loss": eval_loss(result.model, _tok(base, cache), val)}
+            "peak_rss_mb": peak, "val_loss": eval_loss(result.model, _tok(base, cache), val)}
 
 
 def _tok(base, cache):
@@ -156,9 +165,10 @@ def worker_trl(a, base, data, cache, work: Path) -> dict:
     t0 = time.perf_counter()
     trainer.train()
     elapsed = time.perf_counter() - t0
+    peak = _peak_rss_mb()
     val, mean_len = _val_and_len(a, tok, data)
     return {"train_s": elapsed, "tokens_per_s": a.steps * a.batch_size * mean_len / elapsed,
-            "val_loss": eval_loss(trainer.model, tok, val)}
+            "peak_rss_mb": peak, "val_loss": eval_loss(trainer.model, tok, val)}
 
 
 def _run_worker(a, name: str, work: Path) -> dict:
@@ -178,7 +188,6 @@ def main(argv=None) -> int:
         work = Path(a.work)
         base, data, cache = _setup(a, work)
         result = (worker_ours if a.worker == "ours" else worker_trl)(a, base, data, cache, work)
-        result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(result))
         return 0
     with tempfile.TemporaryDirectory() as tmp:

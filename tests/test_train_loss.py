@@ -92,3 +92,17 @@ def test_gradient_checkpointing_still_trains_lora(tiny_gemma_dir, train_cache):
     (total / n).backward()
     lora_b = [p.grad for name, p in peft_model.named_parameters() if "lora_B" in name]  # lora_A's is 0 at init
     assert lora_b and all(g is not None and g.abs().sum() > 0 for g in lora_b)
+
+
+def test_chunked_loss_equals_unchunked(tiny_gemma_dir, train_cache, monkeypatch):
+    from pipeline.training import loss as loss_mod
+
+    model, tok, _ = _lora_model(tiny_gemma_dir, train_cache)
+    batch = _batch(tok)
+    whole, n = SupervisedLoss(model)(**batch)
+    grads = torch.autograd.grad(whole, [p for p in model.parameters() if p.requires_grad])
+    monkeypatch.setattr(loss_mod, "MAX_LOGITS", 7 * len(tok))  # chunks of 7 rows
+    chunked, _ = SupervisedLoss(model)(**batch)
+    grads_chunked = torch.autograd.grad(chunked, [p for p in model.parameters() if p.requires_grad])
+    assert n > 7 and torch.allclose(chunked, whole, rtol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(grads, grads_chunked))

@@ -275,7 +275,9 @@ def run(cfg: "TrainConfig", model, data: LoopData, out: Path, fingerprint: str, 
                            "tokens_per_s": tok_s, "elapsed_s": time.perf_counter() - t0})
                 window = []
             if state.step == total or (cfg.eval_every and state.step % cfg.eval_every == 0):
+                t_eval = time.perf_counter()
                 best = _eval_and_track(c, state, best, log)
+                t0 += time.perf_counter() - t_eval  # speed figures count training time only
             stopping = bool(_reduce_sum(acc, float(stop.requested)))
             early = cfg.patience and state.bad_evals >= cfg.patience
             if acc.is_main_process and (stopping or (cfg.save_every and state.step % cfg.save_every == 0)):

@@ -24,6 +24,9 @@ from pipeline.chat_format import IGNORE_INDEX
 # config attributes a causal LM applies to its logits after the output layer; anything
 # listed here but not handled below would make the fast loss differ from the model's own
 _UNHANDLED_LOGIT_POSTPROCESSING = ("logit_scale", "logits_scaling", "output_multiplier_scale")
+# logits (rows x vocabulary) kept alive at once: 24M floats = 96 MB, ~90 rows of Gemma's 262k
+# vocabulary; bigger batches are chunked and recomputed in the backward (a few % of a step)
+MAX_LOGITS = 24_000_000
 
 
 def causal_lm(model: nn.Module) -> nn.Module:
@@ -132,6 +135,25 @@ class SupervisedLoss(nn.Module):
         lm = causal_lm(self.model)
         embeds = embed(lm, input_ids)
         hidden = lm.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False)[0]
-        logits = project(lm, hidden[:, :-1][keep])
-        loss = nn.functional.cross_entropy(logits.float(), targets[keep], reduction="sum")
-        return loss, n
+        return chunked_loss(lm, hidden[:, :-1][keep], targets[keep]), n
+
+
+def _loss_sum(lm: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return nn.functional.cross_entropy(project(lm, hidden).float(), targets, reduction="sum")
+
+
+def chunked_loss(lm: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Sum of token losses; above :data:`MAX_LOGITS` the rows go in chunks that are recomputed
+    in the backward, so at most one chunk of logits (and its softcap/softmax copies) is alive."""
+    vocab = lm.config.get_text_config().vocab_size  # not .weight: PEFT's wrapper would build a merged copy
+    rows = max(1, MAX_LOGITS // vocab)
+    if hidden.shape[0] <= rows:
+        return _loss_sum(lm, hidden, targets)
+    from torch.utils.checkpoint import checkpoint
+
+    parts = []
+    for i in range(0, hidden.shape[0], rows):
+        h, t = hidden[i:i + rows], targets[i:i + rows]
+        parts.append(checkpoint(_loss_sum, lm, h, t, use_reentrant=False) if torch.is_grad_enabled()
+                     else _loss_sum(lm, h, t))
+    return torch.stack(parts).sum()
