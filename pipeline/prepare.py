@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+from data_prep.background import BackgroundWriter
 from data_prep.conversations import TurnConfig, merge_bursts, reply_counts, split_conversations
 from data_prep.errors import ParseError, UserError
 from data_prep.filters import drop_non_speech
@@ -40,7 +41,7 @@ from data_prep.pairs import (
 from data_prep.persona_card import build_card, card_path, resolve_card
 from data_prep.pii import PIIConfig, Pseudonymizer, redact_text, remove_pii, scrub
 from data_prep.records import Conversation, Message, Pair
-from data_prep.report import FileInfo, build_stats, file_stats
+from data_prep.report import FileInfo, build_stats, file_stats, write_report, write_stats
 from data_prep.sentences import SentenceConfig, split_long_turns
 from pipeline.cli import parser as make_parser, run_cli, setup_logging
 
@@ -142,11 +143,17 @@ class Result:
 
 # ---------------------------------------------------------------- the run
 
-def run(cfg: PrepareConfig, timer: Timer | None = None) -> Result:
-    """All stages in order; raises UserError for bad input; writes nothing until everything worked."""
+def run(cfg: PrepareConfig, timer: Timer | None = None, background: bool | None = None) -> Result:
+    """All stages in order; raises UserError for bad input; writes nothing until everything worked.
+
+    ``background``: write the dataset and the chart in a forked worker process
+    (data_prep.background); None = only for big inputs, where it saves seconds.
+    """
     cfg.validate()
     t = timer or Timer()
-    if t.bar is None and sum(Path(p).stat().st_size for p in cfg.inputs) >= BIG_INPUT_BYTES:
+    big = sum(Path(p).stat().st_size for p in cfg.inputs) >= BIG_INPUT_BYTES
+    bg = BackgroundWriter(enabled=big and not cfg.list_speakers if background is None else background)
+    if t.bar is None and big:
         from tqdm import tqdm
 
         t.bar = tqdm(total=len(STAGES), desc="prepare", unit="stage", leave=False)
@@ -155,7 +162,8 @@ def run(cfg: PrepareConfig, timer: Timer | None = None) -> Result:
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return _stages(cfg, t)
+        with bg:
+            return _stages(cfg, t, bg)
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -163,7 +171,7 @@ def run(cfg: PrepareConfig, timer: Timer | None = None) -> Result:
             t.bar.close()
 
 
-def _stages(cfg: PrepareConfig, t: Timer) -> Result:
+def _stages(cfg: PrepareConfig, t: Timer, bg: BackgroundWriter) -> Result:
     """The stages, in the order they run (names as in STAGES and in the timing log)."""
     with t("parse"):
         parsed = parse_all(cfg)
@@ -192,7 +200,7 @@ def _stages(cfg: PrepareConfig, t: Timer) -> Result:
     with t("sentences"):
         convs, sentence_counts = split_long_turns(convs, cfg.sentences)
     out = Path(cfg.out)
-    with staging(out) as tmp:
+    with staging(out) as tmp, bg:  # bg: a failed run stops the worker before tmp is removed
         with t("persona_cards"):
             instructions = persona_cards(convs, personas, out / "personas", tmp / "personas")
         with t("build_pairs"):
@@ -212,7 +220,7 @@ def _stages(cfg: PrepareConfig, t: Timer) -> Result:
             pairs=count_by_persona(train, val),
         )
         with t("write"):
-            write_outputs(tmp, cfg, train, val, stats, _cleaner(pseudo, cfg))
+            write_outputs(tmp, cfg, train, val, stats, _cleaner(pseudo, cfg), bg)
     log_summary(stats, t.seconds)
     return Result(stats, t.seconds)
 
@@ -309,18 +317,21 @@ def _label(path: str, pseudo: Pseudonymizer, cfg: PrepareConfig) -> str:
 # ---------------------------------------------------------------- stats and writing
 
 def write_outputs(tmp: Path, cfg: PrepareConfig, train: list[Pair], val: list[Pair], stats: dict,
-                  clean: Callable[[str], str]) -> None:
-    """Every output file into ``tmp``; JSONL is streamed, the dataset is read back from it by pyarrow."""
-    from data_prep.report import write_report, write_stats  # matplotlib only when writing
+                  clean: Callable[[str], str], bg: BackgroundWriter) -> None:
+    """Every output file into ``tmp``.
 
+    The chart and the dataset go to ``bg`` (its worker, when it has one, draws
+    the chart while the JSONL is streamed here, then pyarrow reads the JSONL back).
+    """
+    bg.submit(write_report, tmp, stats, [len(p.response) for p in train + val])
     for split, pairs in (("train", train), ("validation", val)):
         write_pairs(tmp, split, pairs, cfg.exports)
-    write_dataset(tmp / "dataset", {s: tmp / f"{s}.jsonl" for s in ("train", "validation")})
+    bg.submit(write_dataset, tmp / "dataset", {s: tmp / f"{s}.jsonl" for s in ("train", "validation")})
     write_stats(tmp / "stats.json", stats)
-    write_report(tmp, stats, [len(p.response) for p in train + val])
     # input paths may hold a friend's name (KakaoTalk_김영희.txt): ``clean`` pseudonymises them
     config = {**asdict(cfg), "inputs": [clean(str(Path(p).resolve())) for p in cfg.inputs]}
     (tmp / "config.json").write_text(json.dumps(config, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    bg.wait()
 
 
 @contextmanager

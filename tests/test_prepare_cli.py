@@ -187,3 +187,33 @@ def test_unparsed_lines_counted_redacted_and_strict(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "chat.txt:7" in err and "010-9999-8888" not in err and "영희" not in err
     assert not (tmp_path / "strict").exists()
+
+
+def test_background_writer_writes_the_same_files(export, tmp_path):
+    """run(background=True) (forked worker draws the chart and builds the dataset) == inline."""
+    from pipeline.prepare import PrepareConfig, run
+
+    outs = {}
+    for bg in (False, True):
+        outs[bg] = tmp_path / f"bg{int(bg)}"
+        run(PrepareConfig(inputs=(str(export),), out=str(outs[bg]), personas=("민수",)), background=bg)
+    names = {p.relative_to(outs[True]) for p in outs[True].rglob("*") if p.is_file()}
+    assert names == {p.relative_to(outs[False]) for p in outs[False].rglob("*") if p.is_file()}
+    for name in ("train.jsonl", "validation.jsonl", "stats.json", "report.md"):
+        assert (outs[True] / name).read_bytes() == (outs[False] / name).read_bytes(), name
+    import datasets
+    a, b = (datasets.load_from_disk(str(o / "dataset")) for o in (outs[True], outs[False]))
+    assert a["train"].to_list() == b["train"].to_list() and a["validation"].num_rows == b["validation"].num_rows
+
+
+def _fail(*args) -> None:
+    raise OSError("disk full")
+
+
+def test_background_writer_raises_the_workers_error():
+    from data_prep.background import BackgroundWriter
+
+    with BackgroundWriter(enabled=True) as bg:
+        bg.submit(_fail)
+        with pytest.raises(OSError, match="disk full"):
+            bg.wait()

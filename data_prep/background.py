@@ -1,0 +1,75 @@
+"""Run the slow output writers (pyarrow/datasets, matplotlib) in a second process.
+
+Importing ``datasets`` and ``matplotlib`` costs about 1.5 CPU-seconds and
+building the dataset and the chart another 1-2 s on a million-message export.
+None of it needs the main process: a forked worker imports them while the main
+process parses and cleans (the other core), then writes ``report.png`` and
+``dataset/`` from files and small arguments::
+
+    with BackgroundWriter(enabled=True) as bg:   # forks now, imports in the worker
+        ...                                      # parse, clean, build pairs
+        bg.submit(write_report, tmp, stats, lengths)
+        bg.wait()                                # re-raises the worker's error here
+
+With ``enabled=False`` (small inputs, platforms without fork) each job runs
+inline at ``submit``: same files, same errors.
+"""
+from __future__ import annotations
+
+import multiprocessing
+from concurrent.futures import Future, ProcessPoolExecutor
+from typing import Any, Callable
+
+
+def warm_up() -> None:
+    """Import what the writers need (runs in the worker while the main process works)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import datasets  # noqa: F401
+    import matplotlib.pyplot  # noqa: F401
+    import pyarrow.json  # noqa: F401
+
+    from data_prep.report import _korean_font
+
+    _korean_font()  # font_manager builds its font list on first use
+
+
+class BackgroundWriter:
+    """One forked worker process for the write jobs, in submit order; inline when disabled."""
+
+    def __init__(self, enabled: bool = True):
+        self._pool: ProcessPoolExecutor | None = None
+        self._jobs: list[Future] = []
+        # fork only: the worker inherits the loaded modules (no re-import of the caller's
+        # __main__, as spawn would do); forked before any progress-bar thread exists
+        if enabled and "fork" in multiprocessing.get_all_start_methods():
+            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"))
+            self._jobs.append(self._pool.submit(warm_up))
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Queue ``fn(*args)`` (arguments are pickled) or, when disabled, run it now."""
+        if self._pool is None:
+            fn(*args)
+        else:
+            self._jobs.append(self._pool.submit(fn, *args))
+
+    def wait(self) -> None:
+        """Block until every job is done; the first failure is raised here."""
+        jobs, self._jobs = self._jobs, []
+        for job in jobs:
+            job.result()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def __enter__(self) -> "BackgroundWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+__all__ = ["BackgroundWriter", "warm_up"]
