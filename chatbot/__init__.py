@@ -1,0 +1,1 @@
+"""Web and terminal chat with the trained persona adapters (python -m chatbot, python -m chatbot.cli)."""

@@ -1,0 +1,128 @@
+"""Benchmark the chat engine on the default base model (CPU): persona swap, first token, tokens/s.
+
+    .venv/bin/python bench/chat_bench.py                       # quick random LoRA adapters made here
+    .venv/bin/python bench/chat_bench.py --adapters adapters/  # your trained adapters
+
+Without ``--adapters`` it builds ``--n-adapters`` LoRA adapters on the extended default
+base (``ensure_extended(None)``) with random ``lora_B`` and new-token rows (so each
+persona differs), in the adapter-directory layout ``pipeline.train`` writes. Then it
+loads them all into one ``chatbot.engine.Engine`` and prints:
+
+- swap latency (median / max over ``--swaps`` persona switches; target < 50 ms) against
+  the time a full reload of the extended base takes (what switching would cost without
+  one shared PeftModel), as a ratio;
+- time to first token and tokens/s of a streamed reply, per persona and for the base
+  model (adapters disabled);
+- tokens/s of the same greedy generation with PEFT's own TrainableTokens forward (which
+  rebuilds the embedding matrix every step) against the engine's in-place rows.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+HISTORY = [{"role": "user", "content": "오늘 점심 뭐 먹었어? 나는 김치찌개 먹었는데 너무 맛있었어"}]
+
+
+def make_adapters(ext_dir: Path, out: Path, n: int) -> None:
+    from tests.chat_helpers import make_adapter
+
+    for i in range(n):
+        make_adapter(ext_dir, out / f"persona{i}", f"페르소나{i}", "친구", seed=i, base_spec=None, lora_std=0.02)
+
+
+def time_reload(ext_dir: Path) -> float:
+    from pipeline.extend import load_extended
+
+    t0 = time.perf_counter()
+    model, _, _ = load_extended(ext_dir)
+    dt = time.perf_counter() - t0
+    del model
+    return dt
+
+
+def time_swaps(engine, names: list, swaps: int) -> list[float]:
+    cycle = names + [None]
+    return [engine.swap(cycle[i % len(cycle)]) for i in range(swaps)]
+
+
+def time_stream(engine, persona, tokens: int) -> tuple[float, float, int]:
+    """(seconds to first text, tokens/s over the whole reply, tokens generated)."""
+    from chatbot.engine import GenerationParams
+
+    params = GenerationParams(max_new_tokens=tokens)
+    t0 = time.perf_counter()
+    first, text = None, ""
+    for text in engine.generate(HISTORY, persona, params, seed=0):
+        first = first or time.perf_counter() - t0
+    total = time.perf_counter() - t0
+    n = len(engine.tokenizer(text, add_special_tokens=False)["input_ids"]) + 1  # + the closing <|eot|>
+    return first or total, min(n, tokens) / total, min(n, tokens)
+
+
+def greedy_tps(engine, name: str, tokens: int, peft_path: bool) -> float:
+    """tokens/s of greedy generation of exactly ``tokens`` tokens, pinned rows or PEFT's forward."""
+    import torch
+
+    engine.swap(name)
+    if peft_path:
+        for layer in engine._token_layers:
+            layer.unmerge()
+    ids = torch.tensor([engine.prompt_ids(HISTORY, name, tokens)])
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        engine.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens,
+                              min_new_tokens=tokens, do_sample=False, pad_token_id=engine.pad_id)
+        dt = time.perf_counter() - t0
+    engine.swap(None)  # resets the engine's idea of the active adapter
+    return tokens / dt
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--adapters", default=None, help="trained adapters dir (default: quick random ones)")
+    ap.add_argument("--cache-dir", default=None, help="extended-base cache (default $KAKAO_PERSONA_CACHE)")
+    ap.add_argument("--n-adapters", type=int, default=3, help="quick adapters to make")
+    ap.add_argument("--swaps", type=int, default=40, help="persona switches to time")
+    ap.add_argument("--tokens", type=int, default=32, help="new tokens per timed reply")
+    args = ap.parse_args()
+
+    import torch
+
+    from chatbot.engine import Engine
+    from pipeline.extend import ensure_extended
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    ext = ensure_extended(None, cache_dir=args.cache_dir)
+    reload_s = min(time_reload(ext) for _ in range(2))
+    with tempfile.TemporaryDirectory() as tmp:
+        adapters = Path(args.adapters) if args.adapters else Path(tmp)
+        if not args.adapters:
+            make_adapters(ext, adapters, args.n_adapters)
+        t0 = time.perf_counter()
+        engine = Engine.from_adapters_dir(adapters, cache_dir=args.cache_dir)
+        start_s = time.perf_counter() - t0
+        names = [p.name for p in engine.personas if p.available]
+        swaps = time_swaps(engine, names, args.swaps)
+        print(f"personas: {names}; engine start (base + {len(names)} adapters): {start_s:.2f} s")
+        med = statistics.median(swaps)
+        print(f"swap: median {med * 1e3:.2f} ms, max {max(swaps) * 1e3:.2f} ms over {len(swaps)} "
+              f"(target < 50 ms)")
+        print(f"full base reload: {reload_s:.2f} s  -> a swap is {reload_s / med:,.0f}x faster")
+        for who in names[:2] + [None]:
+            ttft, tps, n = time_stream(engine, who, args.tokens)
+            print(f"{who or 'base (no persona)'}: first token {ttft * 1e3:.0f} ms, {tps:.1f} tokens/s ({n} tokens)")
+        fast = greedy_tps(engine, names[0], args.tokens, peft_path=False)
+        slow = greedy_tps(engine, names[0], args.tokens, peft_path=True)
+        print(f"greedy {args.tokens} tokens: in-place token rows {fast:.1f} tok/s vs PEFT TrainableTokens "
+              f"forward {slow:.1f} tok/s ({fast / slow:.2f}x)")
+
+
+if __name__ == "__main__":
+    main()
