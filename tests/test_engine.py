@@ -138,3 +138,30 @@ def test_missing_adapters_dir_is_user_error(tmp_path):
         discover(tmp_path / "nope")
     with pytest.raises(UserError, match="no adapter directories"):
         discover(tmp_path)
+
+
+def test_adapters_from_pipeline_train_load_and_swap(tiny_gemma_dir, chat_dirs, tmp_path):
+    """Real pipeline.train output (the adapter-directory contract) serves next to the test adapters."""
+    import torch
+
+    from pipeline.train import parse_args
+    from pipeline.training.run import train
+    from tests.test_train_helpers import write_persona_data
+
+    ext, adapters = chat_dirs
+    mixed = tmp_path / "adapters"
+    shutil.copytree(adapters, mixed)
+    flags = ["--data", str(write_persona_data(tmp_path / "data")), "--out", str(mixed / "minsu"),
+             "--persona", "민수", "--base-model", str(tiny_gemma_dir), "--cache-dir", str(ext.parents[1]),
+             "--max-steps", "4", "--batch-size", "2", "--lr", "5e-3", "--eval-every", "2", "--save-every", "0",
+             "--threads", "1", "--seed", "3"]
+    threads = torch.get_num_threads()  # train() sets --threads globally
+    try:
+        train(parse_args(flags).resolved())
+    finally:
+        torch.set_num_threads(threads)
+    eng = load_engine(ext, mixed)
+    info = eng.persona("minsu")
+    assert info.persona == "민수" and info.steps == 4 and info.user_speaker
+    once = eng.reply(HELLO, "minsu", P, seed=1)
+    assert once and once != eng.reply(HELLO, "minji", P, seed=1) and once == eng.reply(HELLO, "minsu", P, seed=1)
