@@ -187,7 +187,8 @@ def _stages(cfg: PrepareConfig, t: Timer, bg: BackgroundWriter) -> Result:
         print_speakers(speakers, reply_counts(messages, cfg.conversation_gap_s))
         return Result({}, t.seconds)
     if cfg.strict:
-        check_strict(files, _cleaner(Pseudonymizer(list(speakers), set(cfg.personas)), cfg))
+        hide = Pseudonymizer(list(speakers), set(cfg.personas))  # even with --keep-pii: errors carry no PII
+        check_strict(files, lambda s: scrub(s, hide, Counter()))
     personas = choose_personas(cfg, speakers, messages)
     pseudo = Pseudonymizer([s for s, _ in speakers.most_common()], set(personas), cfg.pseudonym_prefix,
                            keep={cfg.self_alias})
@@ -235,12 +236,12 @@ def parse_all(cfg: PrepareConfig) -> list:
     parsed = []
     with tqdm(total=sum(sizes), desc="reading", unit="B", unit_scale=True,
               disable=sum(sizes) < BIG_INPUT_BYTES or None) as bar:
-        for path, size in zip(cfg.inputs, sizes):
+        for path in cfg.inputs:
             try:
-                parsed.append(read_export(path))  # --strict is checked later, once names can be hidden
-            except ParseError as e:  # its message may quote a raw line: hide numbers/addresses in it
+                # --strict is checked later, once names can be pseudonymised
+                parsed.append(read_export(path, progress=bar.update))
+            except ParseError as e:  # no reason quotes raw text; redact anyway (defence in depth)
                 raise ParseError(e.file, redact_text(e.reason, Counter()), e.line) from e
-            bar.update(size)
     return parsed
 
 

@@ -255,3 +255,31 @@ def test_write_then_parse_round_trips(fmt: str, opts: dict, seed: int) -> None:
     assert_accounted(parsed)
     got = [(m.ts, m.speaker, m.text) for m in parsed.messages]
     assert got == [(m.ts, m.speaker, m.text) for m in messages]
+
+
+def test_strict_error_quotes_no_text_of_the_line() -> None:
+    text = PARSERS["kakao_windows"].write([Message(datetime(2024, 1, 1, 9), "민수", "안녕")])
+    text = text.replace("[민수]", "김영희 010-1234-5678\n[민수]", 1)
+    with pytest.raises(ParseError) as e:
+        parse_text(text, "x.txt", strict=True)
+    assert e.value.line == 5 and "010-1234-5678" not in str(e.value) and "김영희" not in str(e.value)
+
+
+@pytest.mark.parametrize("name", ["kakao_windows_ko.txt", "kakao_macos_ko.csv"])
+def test_read_export_progress_adds_up_to_the_file_size(name) -> None:
+    calls: list[int] = []
+    parsed = read_export(FIXTURES / name, progress=calls.append)
+    assert sum(calls) == (FIXTURES / name).stat().st_size and all(c >= 0 for c in calls)
+    assert parsed.messages == read_export(FIXTURES / name).messages
+
+
+def test_progress_moves_during_a_big_file(tmp_path) -> None:
+    from data_prep.formats._common import PROGRESS_EVERY
+
+    t = datetime(2024, 1, 1, 9)
+    msgs = [Message(t + timedelta(seconds=i), "민수" if i % 2 else "영희", f"말 {i}") for i in range(3 * PROGRESS_EVERY)]
+    path = tmp_path / "big.txt"
+    path.write_text(PARSERS["kakao_windows"].write(msgs), encoding="utf-8-sig")
+    calls: list[int] = []
+    read_export(path, progress=calls.append)
+    assert len(calls) >= 3 and sum(calls) == path.stat().st_size and 0 < calls[0] < path.stat().st_size / 2

@@ -18,7 +18,7 @@ from pathlib import Path
 from data_prep.encoding import decode_file, split_lines
 from data_prep.errors import ParseError
 from data_prep.formats import generic_csv, generic_jsonl, kakao_android, kakao_ios, kakao_macos, kakao_windows
-from data_prep.formats._common import KINDS, Format
+from data_prep.formats._common import KINDS, Format, Progress
 from data_prep.records import Message
 
 # Order matters only where two formats could claim the same head: the KakaoTalk
@@ -71,8 +71,15 @@ def _gc_paused():
             gc.enable()
 
 
-def parse_text(text: str, source: str, encoding: str = "utf-8", strict: bool = False) -> ParsedFile:
-    """Parse already-decoded export text (``source`` names it in errors and in each Message)."""
+def parse_text(text: str, source: str, encoding: str = "utf-8", strict: bool = False,
+               progress: Progress | None = None) -> ParsedFile:
+    """Parse already-decoded export text (``source`` names it in errors and in each Message).
+
+    ``progress`` is called with characters of ``text`` done since its last call
+    (as parsing goes for the line formats); the calls add up to ``len(text)``.
+    ``strict``: the first unparsed line is a ParseError giving its line number
+    only, never its text (it may hold names and numbers).
+    """
     lines = split_lines(text)
     if not any(line.strip() for line in lines):
         raise ParseError(source, "empty file")
@@ -80,27 +87,52 @@ def parse_text(text: str, source: str, encoding: str = "utf-8", strict: bool = F
     if fmt is None:
         raise ParseError(source, "not a chat export: no KakaoTalk (Windows/macOS/Android/iOS) "
                                  "or generic CSV/JSONL message line found at the start of the file")
+    done = [0]
+
+    def step(n: int) -> None:
+        done[0] += n
+        progress(n)
+
     with _gc_paused():
-        messages, kinds, unparsed = fmt.parse(lines, source)
+        messages, kinds, unparsed = fmt.parse(lines, source, step if progress else None)
+    if progress is not None and len(text) > done[0]:
+        progress(len(text) - done[0])
     # Invariant of every parser, not user input: each physical line has exactly one kind.
     assert sum(kinds.values()) == len(lines) and set(kinds) <= set(KINDS), (fmt.name, kinds, len(lines))
     if not any(m.speaker for m in messages):
         raise ParseError(source, f"no chat message parsed (looked like {fmt.name}; "
                                  f"{len(unparsed)} unparsed lines)")
     if strict and unparsed:
-        line_no, raw = unparsed[0]
-        raise ParseError(source, f"unparsed line ({len(unparsed)} in all, strict mode): {raw[:80]!r}", line_no)
+        line_no = unparsed[0][0]  # not its text: an error message must not carry names or numbers
+        raise ParseError(source, f"unparsed line ({len(unparsed)} in all, strict mode); open the file at this "
+                                 "line, or run without --strict to have such lines counted and reported", line_no)
     return ParsedFile(source, fmt.name, encoding, len(lines), messages, kinds, unparsed)
 
 
-def read_export(path: str | Path, strict: bool = False) -> ParsedFile:
+def read_export(path: str | Path, strict: bool = False, progress: Progress | None = None) -> ParsedFile:
     """Decode, detect and parse one export file.
 
-    Raises :class:`ParseError` for empty, binary, undecodable or truncated files,
-    files that are not chat exports, and (``strict``) any unparsed line.
+    ``progress`` (e.g. a tqdm bar's ``update``) is called with bytes of the
+    file done since its last call, while the file is parsed; the calls add up
+    to the file size. Raises :class:`ParseError` for empty, binary, undecodable
+    or truncated files, files that are not chat exports, and (``strict``) any
+    unparsed line.
     """
     text, encoding = decode_file(path)
-    return parse_text(text, str(path), encoding, strict)
+    if progress is None:
+        return parse_text(text, str(path), encoding, strict)
+    size, chars, done = Path(path).stat().st_size, max(len(text), 1), [0, 0]  # chars, bytes reported
+
+    def step(n: int) -> None:  # characters -> bytes of the file (encodings differ in bytes per char)
+        done[0] += n
+        nbytes = size * done[0] // chars - done[1]
+        done[1] += nbytes
+        progress(nbytes)
+
+    parsed = parse_text(text, str(path), encoding, strict, step)
+    if size > done[1]:  # BOM and CR bytes are not in the text
+        progress(size - done[1])
+    return parsed
 
 
 __all__ = ["Format", "PARSERS", "ParsedFile", "read_export", "parse_text", "detect_format", "head_lines", "KINDS"]

@@ -15,7 +15,7 @@ from typing import Callable
 
 from data_prep.formats._common import (
     BAD, DATE, MESSAGE, MONTH_FULL, MONTH_RE, MONTHS, SYSTEM, WEEKDAYS_EN, WEEKDAYS_KO,
-    Classify, FastPath, ParseResult, hour24, parse_lines,
+    Classify, FastPath, ParseResult, Progress, hour24, parse_lines,
 )
 from data_prep.records import Message
 
@@ -161,7 +161,8 @@ def make_classifier(variants: tuple[Variant, ...]) -> tuple[Classify, dict, Call
     return classify, cache, _timestamp
 
 
-def parse_stamped(lines: list[str], source: str, variants: tuple[Variant, ...]) -> ParseResult:
+def parse_stamped(lines: list[str], source: str, variants: tuple[Variant, ...],
+                  progress: Progress | None = None) -> ParseResult:
     """:func:`parse_lines` with the fast path on the variant of the first record line."""
     classify, cache, timestamp = make_classifier(variants)
     head = lines[:HEAD_SCAN]
@@ -171,7 +172,7 @@ def parse_stamped(lines: list[str], source: str, variants: tuple[Variant, ...]) 
         index = primary.multiline.groupindex
         groups = (index["ts"], index["name"], index["text"])
         fast = FastPath(primary.multiline, groups, cache, timestamp)
-    return parse_lines(lines, source, classify, fast)
+    return parse_lines(lines, source, classify, fast, progress)
 
 
 def detect_any(head: list[str], variants: tuple[Variant, ...]) -> bool:

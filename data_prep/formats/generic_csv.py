@@ -6,7 +6,7 @@ columns are ignored. Timestamps are ISO text or epoch seconds.
 """
 from __future__ import annotations
 
-from data_prep.formats._common import Format, ParseResult
+from data_prep.formats._common import Format, ParseResult, Progress
 from data_prep.formats._table import SPEAKER_KEYS, TEXT_KEYS, TIME_KEYS, csv_header, parse_csv, pick, write_csv
 from data_prep.records import Message
 
@@ -23,7 +23,8 @@ def detect(head: list[str]) -> bool:
     return row is not None and len(row) >= 3 and _roles(row) is not None
 
 
-def parse(lines: list[str], source: str) -> ParseResult:
+def parse(lines: list[str], source: str, progress: Progress | None = None) -> ParseResult:
+    """``progress`` is not called: parse_text reports the whole text when this returns."""
     return parse_csv(lines, source, _roles)
 
 

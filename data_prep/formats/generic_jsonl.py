@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from data_prep.formats._common import KINDS, Format, ParseResult
+from data_prep.formats._common import KINDS, Format, ParseResult, Progress
 from data_prep.formats._table import SPEAKER_KEYS, TEXT_KEYS, TIME_KEYS, parse_timestamp, pick
 from data_prep.records import Message
 
@@ -49,7 +49,8 @@ def _message(line: str, cache: dict, source: str, lineno: int) -> Message | None
         return None
 
 
-def parse(lines: list[str], source: str) -> ParseResult:
+def parse(lines: list[str], source: str, progress: Progress | None = None) -> ParseResult:
+    """``progress`` is not called: parse_text reports the whole text when this returns."""
     kinds = dict.fromkeys(KINDS, 0)
     messages, unparsed, cache = [], [], {}
     for i, line in enumerate(lines, 1):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from data_prep.formats._common import MONTH_FULL, WEEKDAYS_EN, WEEKDAYS_KO, Format, ParseResult
+from data_prep.formats._common import MONTH_FULL, WEEKDAYS_EN, WEEKDAYS_KO, Format, ParseResult, Progress
 from data_prep.formats._stamped import (
     ANDROID_KO, ENGLISH_DMY, ENGLISH_MDY, detect_any, english_months, parse_stamped, write_stamped,
 )
@@ -27,8 +27,8 @@ def detect(head: list[str]) -> bool:
     return detect_any(head, (ANDROID_KO, ENGLISH_DMY)) or english_months(head) == "full"
 
 
-def parse(lines: list[str], source: str) -> ParseResult:
-    return parse_stamped(lines, source, VARIANTS)
+def parse(lines: list[str], source: str, progress: Progress | None = None) -> ParseResult:
+    return parse_stamped(lines, source, VARIANTS, progress)
 
 
 def _stamp_ko(ts: datetime, clock: int) -> str:

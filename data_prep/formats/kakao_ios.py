@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from data_prep.formats._common import MONTH_FULL, WEEKDAYS_EN, WEEKDAYS_KO, Format, ParseResult
+from data_prep.formats._common import MONTH_FULL, WEEKDAYS_EN, WEEKDAYS_KO, Format, ParseResult, Progress
 from data_prep.formats._stamped import (
     ENGLISH_MDY, IOS_KO, detect_any, english_months, parse_stamped, write_stamped,
 )
@@ -28,8 +28,8 @@ def detect(head: list[str]) -> bool:
     return detect_any(head, (IOS_KO,)) or english_months(head) == "abbr"
 
 
-def parse(lines: list[str], source: str) -> ParseResult:
-    return parse_stamped(lines, source, VARIANTS)
+def parse(lines: list[str], source: str, progress: Progress | None = None) -> ParseResult:
+    return parse_stamped(lines, source, VARIANTS, progress)
 
 
 def _stamp_ko(ts: datetime, clock: int) -> str:

@@ -10,7 +10,7 @@ empty user is a system line.
 """
 from __future__ import annotations
 
-from data_prep.formats._common import Format, ParseResult
+from data_prep.formats._common import Format, ParseResult, Progress
 from data_prep.formats._table import csv_header, parse_csv, write_csv
 from data_prep.records import Message
 
@@ -27,7 +27,8 @@ def detect(head: list[str]) -> bool:
     return row is not None and _roles(row) is not None
 
 
-def parse(lines: list[str], source: str) -> ParseResult:
+def parse(lines: list[str], source: str, progress: Progress | None = None) -> ParseResult:
+    """``progress`` is not called: parse_text reports the whole text when this returns."""
     return parse_csv(lines, source, _roles)
 
 

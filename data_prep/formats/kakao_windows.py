@@ -19,7 +19,7 @@ from datetime import date, datetime
 
 from data_prep.formats._common import (
     BAD, DATE, MESSAGE, MONTH_FULL, MONTH_RE, MONTHS, SYSTEM, WEEKDAYS_EN, WEEKDAYS_KO,
-    FastPath, Format, ParseResult, hour24, is_system_text, parse_lines,
+    FastPath, Format, ParseResult, Progress, hour24, is_system_text, parse_lines,
 )
 from data_prep.records import Message
 
@@ -111,9 +111,9 @@ def _classifier():
     return classify, FastPath(_MESSAGE_LINES, (2, 1, 7), cache, timestamp)
 
 
-def parse(lines: list[str], source: str) -> ParseResult:
+def parse(lines: list[str], source: str, progress: Progress | None = None) -> ParseResult:
     classify, fast = _classifier()
-    return parse_lines(lines, source, classify, fast)
+    return parse_lines(lines, source, classify, fast, progress)
 
 
 def _time(ts: datetime, lang: str) -> str:
