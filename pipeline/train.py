@@ -3,6 +3,7 @@
     python -m pipeline.train --data runs/minsu/data --persona 민수 --out adapters/민수
     python -m pipeline.train --data runs/minsu/data --persona 민수 --out adapters/민수 --resume
     accelerate launch -m pipeline.train --data ... --out ...        # several GPUs (DDP)
+    torchrun --nproc-per-node 2 -m pipeline.train --data ... --out ...  # DDP on CPUs (gloo)
 
 Reads DATA/train.jsonl and DATA/validation.jsonl (python -m pipeline.prepare),
 builds or reuses the cached extended base (python -m pipeline.extend), renders every

@@ -22,10 +22,10 @@ REPO = Path(__file__).resolve().parents[1]
 IDS = [[2, 10, 20, 30, 40, 50, 60, 70]]
 
 
-def _flags(data, out, base, cache, steps=24):
+def _flags(data, out, base, cache, steps=12):
     return ["--data", str(data), "--out", str(out), "--persona", "민수", "--base-model", str(base),
             "--cache-dir", str(cache), "--max-steps", str(steps), "--batch-size", "2", "--lr", "5e-3",
-            "--eval-every", "8", "--save-every", "0", "--log-every", "1", "--threads", "1", "--seed", "3"]
+            "--eval-every", "4", "--save-every", "0", "--log-every", "1", "--threads", "1", "--seed", "3"]
 
 
 def _env():

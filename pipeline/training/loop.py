@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from data_prep.errors import UserError
 from pipeline.chat_format import Rendered
 from pipeline.training import checkpoint as ckpt_io
 from pipeline.training.checkpoint import LoopState
@@ -226,7 +227,7 @@ def _eval_and_track(c: _Ctx, state: LoopState, best: dict | None, log: MetricsLo
     return best
 
 
-def _build(cfg: "TrainConfig", model, data: LoopData, acc, total_hint: int):
+def _build(cfg: "TrainConfig", model, acc, total_hint: int):
     import torch
 
     from pipeline.training.loss import SupervisedLoss
@@ -253,8 +254,11 @@ def run(cfg: "TrainConfig", model, data: LoopData, out: Path, fingerprint: str, 
     lengths = [len(e.input_ids) for e in data.train]
     spe = steps_per_epoch(len(plan_batches(lengths, cfg.batch_size, cfg.seed, 0)), acc.num_processes,
                           cfg.grad_accum)
+    if spe == 0:
+        raise UserError(f"{len(data.train)} training examples do not fill one step of --batch-size "
+                        f"{cfg.batch_size} x --grad-accum {cfg.grad_accum} x {acc.num_processes} process(es)")
     total = total_steps(cfg, spe)
-    wrapper, params, optimizer, scheduler = _build(cfg, model, data, acc, total)
+    wrapper, params, optimizer, scheduler = _build(cfg, model, acc, total)
     c = _Ctx(cfg, acc, wrapper, params, optimizer, scheduler, data, lengths, spe)
     state, best = LoopState(), None
     if resume is not None:
