@@ -15,7 +15,7 @@ time at all: they get the time of the record before them.
 from __future__ import annotations
 
 import re
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 
 from data_prep.formats._common import (
     BAD, DATE, MESSAGE, MONTH_FULL, MONTH_RE, MONTHS, SYSTEM, WEEKDAYS_EN, WEEKDAYS_KO,
@@ -61,31 +61,30 @@ def _hour_minute(m: re.Match) -> tuple[int, int]:
 
 
 def _classifier():
-    day: list = [None]  # the date of the last separator
-    cache: dict[str, datetime | None] = {}  # clock text -> datetime on that date (cleared per day)
-    clock: dict[str, tuple[int, int]] = {}  # clock text -> (hour, minute), parsed once per file
+    # midnight of the last separator's date; once set it is never None again
+    day: list[datetime | None] = [None]
+    # clock text -> time since midnight, parsed once per file. Filled only once a date is
+    # known, so a hit always has a day to add to (FastPath.day: the loop does the add)
+    clock: dict[str, timedelta] = {}
     match = _MESSAGE.match
 
     def timestamp(m: re.Match) -> datetime | None:
         """The message's time on the current separator's date (None before any separator)."""
-        d = day[0]
-        if d is None:
+        midnight = day[0]
+        if midnight is None:
             return None
-        time = m.group(2)
-        hm = clock.get(time) or clock.setdefault(time, _hour_minute(m))
-        return datetime(d.year, d.month, d.day, *hm)
+        offset = clock.get(m.group(2))
+        if offset is None:
+            h, mi = _hour_minute(m)
+            offset = clock[m.group(2)] = timedelta(hours=h, minutes=mi)
+        return midnight + offset
 
     def message(m: re.Match):
-        time, name, text = m.group(2, 1, 7)
-        ts = cache.get(time)
-        if ts is None:
-            try:
-                ts = timestamp(m)
-            except ValueError:  # [오후 27:15]: looks like a record, is not one
-                return (BAD,)
-            if ts is not None:
-                cache[time] = ts
-        return (MESSAGE, ts, name, text)
+        try:
+            ts = timestamp(m)
+        except ValueError:  # [오후 27:15]: looks like a record, is not one
+            return (BAD,)
+        return (MESSAGE, ts, m.group(1), m.group(7))
 
     def classify(line: str):
         m = match(line)
@@ -101,14 +100,13 @@ def _classifier():
             d = _separator_date(m)
             if d is None:
                 return (BAD,)
-            day[0] = d
-            cache.clear()
+            day[0] = datetime(d.year, d.month, d.day)
             return (DATE,)
         if is_system_text(line):
             return (SYSTEM, None, line)
         return None
 
-    return classify, FastPath(_MESSAGE_LINES, (2, 1, 7), cache, timestamp)
+    return classify, FastPath(_MESSAGE_LINES, (2, 1, 7), clock, timestamp, day)
 
 
 def parse(lines: list[str], source: str, progress: Progress | None = None) -> ParseResult:
