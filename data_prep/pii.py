@@ -44,6 +44,9 @@ _HANGUL = re.compile(r"[가-힣]+")
 _SYMBOLS = re.compile(r"[^\w\s]+")
 _MIN_DIGITS = 8  # the shortest number kept as PII (1588-1234); shorter runs are never looked at
 _MIN_DIGITS_ACCOUNT = 10  # fewer digits in a hyphenated run is a date or a code, not an account
+# Whether redact_text could change a text: its URL/e-mail substring tests, or a digit run
+# long enough for _number_run to look at (>= _MIN_DIGITS characters). A superset, never less.
+_may_hold_pii = re.compile(rf"http|www|HTTP|WWW|@|\d[\d\-. ()]{{{_MIN_DIGITS - 2},}}\d").search
 
 
 @dataclass(frozen=True)
@@ -164,12 +167,21 @@ def remove_pii(messages: list[Message], pseudo: Pseudonymizer, cfg: PIIConfig) -
     counts: Counter = Counter()
     if not cfg.enabled:
         return messages, counts
-    mapping, names = pseudo.mapping, pseudo.text  # bound once: this loop runs on every message
-    out = []
+    # this loop runs on every message: lookups bound once, and the tests that
+    # redact_text and pseudo.text would make first are made here, so most
+    # messages (no digits run, no @, no URL, no name) cost no function call
+    get, names, may_hold = pseudo.mapping.get, pseudo.text, _may_hold_pii
+    name_search = pseudo._pattern.search if pseudo._pattern is not None else None
+    new, out = tuple.__new__, []  # Message(...) without the NamedTuple's Python-level __new__
+    append = out.append
     for m in messages:
-        text = names(redact_text(m.text, counts), counts)
-        speaker = mapping.get(m.speaker, m.speaker)
+        text = m.text
+        if may_hold(text):
+            text = redact_text(text, counts)
+        if name_search is not None and name_search(text):
+            text = names(text, counts)
+        speaker = get(m.speaker, m.speaker)
         if text is not m.text or speaker is not m.speaker:
-            m = Message(m.ts, speaker, text, m.source, m.line)
-        out.append(m)
+            m = new(Message, (m.ts, speaker, text, m.source, m.line))
+        append(m)
     return out, counts

@@ -53,3 +53,21 @@ def test_name_variants():
 def test_pseudonyms_never_collide_with_real_names():
     pseudo = Pseudonymizer(["영수", "친구1", "민수"], personas={"민수"})
     assert pseudo.mapping == {"영수": "친구2", "친구1": "친구3"}
+
+
+def test_prefilter_never_skips_a_text_redact_text_would_change():
+    """remove_pii skips redact_text when _may_hold_pii says no: that must never hide a redaction."""
+    import random
+
+    from data_prep.pii import _may_hold_pii
+
+    rng = random.Random(0)
+    alphabet = "0123456789-. ()+@wh가 "
+    texts = ["+82 10-1234-5678", "1588-1234", "02)123-4567", "a@b.co", "www.x.kr", "9001011234567", "12-34-56"]
+    texts += ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 24))) for _ in range(20000)]
+    changed = 0
+    for t in texts:
+        if redact_text(t, Counter()) != t:
+            changed += 1
+            assert _may_hold_pii(t), t
+    assert changed > 100  # the random texts do exercise the number patterns
