@@ -16,9 +16,10 @@ inline at ``submit``: same files, same errors.
 """
 from __future__ import annotations
 
-import multiprocessing
-from concurrent.futures import Future, ProcessPoolExecutor
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future, ProcessPoolExecutor
 
 
 def warm_up() -> None:
@@ -41,9 +42,14 @@ class BackgroundWriter:
     def __init__(self, enabled: bool = True):
         self._pool: ProcessPoolExecutor | None = None
         self._jobs: list[Future] = []
+        if not enabled:
+            return
+        import multiprocessing  # here: prepare's start-up (--help, small runs) does not pay for it
+        from concurrent.futures import ProcessPoolExecutor
+
         # fork only: the worker inherits the loaded modules (no re-import of the caller's
         # __main__, as spawn would do); forked before any progress-bar thread exists
-        if enabled and "fork" in multiprocessing.get_all_start_methods():
+        if "fork" in multiprocessing.get_all_start_methods():
             self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"))
             self._jobs.append(self._pool.submit(warm_up))
 
