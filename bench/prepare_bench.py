@@ -110,7 +110,9 @@ def child(path: str, mode: str) -> None:
     total = time.perf_counter() - start
     cpu = time.process_time() - cpu0
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    worker = resource.getrusage(resource.RUSAGE_CHILDREN)  # the forked writer (data_prep.background)
+    # child processes: the forked writer (data_prep.background), matplotlib's fc-list... A forked
+    # child's peak counts the pages it shares with this process again: an upper bound
+    worker = resource.getrusage(resource.RUSAGE_CHILDREN)
     print(json.dumps({"seconds": total, "cpu_seconds": cpu, "peak_mb": peak_mb,
                       "worker_peak_mb": worker.ru_maxrss / 1024, "worker_cpu_seconds": worker.ru_utime + worker.ru_stime,
                       "stages": timer.seconds, "stages_cpu": timer.cpu,
@@ -181,10 +183,10 @@ def run_child(label: str, path: Path) -> dict:
     print(f"\n{label}: {r['messages']:,} messages, {r['pairs']:,} pairs in {r['seconds']:.1f}s "
           f"-> {r['messages'] / r['seconds']:,.0f} messages/s (load average {load:.1f} on {os.cpu_count()} cores)")
     print(f"  CPU {r['cpu_seconds']:.1f}s main process -> {r['messages'] / r['cpu_seconds']:,.0f} messages per "
-          f"CPU-second, + {r['worker_cpu_seconds']:.1f}s in the writer process; wall > CPU means other "
+          f"CPU-second, + {r['worker_cpu_seconds']:.1f}s in child processes (the writer); wall > CPU means other "
           f"processes shared the cores")
-    print(f"  peak RSS {r['peak_mb']:.0f} MB main + {r['worker_peak_mb']:.0f} MB writer process "
-          f"= {r['peak_mb'] + r['worker_peak_mb']:.0f} MB at most")
+    print(f"  peak RSS {r['peak_mb']:.0f} MB main + {r['worker_peak_mb']:.0f} MB largest child process "
+          f"= {r['peak_mb'] + r['worker_peak_mb']:.0f} MB at most (a forked child's shared pages count twice)")
     print("  wall: " + ", ".join(f"{k} {v:.2f}s" for k, v in r["stages"].items()))
     print("  CPU:  " + ", ".join(f"{k} {v:.2f}s" for k, v in r["stages_cpu"].items()))
     return r
