@@ -178,6 +178,9 @@ def write_dataset(path: Path, jsonl: dict[str, Path]) -> None:
         if file.stat().st_size == 0:
             return schema.empty_table()
         opts = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="error")
-        return pj.read_json(file, parse_options=opts, read_options=pj.ReadOptions(block_size=1 << 24))
+        try:  # 4 MB blocks: 0.35 s on 100 MB of pairs in a fresh process, 0.8 s with 16 MB blocks
+            return pj.read_json(file, parse_options=opts, read_options=pj.ReadOptions(block_size=1 << 22))
+        except pa.ArrowInvalid:  # a line longer than a block (or bad JSON: then this raises it again)
+            return pj.read_json(file, parse_options=opts, read_options=pj.ReadOptions(block_size=file.stat().st_size + 1))
 
     DatasetDict({split: Dataset(InMemoryTable(table(f))) for split, f in jsonl.items()}).save_to_disk(str(path))

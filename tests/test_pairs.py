@@ -43,3 +43,18 @@ def test_pair_encoder_matches_dumps():
     pairs = build_pairs([c], "민수", 'i "q"', 8, {"a.txt": "파일.txt"})
     enc = PairEncoder()
     assert [enc.line(p) for p in pairs] == [p.dumps() + "\n" for p in pairs]
+
+
+def test_write_dataset_reads_lines_longer_than_a_block(tmp_path):
+    """pyarrow reads the JSONL in 4 MB blocks; one pair longer than that must still load."""
+    import datasets
+
+    from data_prep.pairs import write_dataset, write_pairs
+    from data_prep.records import ContextTurn, Pair
+
+    pairs = [Pair("민수", "너는 민수야.", (ContextTurn("친구1", "안녕"),), "응" * n, f"c{i}") for i, n in enumerate((3, 5_000_000))]
+    write_pairs(tmp_path, "train", pairs)
+    write_pairs(tmp_path, "validation", pairs[:1])
+    write_dataset(tmp_path / "dataset", {s: tmp_path / f"{s}.jsonl" for s in ("train", "validation")})
+    ds = datasets.load_from_disk(str(tmp_path / "dataset"))
+    assert [len(r) for r in ds["train"]["response"]] == [3, 5_000_000] and ds["validation"].num_rows == 1
