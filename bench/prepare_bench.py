@@ -28,6 +28,7 @@ import os
 import random
 import re
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -109,6 +110,7 @@ def child(path: str, mode: str) -> None:
     result = run(cfg, timer, background=opts.get("background"))
     total = time.perf_counter() - start
     cpu = time.process_time() - cpu0
+    shutil.rmtree(out, ignore_errors=True)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     # child processes: the forked writer (data_prep.background), matplotlib's fc-list... A forked
     # child's peak counts the pages it shares with this process again: an upper bound
@@ -204,7 +206,8 @@ def main() -> None:
 
     t0 = time.perf_counter()
     msgs = build_messages(a.messages)
-    path = Path(tempfile.mkdtemp(prefix="prepare-bench-")) / "KakaoTalkChats.txt"
+    workdir = tempfile.TemporaryDirectory(prefix="prepare-bench-")  # removed at exit (90 MB per million)
+    path = Path(workdir.name) / "KakaoTalkChats.txt"
     path.write_text(PARSERS["kakao_windows"].write(msgs), encoding="utf-8")
     print(f"built {len(msgs):,} messages ({path.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - t0:.1f}s")
     from data_prep.normalize import NormalizeConfig, normalize
