@@ -180,7 +180,9 @@ METHOD_NOTES = """\
 - Identification ranks the style variants of one reply by **mean** log-prob per token: variants differ a
   lot in length, and a sum would prefer the shortest one whatever its style. Chance = 1/number of variants.
 - Few-shot = the base model with the persona instruction followed by real train replies (no training).
-- Forgetting = perplexity of general Korean replies (not in training) with an empty instruction.
+- Forgetting = perplexity of general Korean replies (not in training) with an empty instruction, in the chat
+  format. The base never saw the chat tokens, so its number is inflated: a ratio below 1 means no forgetting
+  was detected (the adapter learned the format), not that its Korean improved; above 1 is the warning sign.
 - Style statistics compare sampled replies (same seed for every system) with all held-out real replies:
   shares of replies with ㅋ/ㅎ/ㅠㅜ, emoji, emoticons, ?, !, ellipsis; mean length (relative difference);
   sentence endings (total variation distance); distinct-1/2 over words.
