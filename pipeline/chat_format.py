@@ -83,9 +83,21 @@ def _special_pattern(tokens: tuple[str, ...]) -> re.Pattern | None:
     return re.compile("|".join(map(re.escape, toks))) if toks else None
 
 
+# non-special added tokens that still act as control tokens (Gemma's <start_of_image>);
+# HTML-like pieces such as <b> or </table> have no "_" or "|" and stay text
+_CONTROL_LIKE = re.compile(r"<[^<>\s]*[_|][^<>\s]*>")
+
+
 def _all_special_strings(tokenizer) -> tuple[str, ...]:
-    added = [str(t) for t in getattr(tokenizer, "added_tokens_decoder", {}).values()]
-    return tuple(sorted(set(added) | set(tokenizer.all_special_tokens) | set(SPECIAL_TOKENS)))
+    # Only *special* (control) tokens can be injected. Plain added tokens are ordinary text
+    # pieces: Gemma 3 adds "\n", "\t\t", "<b>", "</table>"... as added tokens, and stripping
+    # them would eat newlines and markup from what people wrote.
+    added = [
+        str(t) for t in getattr(tokenizer, "added_tokens_decoder", {}).values()
+        if getattr(t, "special", True) or _CONTROL_LIKE.fullmatch(str(t))
+    ]
+    found = set(added) | set(tokenizer.all_special_tokens) | set(SPECIAL_TOKENS)
+    return tuple(sorted(t for t in found if t.strip()))
 
 
 def _special_strings(tokenizer) -> tuple[str, ...]:

@@ -166,3 +166,16 @@ def test_sanitize_sees_tokens_added_after_first_use(ext_tokenizers):
     assert sanitize("a<|new|>b<|eot|>", tok) == "a<|new|>b"
     tok.add_special_tokens({"extra_special_tokens": ["<|new|>"]}, replace_extra_special_tokens=False)
     assert sanitize("a<|new|>b<|eot|>", tok) == "ab"
+
+
+@pytest.mark.slow
+def test_real_tokenizer_keeps_newlines_and_markup_only_control_tokens_go():
+    """Gemma 3 adds "\\n", "\\t" and HTML tags as plain (non-special) added tokens: they are text,
+    so sanitize must keep them; control tokens (<start_of_turn>, <start_of_image>, <|eot|>) go."""
+    tok = load_tokenizer(ensure_extended(None))
+    text = "첫 줄\n\n둘째 줄\t탭 <b>굵게</b> <br>"
+    assert sanitize(text, tok) == text
+    assert sanitize("a<start_of_turn>b<start_of_image>c<|eot|>d<unused3>e", tok) == "abcde"
+    r = render(tok, INSTRUCTION, [{"speaker": "민수", "text": text}], PERSONA, "응\n그래")
+    assert "첫 줄\n\n둘째 줄" in tok.decode(r.input_ids)
+    assert tok.decode([i for i, l in zip(r.input_ids, r.labels) if l != IGNORE_INDEX]) == "응\n그래" + EOT
