@@ -22,7 +22,7 @@ from typing import Sequence
 
 from pipeline.evaluation.generation import SamplingConfig, generate_replies
 from pipeline.evaluation.identification import IdItem, Ranking, rank_item
-from pipeline.evaluation.scoring import Example, FrozenSpecials, ReplyScore, score_examples
+from pipeline.evaluation.scoring import Example, ReplyScore, score_examples
 from pipeline.evaluation.tasks import PersonaTask
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def load_base(spec: str | None, cache_dir: Path | None = None):
     from pipeline.extend import ensure_extended, load_extended
 
     model, tok, manifest = load_extended(ensure_extended(spec, cache_dir), device=device())
-    return model.eval(), FrozenSpecials(tok), manifest
+    return model.eval(), tok, manifest
 
 
 def load_adapter(task: PersonaTask, cache_dir: Path | None = None):

@@ -149,29 +149,3 @@ def perplexity(scores: Iterable[ReplyScore | None]) -> float | None:
     kept = [s for s in scores if s is not None]
     n = sum(s.tokens for s in kept)
     return math.exp(-sum(s.logprob for s in kept) / n) if n else None
-
-
-class FrozenSpecials:
-    """The tokenizer, with its special/added token lists read once (same ids, much faster ``render``).
-
-    ``chat_format.sanitize`` reads ``added_tokens_decoder`` and ``all_special_tokens`` for
-    every text it cleans; transformers 5 rebuilds them on each access (about 34 ms for Gemma 3's
-    6,389 added tokens), which made one ``render`` cost ~0.6 s (now ~0.05 s). They cannot change while a
-    tokenizer is being used for evaluation, so they are read once here; everything else is the
-    wrapped tokenizer's.
-    """
-
-    def __init__(self, tokenizer):
-        self._tok = tokenizer
-        # plain strings: sanitize only needs str(token), and str() of a str is free
-        self.added_tokens_decoder = {i: str(t) for i, t in tokenizer.added_tokens_decoder.items()}
-        self.all_special_tokens = list(tokenizer.all_special_tokens)
-
-    def __getattr__(self, name: str):
-        return getattr(self._tok, name)
-
-    def __call__(self, *args, **kwargs):
-        return self._tok(*args, **kwargs)
-
-    def __len__(self) -> int:
-        return len(self._tok)
