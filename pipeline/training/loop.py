@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 from data_prep.errors import UserError
 from pipeline.chat_format import Rendered
 from pipeline.training import checkpoint as ckpt_io
+from pipeline.training import memory
 from pipeline.training.checkpoint import LoopState
 from pipeline.training.data import collate, plan_batches
 
@@ -258,6 +259,7 @@ def run(cfg: "TrainConfig", model, data: LoopData, out: Path, fingerprint: str, 
         raise UserError(f"{len(data.train)} training examples do not fill one step of --batch-size "
                         f"{cfg.batch_size} x --grad-accum {cfg.grad_accum} x {acc.num_processes} process(es)")
     total = total_steps(cfg, spe)
+    memory.fix_mmap_threshold()  # freed activations go back to the OS, not malloc's heaps
     wrapper, params, optimizer, scheduler = _build(cfg, model, acc, total)
     c = _Ctx(cfg, acc, wrapper, params, optimizer, scheduler, data, lengths, spe)
     state, best = LoopState(), None
@@ -269,6 +271,7 @@ def run(cfg: "TrainConfig", model, data: LoopData, out: Path, fingerprint: str, 
     with StopFlag() as stop:
         while state.step < total:
             m = _train_step(c, state)
+            memory.release_free_memory()
             window.append(m["loss"])
             tok_s = (state.tokens - tokens0) / max(1e-9, time.perf_counter() - t0)
             bar.update(1)
@@ -281,6 +284,7 @@ def run(cfg: "TrainConfig", model, data: LoopData, out: Path, fingerprint: str, 
             if state.step == total or (cfg.eval_every and state.step % cfg.eval_every == 0):
                 t_eval = time.perf_counter()
                 best = _eval_and_track(c, state, best, log)
+                memory.release_free_memory()
                 t0 += time.perf_counter() - t_eval  # speed figures count training time only
             stopping = bool(_reduce_sum(acc, float(stop.requested)))
             early = cfg.patience and state.bad_evals >= cfg.patience
