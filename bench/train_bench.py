@@ -7,18 +7,26 @@ Both train LoRA (same rank, alpha, dropout, target modules) on SmileStyle pairs 
 지영), the same examples (rendered by the shared chat format; TRL gets them as a
 conversational prompt-completion dataset with ``completion_only_loss=True`` and
 the same chat template), batch size, learning rate, warmup + cosine schedule,
-clipping and fp32 on the CPU. TRL keeps its own defaults otherwise (gradient
-checkpointing on, as a user would get it). Ours also trains the new chat-token
-rows (trainable_token_indices); TRL 1.16 cannot (its fused LM head fails on PEFT's
-trainable-token wrapper), so the baseline does less work. Each trainer runs in its own process;
-printed: tokens/s of training, peak RSS of the process, and the final
-validation loss of each model measured by the same function, with the ratios.
+clipping and fp32 on the CPU. TRL keeps its own defaults otherwise; it runs twice:
+``trl`` with its default gradient checkpointing (what a user gets, the baseline
+of the targets) and ``trl-nogc`` without it (faster, more memory); ours runs with
+its default (``ours``: no gradient checkpointing) and with it (``ours-gc``). Ours also trains
+the new chat-token rows (trainable_token_indices); TRL 1.16 cannot (its fused LM
+head fails on PEFT's trainable-token wrapper), so the baseline does less work.
+
+Each trainer runs in its own fresh process, one after the other, so its peak RSS
+(``ru_maxrss``: loading, training, saving; the final evaluation comes after) is
+its own. Printed: tokens/s of training (the mean example length x examples per
+second, so padding counts as overhead), peak RSS, the final validation loss of
+each model measured by the same function, the 1-minute load average before and
+after each run (other jobs on the machine slow the tokens/s), and the ratios.
 Not a test: figures depend on the machine.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -28,6 +36,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+# ours: our defaults (no gradient checkpointing); ours-gc: with it;
+# trl: TRL's defaults (gradient checkpointing on); trl-nogc: off
+TRAINERS = ("ours", "ours-gc", "trl", "trl-nogc")
 
 
 def _args(argv=None):
@@ -40,8 +51,9 @@ def _args(argv=None):
     ap.add_argument("--train-pairs", type=int, default=600, help="training pairs (default 600)")
     ap.add_argument("--val-pairs", type=int, default=64, help="validation pairs (default 64)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads for each trainer (default 2)")
-    ap.add_argument("--only", choices=("ours", "trl"), help="run one trainer only")
-    ap.add_argument("--worker", choices=("ours", "trl"), help=argparse.SUPPRESS)
+    ap.add_argument("--only", choices=TRAINERS, action="append",
+                    help="run only this trainer (repeatable; default: all of " + ", ".join(TRAINERS) + ")")
+    ap.add_argument("--worker", choices=TRAINERS, help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
     return ap.parse_args(argv)
 
@@ -96,14 +108,14 @@ def _val_and_len(a, tok, data: Path):
     return val, sum(len(e.input_ids) for e in train) / len(train)
 
 
-def worker_ours(a, base, data, cache, work: Path) -> dict:
+def worker_ours(a, base, data, cache, work: Path, checkpointing: bool = False) -> dict:
     from pipeline.train import TrainConfig
     from pipeline.training.run import train
 
     cfg = TrainConfig(str(data), str(work / "ours"), persona="민수", base_model=base,
                       cache_dir=str(cache) if cache else None, max_steps=a.steps, epochs=0,
                       batch_size=a.batch_size, max_length=a.max_length, lr=a.lr, eval_every=0, save_every=0,
-                      patience=0, threads=a.threads, lora_dropout=0.0)
+                      patience=0, threads=a.threads, lora_dropout=0.0, gradient_checkpointing=checkpointing)
     result = train(cfg)
     peak = _peak_rss_mb()  # training (and loading) only, before the evaluation below
     m = result.manifest["metrics"]
@@ -140,7 +152,7 @@ def _trl_dataset(pairs, tok, max_length):
     return Dataset.from_list(rows)
 
 
-def worker_trl(a, base, data, cache, work: Path) -> dict:
+def worker_trl(a, base, data, cache, work: Path, checkpointing: bool = True) -> dict:
     import torch
     from trl import SFTConfig, SFTTrainer
 
@@ -159,6 +171,7 @@ def worker_trl(a, base, data, cache, work: Path) -> dict:
         learning_rate=a.lr, lr_scheduler_type="cosine", warmup_steps=10, weight_decay=0.0, max_grad_norm=1.0,
         logging_steps=5, save_strategy="no", report_to="none", bf16=False, use_cpu=True, seed=0,
         completion_only_loss=True, max_length=a.max_length, dataloader_num_workers=0,
+        gradient_checkpointing=checkpointing,
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=_trl_dataset(read_pairs(data / "train.jsonl"), tok,
                          a.max_length), processing_class=tok, peft_config=lora)
@@ -176,10 +189,22 @@ def _run_worker(a, name: str, work: Path) -> dict:
             "--batch-size", str(a.batch_size), "--max-length", str(a.max_length), "--lr", str(a.lr),
             "--train-pairs", str(a.train_pairs), "--val-pairs", str(a.val_pairs), "--threads", str(a.threads)]
     argv += ["--tiny"] if a.tiny else []
+    load_before = os.getloadavg()[0]
     proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"{name} failed:\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {**result, "load": (load_before, os.getloadavg()[0])}
+
+
+WORKERS = {"ours": worker_ours, "ours-gc": lambda *args: worker_ours(*args, checkpointing=True), "trl": worker_trl,
+           "trl-nogc": lambda *args: worker_trl(*args, checkpointing=False)}
+
+
+def _ratios(o: dict, t: dict, ours: str, name: str) -> str:
+    return (f"{ours}/{name}: tokens/s {o['tokens_per_s'] / t['tokens_per_s']:.2f}x (target >= 2), "
+            f"peak RSS {o['peak_rss_mb'] / t['peak_rss_mb']:.2f}x (target <= 0.6), "
+            f"val loss {o['val_loss'] / t['val_loss'] - 1:+.2%} (target within 2%)")
 
 
 def main(argv=None) -> int:
@@ -187,23 +212,27 @@ def main(argv=None) -> int:
     if a.worker:
         work = Path(a.work)
         base, data, cache = _setup(a, work)
-        result = (worker_ours if a.worker == "ours" else worker_trl)(a, base, data, cache, work)
+        result = WORKERS[a.worker](a, base, data, cache, work)
         print(json.dumps(result))
         return 0
     with tempfile.TemporaryDirectory() as tmp:
-        names = [a.only] if a.only else ["ours", "trl"]
-        results = {n: _run_worker(a, n, Path(tmp) / n) for n in names}
+        names = [n for n in TRAINERS if not a.only or n in a.only]
+        results = {}
+        for n in names:  # one at a time: each has the machine (and its memory figure) to itself
+            results[n] = _run_worker(a, n, Path(tmp) / n)
+            print(f"{n}: {json.dumps(results[n])}", flush=True)
     model = "tiny Gemma" if a.tiny else "Gemma 3 270M (extended)"
     print(f"model: {model}; {a.steps} steps x {a.batch_size} examples, max_length {a.max_length}, "
           f"{a.threads} threads")
-    print(f"{'trainer':8} {'tokens/s':>10} {'peak RSS MB':>12} {'val loss':>9} {'train s':>8}")
+    print(f"{'trainer':9} {'tokens/s':>10} {'peak RSS MB':>12} {'val loss':>9} {'train s':>8} {'load 1m':>11}")
     for n, r in results.items():
-        print(f"{n:8} {r['tokens_per_s']:10.1f} {r['peak_rss_mb']:12.0f} {r['val_loss']:9.4f} {r['train_s']:8.1f}")
-    if len(results) == 2:
-        o, t = results["ours"], results["trl"]
-        print(f"ratios ours/trl: tokens/s {o['tokens_per_s'] / t['tokens_per_s']:.2f}x (target >= 2), "
-              f"peak RSS {o['peak_rss_mb'] / t['peak_rss_mb']:.2f}x (target <= 0.6), "
-              f"val loss {o['val_loss'] / t['val_loss'] - 1:+.2%} (target within 2%)")
+        load = f"{r['load'][0]:.1f}->{r['load'][1]:.1f}"
+        print(f"{n:9} {r['tokens_per_s']:10.1f} {r['peak_rss_mb']:12.0f} {r['val_loss']:9.4f} {r['train_s']:8.1f} "
+              f"{load:>11}")
+    for ours in ("ours", "ours-gc"):
+        for name in ("trl", "trl-nogc"):
+            if ours in results and name in results:
+                print(_ratios(results[ours], results[name], ours, name))
     return 0
 
 
