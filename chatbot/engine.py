@@ -115,8 +115,7 @@ class Engine:
         self._active: str | None = "\x00unset"
         cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         self.max_positions = int(getattr(cfg, "max_position_embeddings", None) or 2048)
-        eot = chat_format.special_ids(tokenizer)[chat_format.EOT]
-        self.stop_ids = [eot] + ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])
+        self.stop_ids = chat_format.stop_ids(tokenizer)
         self.pad_id = chat_format.pad_id(tokenizer)
 
     # ---- construction -------------------------------------------------------------------

@@ -77,6 +77,26 @@ def pad_id(tokenizer) -> int:
     return pid
 
 
+# a base model's own end-of-turn/end-of-text token: <|eot|>'s row starts as a copy of it (so a
+# fresh adapter already knows where a turn ends), and generation stops on it too
+NATIVE_END_TOKENS = ("<end_of_turn>", "<|im_end|>", "<|eot_id|>", "<|endoftext|>")
+
+
+def native_end_id(tokenizer) -> int | None:
+    """The base's own end-of-turn token id (Gemma: ``<end_of_turn>``), else its EOS id."""
+    vocab = tokenizer.get_vocab()
+    for tok in NATIVE_END_TOKENS:
+        if tok in vocab:
+            return vocab[tok]
+    return tokenizer.eos_token_id
+
+
+def stop_ids(tokenizer) -> list[int]:
+    """Ids that end a generated reply: ``<|eot|>`` first, then the base's EOS and end-of-turn."""
+    ids = [special_ids(tokenizer)[EOT], tokenizer.eos_token_id, native_end_id(tokenizer)]
+    return list(dict.fromkeys(i for i in ids if i is not None))
+
+
 @lru_cache(maxsize=16)
 def _special_pattern(tokens: tuple[str, ...]) -> re.Pattern | None:
     toks = sorted({t for t in tokens if t}, key=len, reverse=True)

@@ -12,9 +12,10 @@ What it does (see docs/PITFALLS.md, "Tokenizer and embeddings"):
   existing id changes and each new token is one id, also glued to Korean text;
 - grows the embedding to ``len(tokenizer)`` (never shrinks: a model with spare rows
   keeps them) and initialises the rows of the new ids explicitly, seeded (mean of the
-  existing rows + small noise), output rows too when the output layer is untied;
+  existing rows + small noise; ``<|eot|>`` starts as a copy of the base's own end-of-turn
+  token), output rows too when the output layer is untied;
 - stores ``CHAT_TEMPLATE`` so ``apply_chat_template`` gives exactly the ids of
-  ``chat_format.render``; sets EOS = [eos, <|eot|>] and the pad id for generation;
+  ``chat_format.render``; sets EOS = chat_format.stop_ids and the pad id for generation;
 - saves with ``save_pretrained`` (never ``save_vocabulary``: it loses added tokens)
   plus ``manifest.json`` (base + sha256, token ids, rows, tied flag, seed, versions,
   fingerprint, sha256 of every saved file).
@@ -37,12 +38,14 @@ from typing import Any, Sequence
 from data_prep.errors import UserError
 from pipeline import base_model
 from pipeline.base_model import BaseModelRef, default_cache_dir, resolve_base, sha256_of
-from pipeline.chat_format import CHAT_TEMPLATE, EOT, PAD, SPECIAL_TOKENS, render, to_messages
+from pipeline.chat_format import (
+    CHAT_TEMPLATE, EOT, PAD, SPECIAL_TOKENS, native_end_id, render, stop_ids, to_messages,
+)
 from pipeline.cli import parser, run_cli, setup_logging
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2  # bump when the extension recipe changes, so cached extended bases are rebuilt
+FORMAT_VERSION = 3  # bump when the extension recipe changes, so cached extended bases are rebuilt
 MANIFEST = "manifest.json"
 NOISE_SCALE = 0.1  # noise std relative to the per-dimension std of the existing rows: small, but
 #                    enough that the new tokens are not identical vectors before training
@@ -87,6 +90,7 @@ class Extension:
     rows: int  # embedding rows now (>= base_rows: we only grow)
     tied: bool  # output layer shares the input embedding
     seed: int
+    copied: dict[int, int]  # new id -> trained id its rows were copied from (<|eot|> <- end of turn)
 
 
 # -- the extension itself (in memory) ----------------------------------------------------------
@@ -116,16 +120,31 @@ def extend_model(model, tokenizer, seed: int = 0) -> Extension:
     if len(tokenizer) > base_rows:  # grow only: spare rows (polyglot-ko) are reused, never cut
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     tied = is_tied(model)
-    init_new_rows(model, new_ids, n_trained=min(base_len, base_rows), seed=seed, tied=tied)
+    n_trained = min(base_len, base_rows)
+    copied = _copy_sources(tokenizer, added, n_trained)
+    init_new_rows(model, new_ids, n_trained=n_trained, seed=seed, tied=tied, copy_from=copied)
     model.config.pad_token_id = tokenizer.pad_token_id
     _set_generation_ids(model, tokenizer)
     tokenizer.chat_template = CHAT_TEMPLATE
     rows = model.get_input_embeddings().weight.shape[0]
-    return Extension(added, new_ids, base_len, base_rows, rows, tied, seed)
+    return Extension(added, new_ids, base_len, base_rows, rows, tied, seed, copied)
 
 
-def init_new_rows(model, new_ids: Sequence[int], n_trained: int, seed: int, tied: bool) -> None:
-    """Rows of ``new_ids`` := mean of the first ``n_trained`` rows + seeded noise (input and output).
+def _copy_sources(tokenizer, added: dict[str, int], n_trained: int) -> dict[int, int]:
+    """New id -> trained id whose row it starts from: <|eot|> <- the base's own end of turn.
+
+    The base already predicts its end-of-turn token where a reply ends, so a copy makes a
+    fresh adapter stop its replies from the first steps (mean-initialised, it rambles on).
+    """
+    src = native_end_id(tokenizer)
+    eot = added[EOT]
+    return {eot: src} if src is not None and src < n_trained and eot != src else {}
+
+
+def init_new_rows(model, new_ids: Sequence[int], n_trained: int, seed: int, tied: bool,
+                  copy_from: dict[int, int] | None = None) -> None:
+    """Rows of ``new_ids`` := mean of the first ``n_trained`` rows + seeded noise (input and output),
+    except ids in ``copy_from``, which start as a copy of the given trained row.
 
     Done by explicit id whether or not the matrix grew: ids landing in a model's spare,
     never-trained rows would otherwise keep whatever those rows hold.
@@ -144,9 +163,13 @@ def init_new_rows(model, new_ids: Sequence[int], n_trained: int, seed: int, tied
             old = w[:n_trained].float()
             noise = torch.randn(len(ids), w.shape[1], generator=gen) * old.std(dim=0) * NOISE_SCALE
             w[ids.to(w.device)] = (old.mean(dim=0) + noise).to(w.dtype).to(w.device)
+            for dst, src in (copy_from or {}).items():
+                w[dst] = w[src]
         bias = getattr(model.get_output_embeddings(), "bias", None)
         if bias is not None:
             bias[ids.to(bias.device)] = bias[:n_trained].mean()
+            for dst, src in (copy_from or {}).items():
+                bias[dst] = bias[src]
 
 
 def _set_generation_ids(model, tokenizer) -> None:
@@ -154,8 +177,7 @@ def _set_generation_ids(model, tokenizer) -> None:
     gc = model.generation_config
     eos = gc.eos_token_id if gc.eos_token_id is not None else tokenizer.eos_token_id
     eos = list(eos) if isinstance(eos, (list, tuple)) else [eos]
-    eot = tokenizer.convert_tokens_to_ids(EOT)
-    gc.eos_token_id = [i for i in eos if i is not None] + ([eot] if eot not in eos else [])
+    gc.eos_token_id = list(dict.fromkeys(stop_ids(tokenizer) + [i for i in eos if i is not None]))
     gc.pad_token_id = tokenizer.pad_token_id
     if gc.bos_token_id is None:
         gc.bos_token_id = tokenizer.bos_token_id
@@ -260,7 +282,8 @@ def _manifest(ref: BaseModelRef, ext: Extension, model, tok, saved: Path) -> dic
         "len_tokenizer": len(tok), "base_len_tokenizer": ext.base_len,
         "embedding_rows": ext.rows, "base_embedding_rows": ext.base_rows,
         "tied": ext.tied, "hidden_size": model.get_input_embeddings().weight.shape[1],
-        "seed": ext.seed, "init": {"method": "mean+noise", "noise_scale": NOISE_SCALE},
+        "seed": ext.seed, "init": {"method": "mean+noise", "noise_scale": NOISE_SCALE,
+                                      "copied": {str(k): v for k, v in ext.copied.items()}},
         "versions": base_model.library_versions(),
         "fingerprint": fingerprint(model, tok, ref.sha256, ext.new_token_ids),
         "files": file_hashes(saved),

@@ -84,11 +84,17 @@ def test_only_new_rows_differ_from_base(base_and_ext):
             old_rows = base[key].shape[0]
             assert torch.equal(ext[key][:old_rows], base[key]), key
             assert ext[key].shape[0] == old_rows + len(new_ids)
-            new = ext[key][new_ids]
+            copied = {int(k): v for k, v in manifest["init"]["copied"].items()}
+            # <|eot|> starts as the base's own end-of-turn (here: EOS) row, so replies stop early
+            assert copied == {manifest["added_tokens"][EOT]: ext_eos_or_end(ext_dir)}
+            for dst, src in copied.items():
+                assert torch.equal(ext[key][dst], base[key][src])
+            rest = [i for i in new_ids if i not in copied]
+            new = ext[key][rest]
             mean = base[key].mean(dim=0)
-            # initialised near the mean of the existing rows, and distinct from each other
+            # the others: initialised near the mean of the existing rows, and distinct from each other
             assert (new - mean).abs().max() < 5 * base[key].std()
-            assert len({tuple(r.tolist()) for r in new}) == len(new_ids)
+            assert len({tuple(r.tolist()) for r in ext[key][new_ids]}) == len(new_ids)
         else:
             assert torch.equal(ext[key], base[key]), key
 
@@ -277,3 +283,9 @@ def test_real_default_model_extends_and_reloads():
     assert tok(f"안녕{EOT}하세요 ㅋㅋ", add_special_tokens=False)["input_ids"].count(
         manifest["added_tokens"][EOT]) == 1
     assert verify_extended(path) == []
+
+
+def ext_eos_or_end(ext_dir) -> int:
+    from pipeline.chat_format import native_end_id
+
+    return native_end_id(extend.load_tokenizer(ext_dir))

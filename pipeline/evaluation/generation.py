@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from pipeline.chat_format import EOT, pad_id, render
+from pipeline.chat_format import pad_id, render, stop_ids
 from pipeline.evaluation.scoring import Example
 
 
@@ -44,7 +44,7 @@ def generate_replies(
 
     budget = None if max_length is None else max(max_length - cfg.max_new_tokens, 8)
     rendered = [render(tokenizer, e.instruction, e.context, e.persona, None, budget) for e in examples]
-    eot, pad = tokenizer.convert_tokens_to_ids(EOT), pad_id(tokenizer)
+    stops, pad = stop_ids(tokenizer), pad_id(tokenizer)
     out = [""] * len(examples)
     todo = [i for i, r in enumerate(rendered) if r is not None]
     torch.manual_seed(cfg.seed)
@@ -55,7 +55,7 @@ def generate_replies(
             gen = model.generate(
                 input_ids=ids.to(model.device), attention_mask=mask.to(model.device), max_new_tokens=cfg.max_new_tokens, do_sample=True,
                 temperature=cfg.temperature, top_p=cfg.top_p, repetition_penalty=cfg.repetition_penalty,
-                eos_token_id=eot, pad_token_id=pad,
+                eos_token_id=stops, pad_token_id=pad,
             )
         for row, i in zip(gen[:, ids.shape[1]:].cpu(), chunk):
             out[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
