@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
+from pathlib import Path
 from typing import Callable, Sequence
 
 from data_prep.errors import UserError
@@ -36,3 +38,12 @@ def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO, format="%(message)s", stream=sys.stderr
     )
+
+
+def read_manifest_json(path: str | Path, what: str, how: str) -> dict:
+    """A stage's ``manifest.json``; a UserError saying it is not ``what`` (and ``how`` to make one)."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: not {what} ({type(e).__name__}); {how}") from e

@@ -41,7 +41,7 @@ from pipeline.base_model import BaseModelRef, default_cache_dir, resolve_base, s
 from pipeline.chat_format import (
     CHAT_TEMPLATE, EOT, PAD, SPECIAL_TOKENS, native_end_id, render, stop_ids, to_messages,
 )
-from pipeline.cli import parser, run_cli, setup_logging
+from pipeline.cli import parser, read_manifest_json, run_cli, setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -308,12 +308,9 @@ def ensure_extended(spec: str | None, cache_dir: str | Path | None = None, seed:
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
-    p = Path(path) / MANIFEST
-    try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise UserError(f"{p}: not an extended base ({type(e).__name__}); build one with "
-                        "python -m pipeline.extend") from e
+    """The extended base's ``manifest.json``; UserError when the directory is not one."""
+    return read_manifest_json(Path(path) / MANIFEST, "an extended base",
+                              "build one with python -m pipeline.extend")
 
 
 def load_extended(path: str | Path, device: str = "cpu", dtype=None):

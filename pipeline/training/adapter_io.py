@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from data_prep.errors import UserError
+from pipeline.cli import read_manifest_json
 
 MANIFEST = "manifest.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -75,12 +75,8 @@ def check_adapter(out: Path, method: str, expect_token_delta: bool, base_dir: Pa
 
 def read_manifest(directory: str | Path) -> dict[str, Any]:
     """The adapter's ``manifest.json``; UserError when the directory is not an adapter."""
-    path = Path(directory) / MANIFEST
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path}: not a trained adapter ({type(e).__name__}); train one with "
-                        "python -m pipeline.train") from e
+    return read_manifest_json(Path(directory) / MANIFEST, "a trained adapter",
+                              "train one with python -m pipeline.train")
 
 
 def load_trained(directory: str | Path, cache_dir: str | Path | None = None, device: str = "cpu", dtype=None):
