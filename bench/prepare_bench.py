@@ -22,7 +22,6 @@ messages/s on 2 cores, peak < 2 GB.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import random
@@ -46,16 +45,9 @@ NAMES = ["김민수", "이지은", "박서준", "최유리", "정하늘", "강�
 
 def dialogues() -> list[list[dict[str, str]]]:
     """SmileStyle rows grouped into dialogues (a row of empty cells separates them)."""
-    out, cur = [], []
-    with open(SMILESTYLE, encoding="utf-8", newline="") as f:
-        for row in csv.DictReader(f, delimiter="\t"):
-            if not any((v or "").strip() for v in row.values()):
-                if cur:
-                    out.append(cur)
-                cur = []
-            else:
-                cur.append(row)
-    return out + ([cur] if cur else [])
+    from data_prep.smilestyle import load_dialogues
+
+    return load_dialogues(SMILESTYLE)
 
 
 def build_messages(n: int, seed: int = 0) -> list:

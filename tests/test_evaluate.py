@@ -7,7 +7,6 @@ Tiny models only: the extended base comes from ``pipeline.extend`` on the tiny G
 """
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from pipeline.cli import run_cli
 from pipeline.evaluation.identification import IdItem, rank_item
 from pipeline.evaluation.parallel import ParallelIndex
 from pipeline.evaluation.scoring import Example, _score_full, render_group, score_group
+from data_prep import smilestyle
 from tests.tiny_models import SMILESTYLE_TSV
 
 PERSONA, STYLE, PARTNER = "왕", "king", "친구"
@@ -26,20 +26,7 @@ PERSONA, STYLE, PARTNER = "왕", "king", "친구"
 
 def smilestyle_dialogues(limit: int) -> list[list[dict[str, str]]]:
     """The first ``limit`` SmileStyle dialogues, each a list of rows (style -> text)."""
-    dialogues, cur = [], []
-    with open(SMILESTYLE_TSV, encoding="utf-8", newline="") as f:
-        reader = csv.reader(f, delimiter="\t")
-        head = next(reader)
-        for row in reader:
-            if not any(c.strip() for c in row):
-                if cur:
-                    dialogues.append(cur)
-                cur = []
-                if len(dialogues) == limit:
-                    break
-                continue
-            cur.append({s: c.strip() for s, c in zip(head, row)})
-    return dialogues
+    return smilestyle.load_dialogues(SMILESTYLE_TSV)[:limit]
 
 
 def smilestyle_pairs(dialogues, persona=PERSONA, style=STYLE, prefix="c") -> list[dict]:

@@ -8,12 +8,12 @@ Import the fixtures explicitly (``from tests.test_train_helpers import ...``).
 """
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
 import pytest
 
+from data_prep import smilestyle
 from data_prep.records import ContextTurn, Pair
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -25,18 +25,7 @@ INSTRUCTION = "너는 민수야. 친구와 카톡하듯 짧고 친근하게 말�
 
 def smilestyle_dialogues() -> list[list[dict[str, str]]]:
     """Dialogues as lists of rows (style -> text); an empty row separates dialogues."""
-    dialogues, current = [], []
-    with open(SMILESTYLE, encoding="utf-8", newline="") as f:
-        for row in csv.DictReader(f, delimiter="\t"):
-            if not any((v or "").strip() for v in row.values()):
-                if current:
-                    dialogues.append(current)
-                current = []
-            else:
-                current.append({k: (v or "").strip() for k, v in row.items()})
-    if current:
-        dialogues.append(current)
-    return dialogues
+    return smilestyle.load_dialogues(SMILESTYLE)
 
 
 def persona_pairs(style: str = "chat", limit: int | None = None, context_turns: int = 4) -> list[Pair]:
