@@ -11,7 +11,7 @@ import random
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from data_prep.records import ContextTurn, Conversation, Pair
 
@@ -149,38 +149,90 @@ class PairEncoder:
         return (self.line(p) for p in pairs)
 
 
-def write_pairs(directory: Path, split: str, pairs: list[Pair], exports: Iterable[str] = ()) -> None:
-    """``SPLIT.jsonl`` (one Pair.dumps() per line) and ``SPLIT_alpaca.jsonl``/``SPLIT_messages.jsonl``, streamed."""
-    with open(directory / f"{split}.jsonl", "w", encoding="utf-8") as f:
-        f.writelines(PairEncoder().lines(pairs))
+CHUNK_PAIRS = 16_384  # pairs per block of a JSONL split handed to ``on_chunk``
+
+
+def write_pairs(directory: Path, split: str, pairs: list[Pair], exports: Iterable[str] = (),
+                on_chunk: Callable[[Path, int, int], None] | None = None) -> None:
+    """``SPLIT.jsonl`` (one Pair.dumps() per line) and ``SPLIT_alpaca.jsonl``/``SPLIT_messages.jsonl``, streamed.
+
+    ``on_chunk(path, start, end)`` is called after each block of :data:`CHUNK_PAIRS`
+    lines is on disk (byte offsets), so a worker can parse it while the next block
+    is encoded (:func:`parse_jsonl_chunk`).
+    """
+    path = directory / f"{split}.jsonl"
+    enc, start = PairEncoder(), 0
+    with open(path, "wb") as f:
+        for i in range(0, len(pairs), CHUNK_PAIRS):
+            data = "".join(enc.lines(pairs[i:i + CHUNK_PAIRS])).encode("utf-8")
+            f.write(data)
+            if on_chunk is not None:
+                f.flush()
+                on_chunk(path, start, start + len(data))
+            start += len(data)
     if "alpaca" in exports:
         _write_jsonl(directory / f"{split}_alpaca.jsonl", (alpaca(p) for p in pairs))
     if "messages" in exports:
         _write_jsonl(directory / f"{split}_messages.jsonl", (chat_messages(p) for p in pairs))
 
 
+# Tables parsed from blocks of a JSONL file in the process that parsed them (the
+# background writer's worker): path -> [(start, end, table)]; write_dataset takes them.
+_PARSED: dict[str, list[tuple[int, int, Any]]] = {}
+
+
+def _pair_schema():
+    import pyarrow as pa
+
+    turn = pa.struct([("speaker", pa.string()), ("text", pa.string())])
+    return pa.schema([("persona", pa.string()), ("instruction", pa.string()), ("context", pa.list_(turn)),
+                      ("response", pa.string()), ("conversation_id", pa.string()), ("source", pa.string())])
+
+
+def _read_json(open_source: Callable[[], Any], size: int):
+    """pyarrow's JSON reader (C++, no per-pair Python dicts) with the pair schema."""
+    import pyarrow as pa
+    import pyarrow.json as pj
+
+    opts = pj.ParseOptions(explicit_schema=_pair_schema(), unexpected_field_behavior="error")
+    try:  # 4 MB blocks: 0.35 s on 100 MB of pairs in a fresh process, 0.8 s with 16 MB blocks
+        return pj.read_json(open_source(), parse_options=opts, read_options=pj.ReadOptions(block_size=1 << 22))
+    except pa.ArrowInvalid:  # a line longer than a block (or bad JSON: then this raises it again)
+        return pj.read_json(open_source(), parse_options=opts, read_options=pj.ReadOptions(block_size=size + 1))
+
+
+def parse_jsonl_chunk(path: Path, start: int, end: int) -> None:
+    """Parse bytes ``start:end`` (whole lines) of a pairs JSONL into a table kept for write_dataset."""
+    import pyarrow as pa
+
+    with open(path, "rb") as f:
+        f.seek(start)
+        data = f.read(end - start)
+    _PARSED.setdefault(str(path), []).append((start, end, _read_json(lambda: pa.BufferReader(data), len(data))))
+
+
 def write_dataset(path: Path, jsonl: dict[str, Path]) -> None:
     """The JSONL splits as a ``datasets.DatasetDict`` saved with ``save_to_disk``.
 
-    pyarrow's JSON reader builds the tables in C++ (no per-pair Python dicts);
+    A split whose blocks :func:`parse_jsonl_chunk` parsed in this process (all of
+    the file, in order) is assembled from them; any other is read now.
     datasets is imported only here because it is slow to import.
     """
     import pyarrow as pa
-    import pyarrow.json as pj
     from datasets import Dataset, DatasetDict
     from datasets.table import InMemoryTable
 
-    turn = pa.struct([("speaker", pa.string()), ("text", pa.string())])
-    schema = pa.schema([("persona", pa.string()), ("instruction", pa.string()), ("context", pa.list_(turn)),
-                        ("response", pa.string()), ("conversation_id", pa.string()), ("source", pa.string())])
-
     def table(file: Path) -> pa.Table:
-        if file.stat().st_size == 0:
-            return schema.empty_table()
-        opts = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="error")
-        try:  # 4 MB blocks: 0.35 s on 100 MB of pairs in a fresh process, 0.8 s with 16 MB blocks
-            return pj.read_json(file, parse_options=opts, read_options=pj.ReadOptions(block_size=1 << 22))
-        except pa.ArrowInvalid:  # a line longer than a block (or bad JSON: then this raises it again)
-            return pj.read_json(file, parse_options=opts, read_options=pj.ReadOptions(block_size=file.stat().st_size + 1))
+        size = file.stat().st_size
+        blocks = sorted(_PARSED.pop(str(file), []), key=lambda b: b[0])
+        if blocks and blocks[0][0] == 0 and blocks[-1][1] == size and all(
+                a[1] == b[0] for a, b in zip(blocks, blocks[1:])):
+            return pa.concat_tables([b[2] for b in blocks])
+        if size == 0:
+            return _pair_schema().empty_table()
+        return _read_json(lambda: str(file), size)
 
-    DatasetDict({split: Dataset(InMemoryTable(table(f))) for split, f in jsonl.items()}).save_to_disk(str(path))
+    try:
+        DatasetDict({split: Dataset(InMemoryTable(table(f))) for split, f in jsonl.items()}).save_to_disk(str(path))
+    finally:
+        _PARSED.clear()  # one prepare run at a time per process: no table outlives it

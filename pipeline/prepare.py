@@ -36,7 +36,8 @@ from data_prep.errors import ParseError, UserError
 from data_prep.filters import drop_non_speech
 from data_prep.normalize import NormalizeConfig, canonical_speaker, normalize
 from data_prep.pairs import (
-    EXPORTS, PairConfig, build_pairs, count_by_persona, dedupe, split_by_conversation, write_dataset, write_pairs,
+    EXPORTS, PairConfig, build_pairs, count_by_persona, dedupe, parse_jsonl_chunk, split_by_conversation, write_dataset,
+    write_pairs,
 )
 from data_prep.persona_card import build_card, card_path, resolve_card
 from data_prep.pii import PIIConfig, Pseudonymizer, redact_text, remove_pii, scrub
@@ -321,12 +322,14 @@ def write_outputs(tmp: Path, cfg: PrepareConfig, train: list[Pair], val: list[Pa
                   clean: Callable[[str], str], bg: BackgroundWriter) -> None:
     """Every output file into ``tmp``.
 
-    The chart and the dataset go to ``bg`` (its worker, when it has one, draws
-    the chart while the JSONL is streamed here, then pyarrow reads the JSONL back).
+    The chart and the dataset go to ``bg``: its worker, when it has one, draws
+    the chart and parses each block of JSONL lines into Arrow while the next
+    block is encoded here; only the last block and the save are left to wait for.
     """
     bg.submit(write_report, tmp, stats, [len(p.response) for p in train + val])
     for split, pairs in (("train", train), ("validation", val)):
-        write_pairs(tmp, split, pairs, cfg.exports)
+        # the worker parses each block of lines into Arrow while the next one is encoded here
+        write_pairs(tmp, split, pairs, cfg.exports, on_chunk=lambda *block: bg.submit(parse_jsonl_chunk, *block))
     bg.submit(write_dataset, tmp / "dataset", {s: tmp / f"{s}.jsonl" for s in ("train", "validation")})
     write_stats(tmp / "stats.json", stats)
     # input paths may hold a friend's name (KakaoTalk_김영희.txt): ``clean`` pseudonymises them

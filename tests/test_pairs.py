@@ -1,4 +1,5 @@
 """Pairs: context window, at least one context turn, dedupe, split by conversation."""
+import json
 from datetime import datetime
 
 from data_prep.pairs import PairConfig, PairEncoder, build_pairs, count_by_persona, dedupe, split_by_conversation
@@ -58,3 +59,28 @@ def test_write_dataset_reads_lines_longer_than_a_block(tmp_path):
     write_dataset(tmp_path / "dataset", {s: tmp_path / f"{s}.jsonl" for s in ("train", "validation")})
     ds = datasets.load_from_disk(str(tmp_path / "dataset"))
     assert [len(r) for r in ds["train"]["response"]] == [3, 5_000_000] and ds["validation"].num_rows == 1
+
+
+def test_dataset_from_blocks_parsed_while_writing_equals_reading_the_file(tmp_path, monkeypatch):
+    """prepare hands each written block of lines to the worker (parse_jsonl_chunk); the saved
+    dataset is the same as reading the whole file, and a split with missing blocks is re-read."""
+    import datasets
+
+    from data_prep import pairs as mod
+    from data_prep.records import ContextTurn, Pair
+
+    monkeypatch.setattr(mod, "CHUNK_PAIRS", 3)
+    rows = [Pair("민수", "너는 민수야.", (ContextTurn("친구1", f"질문 {i}"),), f"답 {i} 😀", f"c{i}") for i in range(10)]
+    blocks = []
+    mod.write_pairs(tmp_path, "train", rows, on_chunk=lambda *b: (blocks.append(b), mod.parse_jsonl_chunk(*b)))
+    # validation: its first block is never parsed, so write_dataset reads that file whole
+    mod.write_pairs(tmp_path, "validation", rows[:4], on_chunk=lambda *b: mod.parse_jsonl_chunk(*b) if b[1] else None)
+    assert blocks[0][1] == 0 and len(blocks) == 4  # 10 pairs in blocks of 3
+    assert blocks[-1][2] == (tmp_path / "train.jsonl").stat().st_size
+    mod.write_dataset(tmp_path / "blocks", {s: tmp_path / f"{s}.jsonl" for s in ("train", "validation")})
+    assert not mod._PARSED
+    mod.write_dataset(tmp_path / "whole", {s: tmp_path / f"{s}.jsonl" for s in ("train", "validation")})
+    a, b = datasets.load_from_disk(str(tmp_path / "blocks")), datasets.load_from_disk(str(tmp_path / "whole"))
+    for split in ("train", "validation"):
+        expected = [json.loads(p.dumps()) for p in (rows if split == "train" else rows[:4])]
+        assert a[split].to_list() == b[split].to_list() == expected

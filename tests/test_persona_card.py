@@ -39,3 +39,11 @@ def test_cleared_instruction_is_rerendered(tmp_path):
     path = tmp_path / "a.yaml"
     path.write_text("name: 철수\nmedian_reply_chars: 10\ninstruction: ''\n", encoding="utf-8")
     assert load_card(path).instruction.startswith("너는 철수야.")
+
+
+def test_card_of_many_turns_is_measured_on_an_even_sample():
+    full = build_card("민수", TEXTS * 40, sample=0)
+    sampled = build_card("민수", TEXTS * 40, sample=50)  # every 4th turn: the same mix of turns
+    assert sampled.turns == full.turns == 200
+    assert sampled.marks == full.marks and sampled.median_reply_chars == full.median_reply_chars
+    assert set(sampled.endings) == set(full.endings)  # equal counts: ties may come in another order
