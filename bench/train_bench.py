@@ -10,7 +10,7 @@ the same chat template), batch size, learning rate, warmup + cosine schedule,
 clipping and fp32 on the CPU. TRL keeps its own defaults otherwise; it runs twice:
 ``trl`` with its default gradient checkpointing (what a user gets, the baseline
 of the targets) and ``trl-nogc`` without it (faster, more memory); ours runs with
-its default (``ours``: no gradient checkpointing) and with it (``ours-gc``). Ours also trains
+its defaults (``ours``: gradient checkpointing on) and without it (``ours-nogc``). Ours also trains
 the new chat-token rows (trainable_token_indices); TRL 1.16 cannot (its fused LM
 head fails on PEFT's trainable-token wrapper), so the baseline does less work.
 
@@ -36,9 +36,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-# ours: our defaults (no gradient checkpointing); ours-gc: with it;
+# ours: our defaults (gradient checkpointing on); ours-nogc: off;
 # trl: TRL's defaults (gradient checkpointing on); trl-nogc: off
-TRAINERS = ("ours", "ours-gc", "trl", "trl-nogc")
+TRAINERS = ("ours", "ours-nogc", "trl", "trl-nogc")
 
 
 def _args(argv=None):
@@ -108,7 +108,7 @@ def _val_and_len(a, tok, data: Path):
     return val, sum(len(e.input_ids) for e in train) / len(train)
 
 
-def worker_ours(a, base, data, cache, work: Path, checkpointing: bool = False) -> dict:
+def worker_ours(a, base, data, cache, work: Path, checkpointing: bool = True) -> dict:
     from pipeline.train import TrainConfig
     from pipeline.training.run import train
 
@@ -197,7 +197,7 @@ def _run_worker(a, name: str, work: Path) -> dict:
     return {**result, "load": (load_before, os.getloadavg()[0])}
 
 
-WORKERS = {"ours": worker_ours, "ours-gc": lambda *args: worker_ours(*args, checkpointing=True), "trl": worker_trl,
+WORKERS = {"ours": worker_ours, "ours-nogc": lambda *args: worker_ours(*args, checkpointing=False), "trl": worker_trl,
            "trl-nogc": lambda *args: worker_trl(*args, checkpointing=False)}
 
 
@@ -229,7 +229,7 @@ def main(argv=None) -> int:
         load = f"{r['load'][0]:.1f}->{r['load'][1]:.1f}"
         print(f"{n:9} {r['tokens_per_s']:10.1f} {r['peak_rss_mb']:12.0f} {r['val_loss']:9.4f} {r['train_s']:8.1f} "
               f"{load:>11}")
-    for ours in ("ours", "ours-gc"):
+    for ours in ("ours", "ours-nogc"):
         for name in ("trl", "trl-nogc"):
             if ours in results and name in results:
                 print(_ratios(results[ours], results[name], ours, name))

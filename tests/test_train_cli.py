@@ -52,6 +52,15 @@ def test_qlora_on_cpu_is_refused(persona_data, tmp_path, capsys):
     assert "--qlora needs a CUDA GPU" in capsys.readouterr().err
 
 
+def test_gradient_checkpointing_is_on_by_default_except_where_peft_refuses_it(persona_data, tmp_path, capsys):
+    flags = ["--data", str(persona_data), "--out", str(tmp_path / "o")]
+    assert parse_args(flags).resolved().gradient_checkpointing is True
+    assert parse_args(flags + ["--no-gradient-checkpointing"]).resolved().gradient_checkpointing is False
+    assert parse_args(flags + ["--method", "prefix"]).resolved().gradient_checkpointing is False
+    assert run_cli(main, flags + ["--method", "prefix", "--gradient-checkpointing"]) == 2
+    assert "does not support it" in capsys.readouterr().err
+
+
 def test_ctrl_c_then_resume_matches_uninterrupted_and_reloads(tiny_gemma_dir, persona_data, train_cache, tmp_path):
     threads = torch.get_num_threads()
     try:

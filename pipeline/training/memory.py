@@ -20,7 +20,11 @@ import functools
 import sys
 
 M_MMAP_THRESHOLD = -3  # mallopt parameter number, from glibc's malloc.h
-MMAP_THRESHOLD = 1 << 20  # bytes; smaller blocks stay in malloc's heaps (cheap, and freed by trim)
+# bytes; smaller blocks stay in malloc's heaps (cheap, and freed by trim). Every block above it
+# costs page faults each time it is allocated (the kernel zeroes fresh pages): measured on Gemma 3
+# 270M with gradient checkpointing, 2 cores, batch 8: 1 MB -> 79 tokens/s, 2.0 GB peak (a third of
+# the CPU time in the kernel); 4 MB -> 105 tokens/s, 2.2 GB; 16 MB -> 128 tokens/s, 2.6 GB.
+MMAP_THRESHOLD = 4 << 20
 
 
 @functools.lru_cache(maxsize=1)

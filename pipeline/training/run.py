@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from data_prep.errors import UserError
-from pipeline.training import adapter_io
+from pipeline.training import adapter_io, memory
 from pipeline.training import checkpoint as ckpt_io
 from pipeline.training.data import read_rehearsal, rehearsal_split, render_pairs
 from pipeline.training.loop import LoopData, LoopResult
@@ -142,9 +142,11 @@ def _versions() -> dict[str, str]:
     return {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__}
 
 
-def finish(cfg: "TrainConfig", pd: "PersonaData", model, tok, ext: tuple[Path, dict], result: LoopResult,
+def finish(cfg: "TrainConfig", pd: "PersonaData", model, ext: tuple[Path, dict], result: LoopResult,
            records: list[dict], counts: dict) -> TrainResult:
-    """Keep the best weights, write the adapter directory, check it, plot the losses."""
+    """Keep the best weights, write the adapter directory (with the extended base's tokenizer), check it,
+    plot the losses."""
+    from pipeline.extend import load_tokenizer
     from pipeline.training.plots import plot_loss
 
     ext_path, ext_manifest = ext
@@ -157,7 +159,7 @@ def finish(cfg: "TrainConfig", pd: "PersonaData", model, tok, ext: tuple[Path, d
         "instruction": pd.instruction, "user_speaker": pd.user_speaker, "max_length": cfg.max_length,
         "config": asdict(cfg), "metrics": _metrics(cfg, result, records, counts), "versions": _versions(),
     }
-    adapter_io.save_adapter(model, tok, out, manifest, pd.card)
+    adapter_io.save_adapter(model, load_tokenizer(ext_path), out, manifest, pd.card)
     problems = adapter_io.check_adapter(out, cfg.method, bool(ext_manifest.get("new_token_ids")), ext_path)
     if problems:
         raise RuntimeError("saved adapter failed its checks: " + "; ".join(problems))
@@ -177,7 +179,8 @@ def _resume_point(cfg: "TrainConfig", fingerprint: str, is_main: bool) -> tuple[
 
 
 def train(cfg: "TrainConfig") -> TrainResult:
-    """Train the persona adapter described by ``cfg`` (already validated and resolved)."""
+    """Train the persona adapter described by ``cfg`` (already validated; defaults resolved here if not yet)."""
+    cfg = cfg.resolved()
     from pipeline.extend import ensure_extended
     from pipeline.train import load_persona_data
 
@@ -190,6 +193,10 @@ def train(cfg: "TrainConfig") -> TrainResult:
         ext_path = ensure_extended(cfg.base_model, cfg.cache_dir)
     model, tok, ext_manifest = load_base(cfg, ext_path, acc.device)
     data, counts = build_loop_data(cfg, pd, tok)
+    # the examples are token ids now: a 262k-entry tokenizer holds ~300 MB that the loop
+    # does not need (finish reloads it from the extended base to save it with the adapter)
+    del tok
+    memory.release_free_memory()
     log.info("persona %s: %d training examples (%d rehearsal), %d validation; dropped %d pairs whose reply "
              "alone does not fit --max-length %d", pd.persona, len(data.train),
              counts.get("rehearsal_train_examples", 0), len(data.val), counts["dropped_too_long"], cfg.max_length)
@@ -209,7 +216,7 @@ def train(cfg: "TrainConfig") -> TrainResult:
     records = _read_records(Path(cfg.out) / "metrics.jsonl")
     done = None
     if acc.is_main_process:
-        done = finish(cfg, pd, model, tok, (ext_path, ext_manifest), result, records, counts)
+        done = finish(cfg, pd, model, (ext_path, ext_manifest), result, records, counts)
         m = done.manifest["metrics"]
         log.info("saved %s (best step %d, val loss %s, %.2f steps/s, %.0f tokens/s)", done.out, m["best_step"],
                  f"{m['val_loss']:.4f}" if m["val_loss"] is not None else "n/a", m["steps_per_s"], m["tokens_per_s"])
