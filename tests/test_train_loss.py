@@ -98,6 +98,7 @@ def test_chunked_loss_equals_unchunked(tiny_gemma_dir, train_cache, monkeypatch)
     from pipeline.training import loss as loss_mod
 
     model, tok, _ = _lora_model(tiny_gemma_dir, train_cache)
+    monkeypatch.setattr(loss_mod, "_frozen_head", lambda lm: None)  # the path of a trained output layer
     batch = _batch(tok)
     whole, n = SupervisedLoss(model)(**batch)
     grads = torch.autograd.grad(whole, [p for p in model.parameters() if p.requires_grad])
@@ -106,3 +107,30 @@ def test_chunked_loss_equals_unchunked(tiny_gemma_dir, train_cache, monkeypatch)
     grads_chunked = torch.autograd.grad(chunked, [p for p in model.parameters() if p.requires_grad])
     assert n > 7 and torch.allclose(chunked, whole, rtol=1e-5)
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(grads, grads_chunked))
+
+
+@pytest.mark.parametrize("base", ["tiny_gpt2_dir", "tiny_gemma_dir", "tiny_gemma_untied_dir"])
+@pytest.mark.parametrize("block", [7, 1 << 20])  # new tokens straddle tiles of 7 columns; one tile
+def test_tiled_cross_entropy_equals_full_logits(base, block, request, train_cache, monkeypatch):
+    """Loss and gradients (hidden states, the new tokens' rows) of the vocabulary-tiled loss equal
+    cross_entropy over the full logits, softcap included (tiny Gemma caps at 30)."""
+    from pipeline.training import loss as loss_mod
+
+    model, tok, manifest = _lora_model(request.getfixturevalue(base), train_cache)
+    lm = causal_lm(model)
+    assert loss_mod._frozen_head(lm) is not None
+    monkeypatch.setattr(loss_mod, "VOCAB_BLOCK", block)
+    gen = torch.Generator().manual_seed(0)
+    hidden = (torch.randn(11, lm.config.hidden_size, generator=gen) * 40).requires_grad_()
+    targets = torch.randint(0, len(tok), (11,), generator=gen)
+    targets[:4] = torch.tensor(manifest["new_token_ids"][:4])  # some targets are new tokens
+    head_rows = [rows for _, rows in loss_mod._token_rows(loss_mod._token_layer(lm.get_output_embeddings()), "cpu")]
+    params = [hidden] + head_rows
+    assert head_rows
+    reference = torch.nn.functional.cross_entropy(project(lm, hidden).float(), targets, reduction="sum")
+    tiled = loss_mod.chunked_loss(lm, hidden, targets)
+    assert torch.allclose(tiled, reference, rtol=1e-5), (float(tiled), float(reference))
+    for a, b in zip(torch.autograd.grad(reference, params), torch.autograd.grad(tiled, params)):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5 * float(a.abs().max())), float((a - b).abs().max())
+    with torch.no_grad():  # evaluation: no gradient work, same value
+        assert torch.allclose(loss_mod.chunked_loss(lm, hidden, targets), reference, rtol=1e-5)

@@ -5,7 +5,8 @@ columns for Gemma 3) and then ignores most of them: context tokens carry label
 -100. :class:`SupervisedLoss` runs the decoder body for the hidden states of all
 positions, keeps the positions whose *next* token is supervised, and applies the
 output layer (and whatever the model does after it, e.g. Gemma's
-``final_logit_softcapping``) only there. It goes through the modules PEFT wrapped,
+``final_logit_softcapping``) only there, one tile of the vocabulary at a time (:class:`_TiledCrossEntropy`: no
+rows x 262k logits are ever alive). It goes through the modules PEFT wrapped,
 so LoRA and the trainable rows of new tokens (``trainable_token_indices``, shared
 by a tied output layer) are part of the result. A test holds it equal to
 ``model(input_ids, labels=labels).loss``.
@@ -24,6 +25,7 @@ from pipeline.chat_format import IGNORE_INDEX
 # config attributes a causal LM applies to its logits after the output layer; anything
 # listed here but not handled below would make the fast loss differ from the model's own
 _UNHANDLED_LOGIT_POSTPROCESSING = ("logit_scale", "logits_scaling", "output_multiplier_scale")
+# A trained output layer (full fine-tuning, LoRA on the head) is projected through its module:
 # logits (rows x vocabulary) kept alive at once: 24M floats = 96 MB, ~90 rows of Gemma's 262k
 # vocabulary; bigger batches are chunked and recomputed in the backward (a few % of a step)
 MAX_LOGITS = 24_000_000
@@ -142,9 +144,118 @@ def _loss_sum(lm: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> tor
     return nn.functional.cross_entropy(project(lm, hidden).float(), targets, reduction="sum")
 
 
+def _frozen_head(lm: nn.Module):
+    """(weight, bias, softcap, new-token ids, their trained rows) when the output layer is a frozen
+    linear map, possibly with PEFT's trainable token rows; None otherwise (LoRA on the head, full
+    fine-tuning): then :func:`chunked_loss` projects through the modules."""
+    head = lm.get_output_embeddings()
+    layer = _token_layer(head)
+    base = layer.base_layer if layer is not None else head
+    if type(base) is not nn.Linear or base.weight.requires_grad:
+        return None
+    if base.bias is not None and base.bias.requires_grad:
+        return None
+    ids, rows = None, None
+    if layer is not None:
+        pairs = _token_rows(layer, base.weight.device)
+        if pairs:
+            ids = torch.cat([i for i, _ in pairs])
+            rows = torch.cat([r.to(base.weight.dtype) for _, r in pairs])
+    return base.weight, base.bias, getattr(lm.config, "final_logit_softcapping", None), ids, rows
+
+
+class _TiledCrossEntropy(torch.autograd.Function):
+    """Sum over rows of cross_entropy(softcap(hidden @ W.T + b), target), one block of the vocabulary
+    at a time, in a single pass (online log-sum-exp, as in flash attention / Cut Cross-Entropy).
+
+    Alive at once: one block of logits (rows x VOCAB_BLOCK) instead of rows x 262k, and the
+    gradient is accumulated in the same pass (the softmax-weighted sum of the rows of W,
+    rescaled whenever the running maximum moves), so W is read once per step and no logits
+    are kept for the backward. ``ids``/``rows``: trained rows that replace W's rows of new tokens.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, cap, targets, ids, rows, block):
+        # logits come out of the matmul in the model's dtype (as in the model's own forward) and
+        # everything after it is float32: max, sum of exponentials, gradient accumulator
+        n, vocab, f32 = hidden.shape[0], weight.shape[0], torch.float32
+        grad = ctx.needs_input_grad[0] or (rows is not None and ctx.needs_input_grad[6])
+        m = torch.full((n,), float("-inf"), dtype=f32, device=hidden.device)
+        s = torch.zeros(n, dtype=f32, device=hidden.device)
+        acc = torch.zeros(hidden.shape, dtype=f32, device=hidden.device) if grad else None
+        tgt = torch.zeros(n, dtype=f32, device=hidden.device)
+        tgt_dz = torch.ones(n, dtype=f32, device=hidden.device)
+        tgt_w = torch.zeros(hidden.shape, dtype=f32, device=hidden.device)  # each target's (effective) row of W
+        new_z = new_dz = None
+        arange = torch.arange(n, device=hidden.device)
+        for v0 in range(0, vocab, block):
+            v1 = min(v0 + block, vocab)
+            w = weight[v0:v1]
+            extra = None
+            if ids is not None:
+                extra = ((ids >= v0) & (ids < v1)).nonzero().flatten()
+                if len(extra):
+                    w = w.clone()
+                    w[ids[extra] - v0] = rows[extra].detach().to(w.dtype)
+            z = hidden @ w.T
+            if bias is not None:
+                z = z + bias[v0:v1]
+            z = z.to(f32)
+            dz = None
+            if cap is not None:
+                t = torch.tanh(z / cap)
+                z = t * cap
+                dz = 1 - t * t
+            m_new = torch.maximum(m, z.amax(dim=1))
+            scale = torch.exp(m - m_new)
+            e = torch.exp(z - m_new[:, None])
+            s = s * scale + e.sum(dim=1)
+            if grad:
+                acc = acc * scale[:, None] + ((e if dz is None else e * dz).to(w.dtype) @ w).to(f32)
+            m = m_new
+            hit = (targets >= v0) & (targets < v1)
+            if hit.any():
+                cols = targets[hit] - v0
+                tgt[hit] = z[arange[hit], cols]
+                tgt_w[hit] = w[cols].to(f32)
+                if dz is not None:
+                    tgt_dz[hit] = dz[arange[hit], cols]
+            if extra is not None and len(extra):
+                if new_z is None:
+                    new_z = torch.zeros(n, len(ids), dtype=f32, device=hidden.device)
+                    new_dz = torch.ones(n, len(ids), dtype=f32, device=hidden.device)
+                new_z[:, extra] = z[:, ids[extra] - v0]
+                if dz is not None:
+                    new_dz[:, extra] = dz[:, ids[extra] - v0]
+        lse = m + torch.log(s)
+        grad_h = grad_rows = None
+        if grad:
+            grad_h = (acc / s[:, None] - tgt_dz[:, None] * tgt_w).to(hidden.dtype)
+            if rows is not None and new_z is not None:
+                p = torch.exp(new_z - lse[:, None]) - (targets[:, None] == ids[None, :]).to(f32)
+                grad_rows = ((p * new_dz).T @ hidden.to(f32)).to(rows.dtype)
+        ctx.save_for_backward(grad_h, grad_rows)
+        return (lse - tgt).sum()
+
+    @staticmethod
+    def backward(ctx, g):
+        grad_h, grad_rows = ctx.saved_tensors
+        return (grad_h * g.to(grad_h.dtype) if grad_h is not None and ctx.needs_input_grad[0] else None,
+                None, None, None, None, None, grad_rows * g.to(grad_rows.dtype) if grad_rows is not None else None,
+                None)
+
+
+VOCAB_BLOCK = 8192  # columns of the vocabulary per tile: 5 MB of logits for 160 supervised rows
+
+
 def chunked_loss(lm: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Sum of token losses; above :data:`MAX_LOGITS` the rows go in chunks that are recomputed
-    in the backward, so at most one chunk of logits (and its softcap/softmax copies) is alive."""
+    """Sum of token losses. A frozen output layer goes through :class:`_TiledCrossEntropy`
+    (never more than a tile of logits); otherwise, above :data:`MAX_LOGITS` the rows go in chunks
+    that are recomputed in the backward, so at most one chunk of logits is alive."""
+    frozen = _frozen_head(lm)
+    if frozen is not None:
+        weight, bias, cap, ids, rows = frozen
+        return _TiledCrossEntropy.apply(hidden, weight, bias, cap, targets, ids, rows, VOCAB_BLOCK)
     vocab = lm.config.get_text_config().vocab_size  # not .weight: PEFT's wrapper would build a merged copy
     rows = max(1, MAX_LOGITS // vocab)
     if hidden.shape[0] <= rows:
