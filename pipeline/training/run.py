@@ -115,7 +115,11 @@ def prepare_model(cfg: "TrainConfig", model, new_ids: list[int]):
     set_seed(cfg.seed)  # identical adapter initialisation on every rank and every run
     model.config.use_cache = False
     if cfg.gradient_checkpointing and not cfg.qlora:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable = getattr(model, "activation_checkpointing_enable", None)  # the name in newer transformers 5
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     settings = MethodSettings(cfg.method, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, tuple(cfg.target_modules),
                               cfg.num_virtual_tokens, tuple(new_ids), cfg.force_full)
