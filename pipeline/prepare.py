@@ -328,7 +328,6 @@ def write_outputs(tmp: Path, cfg: PrepareConfig, train: list[Pair], val: list[Pa
     """
     bg.submit(write_report, tmp, stats, [len(p.response) for p in train + val])
     for split, pairs in (("train", train), ("validation", val)):
-        # the worker parses each block of lines into Arrow while the next one is encoded here
         write_pairs(tmp, split, pairs, cfg.exports, on_chunk=lambda *block: bg.submit(parse_jsonl_chunk, *block))
     bg.submit(write_dataset, tmp / "dataset", {s: tmp / f"{s}.jsonl" for s in ("train", "validation")})
     write_stats(tmp / "stats.json", stats)
