@@ -185,7 +185,8 @@ class _TiledCrossEntropy(torch.autograd.Function):
         acc = torch.zeros(hidden.shape, dtype=f32, device=hidden.device) if grad else None
         tgt = torch.zeros(n, dtype=f32, device=hidden.device)
         tgt_dz = torch.ones(n, dtype=f32, device=hidden.device)
-        tgt_w = torch.zeros(hidden.shape, dtype=f32, device=hidden.device)  # each target's (effective) row of W
+        # each target's (effective) row of W, for the gradient only
+        tgt_w = torch.zeros(hidden.shape, dtype=f32, device=hidden.device) if grad else None
         new_z = new_dz = None
         arange = torch.arange(n, device=hidden.device)
         for v0 in range(0, vocab, block):
@@ -217,7 +218,8 @@ class _TiledCrossEntropy(torch.autograd.Function):
             if hit.any():
                 cols = targets[hit] - v0
                 tgt[hit] = z[arange[hit], cols]
-                tgt_w[hit] = w[cols].to(f32)
+                if grad:
+                    tgt_w[hit] = w[cols].to(f32)
                 if dz is not None:
                     tgt_dz[hit] = dz[arange[hit], cols]
             if extra is not None and len(extra):
