@@ -4,7 +4,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -34,10 +36,19 @@ def parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
     )
 
 
+# third-party deprecation notices a user of the command line can do nothing about
+# (PEFT 0.21 reads transformers 5's deprecated ``is_gradient_checkpointing`` alias)
+QUIET_WARNINGS = ("`is_gradient_checkpointing` is deprecated",)
+
+
 def setup_logging(verbose: bool = False) -> None:
+    """Messages to stderr, without the library noise in :data:`QUIET_WARNINGS` (shown with -v)."""
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO, format="%(message)s", stream=sys.stderr
     )
+    if not verbose:
+        for message in QUIET_WARNINGS:
+            warnings.filterwarnings("ignore", message=re.escape(message), category=FutureWarning)
 
 
 def read_manifest_json(path: str | Path, what: str, how: str) -> dict:

@@ -138,6 +138,16 @@ def extend_stage(cfg: RunConfig) -> Stage:
     return Stage("extend", tuple(_base(cfg) + _cache(cfg)), (), (), action)
 
 
+def train_defaults() -> dict:
+    """pipeline.train's defaults: part of the train stage's fingerprint, so that a new version of the
+    project whose defaults changed retrains instead of keeping an adapter trained the old way."""
+    from dataclasses import asdict
+
+    from pipeline.train import TrainConfig
+
+    return {k: v for k, v in asdict(TrainConfig("", "")).items() if k not in ("data", "out")}
+
+
 def train_stage(cfg: RunConfig, persona: str, extended: str) -> Stage:
     from pipeline import train
 
@@ -146,7 +156,7 @@ def train_stage(cfg: RunConfig, persona: str, extended: str) -> Stage:
             *cfg.train_args]
     inputs = (data / "train.jsonl", data / "validation.jsonl", data / "personas" / f"{persona}.yaml")
     return Stage(f"train:{persona}", tuple(argv), inputs, (out / "manifest.json",),
-                 lambda: _call(train.main, argv), {"extended": extended})
+                 lambda: _call(train.main, argv), {"extended": extended, "defaults": train_defaults()})
 
 
 def evaluate_stage(cfg: RunConfig) -> Stage:

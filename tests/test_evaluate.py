@@ -8,6 +8,7 @@ Tiny models only: the extended base comes from ``pipeline.extend`` on the tiny G
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -135,17 +136,23 @@ def test_reply_logprob_equals_minus_loss_times_supervised_tokens(extended):
         assert s.logprob == pytest.approx(-loss.item() * r.supervised, rel=1e-4, abs=1e-3)
 
 
-def test_shared_prefix_group_scores_equal_one_by_one_scores(extended):
+def test_shared_prefix_group_scores_equal_one_by_one_scores(extended, monkeypatch):
     _, model, tok = extended
     variants = ["응 그래", "그렇소. 짐은 쉬오.", "ㅋㅋㅋ 나도 쉬는 중이야!! (´･ω･`)"]
     examples = [Example("너는 왕이야.", long_context(), PERSONA, v) for v in variants]
     renders = render_group(tok, examples, 150)
     assert len({r.context_turns for r in renders}) == 1  # every variant sees the same context
-    grouped = score_group(model, tok, renders)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # the KV cache is passed under the current name
+        grouped = score_group(model, tok, renders)
     alone = [_score_full(model, r) for r in renders]
     for g, a in zip(grouped, alone):
         assert g.tokens == a.tokens
         assert g.logprob == pytest.approx(a.logprob, rel=1e-4, abs=1e-3)
+    # the model's own forward (full logits of every tail position) gives the same as the labelled-rows path
+    monkeypatch.setattr("pipeline.training.loss.supports_fast_loss", lambda m: False)
+    for g, f in zip(grouped, score_group(model, tok, renders)):
+        assert g.tokens == f.tokens and g.logprob == pytest.approx(f.logprob, rel=1e-4, abs=1e-3)
 
 
 def test_merged_adapter_scores_like_the_peft_model(adapter_and_data, extended, cache_dir):

@@ -1,10 +1,12 @@
 """pipeline.run: the stages run in order once, are skipped when nothing changed, and rerun from
-the first stage whose flags changed. Tiny Gemma base (--base-model DIR), 2 training steps."""
+the first stage whose flags (or training defaults) changed. Tiny Gemma base (--base-model DIR),
+2 training steps."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from pipeline import run as run_module
 from pipeline.cli import run_cli
 from pipeline.run import STATE_FILE, main
 
@@ -30,7 +32,9 @@ def _statuses(out: str) -> dict[str, str]:
     return res
 
 
-def test_run_skips_unchanged_stages_and_reruns_from_a_changed_flag(tiny_gemma_dir, tmp_path, capsys):
+def test_run_skips_unchanged_stages_and_reruns_from_a_changed_flag(tiny_gemma_dir, tmp_path, capsys, monkeypatch):
+    real_defaults = run_module.train_defaults
+    assert real_defaults()["max_steps"] == 80 and "out" not in real_defaults()
     out, cache = tmp_path / "run", tmp_path / "cache"
     assert run_cli(main, _argv(tiny_gemma_dir, out, cache, "--samples", "1")) == 0
     first = capsys.readouterr().out
@@ -53,6 +57,13 @@ def test_run_skips_unchanged_stages_and_reruns_from_a_changed_flag(tiny_gemma_di
     third = _statuses(capsys.readouterr().out)
     assert third == {"prepare": "skipped", "extend": "ran", "train:민수": "ran", "evaluate": "ran"}
     assert json.loads((adapter / "manifest.json").read_text(encoding="utf-8"))["config"]["lora_r"] == 2
+
+    # a project version whose training defaults changed retrains (and re-evaluates) with the same flags
+    changed = {**real_defaults(), "max_steps": 81}
+    monkeypatch.setattr(run_module, "train_defaults", lambda: changed)
+    assert run_cli(main, _argv(tiny_gemma_dir, out, cache, "--samples", "1", "--lora-r", "2")) == 0
+    fourth = _statuses(capsys.readouterr().out)
+    assert fourth == {"prepare": "skipped", "extend": "ran", "train:민수": "ran", "evaluate": "ran"}
 
 
 def test_run_reports_missing_inputs_in_one_line(tmp_path, capsys):

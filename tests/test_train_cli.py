@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -118,3 +119,14 @@ def test_two_process_ddp_ranks_agree_rank0_writes(tiny_gpt2_dir, persona_data, t
     assert train_steps == [1, 2, 3]  # one writer: every step logged once
     assert proc.stderr.count(f"saved {out} (") == 1 and (out / "adapter_model.safetensors").is_file()
     assert not [p for p in out.rglob("*") if p.name.startswith(".tmp")]
+
+
+def test_command_lines_hide_peft_deprecation_noise_only():
+    from pipeline.cli import setup_logging
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        setup_logging()
+        warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning)
+        warnings.warn("something the user should see", FutureWarning)
+    assert [str(w.message) for w in caught] == ["something the user should see"]

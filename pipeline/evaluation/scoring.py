@@ -9,7 +9,9 @@ Speed (CPU, 262k-token vocabulary): the vocabulary projection costs as much as
 the rest of the model per token, so logits are computed only where a label is.
 A group of examples that share a prompt (the 17 style variants of one reply) is
 scored with one pass over the shared prefix, whose KV cache is then repeated for
-the batch of differing suffixes: about 3x faster than scoring each variant in full.
+the batch of differing suffixes (about 3x faster than scoring each variant in
+full); the output layer then sees only their labelled positions, not the padding
+of the shorter ones (the training loss's ``project``, so logits match the model's).
 """
 from __future__ import annotations
 
@@ -89,6 +91,15 @@ def _sum_logprobs(logits, targets, labels_rows: list[list[int]]) -> list[ReplySc
     return out
 
 
+def _cache_name(module) -> str:
+    """The forward's KV-cache argument: ``cache`` in newer transformers 5 releases, which deprecate
+    ``past_key_values`` (to be removed in 5.40); ``past_key_values`` in the older ones."""
+    import inspect
+
+    inner = module.get_base_model() if hasattr(module, "get_base_model") else module  # PeftModel forwards kwargs
+    return "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
+
+
 def score_group(model, tokenizer, renders: Sequence[Rendered], share_prefix: bool = True) -> list[ReplyScore]:
     """Score rendered examples; with ``share_prefix`` their common prompt is run once.
 
@@ -99,23 +110,63 @@ def score_group(model, tokenizer, renders: Sequence[Rendered], share_prefix: boo
         return [_score_full(model, r) for r in renders]
     import torch
 
+    from pipeline.training.loss import supports_fast_loss
+
     p = min(_common_prefix([r.input_ids for r in renders]), *(_first_label(r) for r in renders))
     dev = model.device
+    tails = [r.input_ids[p:] for r in renders]
+    width = max(len(t) for t in tails)
+    # right padding after the last real token cannot change earlier positions (causal attention)
+    ids = torch.full((len(renders), width), pad_id(tokenizer), dtype=torch.long)
+    for b, t in enumerate(tails):
+        ids[b, : len(t)] = torch.tensor(t)
+    prefix = torch.tensor([renders[0].input_ids[:p]], device=dev)
+    labels_rows = [r.labels[p:] for r in renders]
     with torch.inference_mode():
-        head = model(input_ids=torch.tensor([renders[0].input_ids[:p]], device=dev), use_cache=True, logits_to_keep=1)
-        cache = head.past_key_values
+        if supports_fast_loss(model):
+            return _score_tails(model, prefix, ids.to(dev), labels_rows)
+        name = _cache_name(model)
+        head = model(input_ids=prefix, use_cache=True, logits_to_keep=1)
+        cache = head[name]
         if len(renders) > 1:
             cache.batch_repeat_interleave(len(renders))
-        tails = [r.input_ids[p:] for r in renders]
-        width = max(len(t) for t in tails)
-        # right padding after the last real token cannot change earlier positions (causal attention)
-        ids = torch.full((len(renders), width), pad_id(tokenizer), dtype=torch.long)
-        for b, t in enumerate(tails):
-            ids[b, : len(t)] = torch.tensor(t)
-        body = model(input_ids=ids.to(dev), past_key_values=cache, use_cache=True)
+        body = model(input_ids=ids.to(dev), use_cache=True, **{name: cache})
         last = head.logits[:, -1:].expand(len(renders), 1, -1)
         logits = torch.cat([last, body.logits[:, :-1]], dim=1)  # position t predicts tails[t]
-        return _sum_logprobs(logits.cpu(), ids, [r.labels[p:] for r in renders])
+        return _sum_logprobs(logits.cpu(), ids, labels_rows)
+
+
+def _score_tails(model, prefix, ids, labels_rows: list[list[int]]) -> list[ReplyScore]:
+    """The shared prefix once through the decoder body, the tails as a batch on its repeated cache,
+    and the output layer only where a label is, a block of rows at a time: the padding of the shorter
+    tails and the last position never meet the (262k-column) vocabulary projection."""
+    import torch
+
+    from pipeline.training.loss import MAX_LOGITS, causal_lm, embed, project
+
+    lm = causal_lm(model)
+    decoder = lm.get_decoder()
+    name = _cache_name(decoder)
+    head = decoder(inputs_embeds=embed(lm, prefix), use_cache=True)
+    cache = head[name]
+    n = ids.shape[0]
+    if n > 1:
+        cache.batch_repeat_interleave(n)
+    body = decoder(inputs_embeds=embed(lm, ids), use_cache=True, **{name: cache})[0]
+    hidden = torch.cat([head[0][:, -1:].expand(n, 1, -1), body[:, :-1]], dim=1)  # position t predicts ids[:, t]
+    labels = torch.full(ids.shape, IGNORE_INDEX, dtype=torch.long, device=ids.device)
+    for b, row in enumerate(labels_rows):
+        labels[b, : len(row)] = torch.tensor(row)
+    keep = labels != IGNORE_INDEX
+    rows, targets, h = keep.nonzero()[:, 0], labels[keep], hidden[keep]
+    lp = torch.empty(len(targets), dtype=torch.float32, device=ids.device)
+    block = max(1, MAX_LOGITS // lm.get_output_embeddings().weight.shape[0])
+    for i in range(0, len(targets), block):
+        logits = project(lm, h[i:i + block]).float()
+        lp[i:i + block] = logits.gather(-1, targets[i:i + block, None])[:, 0] - torch.logsumexp(logits, -1)
+    sums = torch.zeros(n, dtype=torch.float32, device=ids.device).index_add_(0, rows, lp)
+    counts = keep.sum(1)
+    return [ReplyScore(float(sums[b]), int(counts[b])) for b in range(n)]
 
 
 def _score_full(model, r: Rendered) -> ReplyScore:
