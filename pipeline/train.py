@@ -56,13 +56,15 @@ class TrainConfig:
     target_modules: tuple[str, ...] = ()  # empty: the architecture's default
     num_virtual_tokens: int = 16  # prompt / ptuning / prefix
     max_length: int = 256  # tokens per example; context is trimmed from the left, the reply never
-    batch_size: int = 8
+    # 4 x 160 steps sees the same 640 examples as 8 x 80 in less time (142 vs 116 tokens/s on 2 cores) and with
+    # twice the updates: on SmileStyle's king persona validation loss 2.780 vs 2.813, identification 0.80 vs 0.70
+    batch_size: int = 4
     grad_accum: int = 1
     lr: float | None = None  # None: DEFAULT_LR[method]
     weight_decay: float = 0.0
     warmup_steps: int = 10
     schedule: str = "cosine"  # cosine | linear
-    max_steps: int = 80  # 0: no limit (epochs decide); ~7 s a step for Gemma 3 270M on 2 CPU cores
+    max_steps: int = 160  # 0: no limit (epochs decide); ~4-5 s a step for Gemma 3 270M on 2 CPU cores
     epochs: int = 6  # 0: no limit (max_steps decides); small chats need several passes
     max_grad_norm: float = 1.0
     eval_every: int = 40  # 0: evaluate only at the end
