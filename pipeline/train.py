@@ -64,7 +64,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 10
     schedule: str = "cosine"  # cosine | linear
-    max_steps: int = 160  # 0: no limit (epochs decide); ~4-5 s a step for Gemma 3 270M on 2 CPU cores
+    max_steps: int = 160  # 0: no limit (epochs decide); ~4-6 s a step for Gemma 3 270M on 2 CPU cores
     epochs: int = 6  # 0: no limit (max_steps decides); small chats need several passes
     max_grad_norm: float = 1.0
     eval_every: int = 40  # 0: evaluate only at the end
