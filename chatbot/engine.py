@@ -122,8 +122,11 @@ class Engine:
     @classmethod
     def from_adapters_dir(
         cls, adapters_dir: str | Path, base_model: str | None = None, cache_dir: str | Path | None = None,
+        device: str | None = None,
     ) -> "Engine":
-        """Discover adapters, load their extended base once (pipeline.extend), load every adapter."""
+        """Discover adapters, load their extended base once (pipeline.extend), load every adapter.
+
+        ``device``: by default the GPU when torch sees one (bf16 there), else the CPU (fp32)."""
         from pipeline import extend
 
         infos = discover(adapters_dir)
@@ -132,7 +135,7 @@ class Engine:
             path = extend.ensure_extended(spec, cache_dir=cache_dir)
         except (OSError, ValueError) as e:
             raise UserError(f"--base-model {spec or 'default'}: cannot prepare the extended base: {e}") from e
-        model, tokenizer, manifest = extend.load_extended(path)
+        model, tokenizer, manifest = extend.load_extended(path, device=device or extend.default_device())
         return cls.from_loaded(model, tokenizer, manifest, infos, spec)
 
     @classmethod
@@ -266,7 +269,8 @@ class Engine:
 
         sample = params.temperature > 0
         kw = dict(
-            input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            input_ids=torch.tensor([ids], device=self.model.device),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=self.model.device),
             max_new_tokens=params.max_new_tokens, do_sample=sample,
             repetition_penalty=params.repetition_penalty, eos_token_id=self.stop_ids,
             pad_token_id=self.pad_id, streamer=streamer, stopping_criteria=StoppingCriteriaList([cancel]),

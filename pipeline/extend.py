@@ -313,6 +313,13 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
                               "build one with python -m pipeline.extend")
 
 
+def default_device() -> str:
+    """Where models run unless told otherwise: "cuda" when torch sees a GPU, else "cpu"."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def load_extended(path: str | Path, device: str = "cpu", dtype=None):
     """Load (model, tokenizer, manifest) from an extended base directory.
 

@@ -37,7 +37,7 @@ def test_pinned_token_rows_match_peft_forward(engine):
     import torch
 
     assert engine._token_layers  # embedding (and tied output) wrapped by trainable_token_indices
-    ids = torch.tensor([engine.prompt_ids(HELLO, "junho", 16)])
+    ids = torch.tensor([engine.prompt_ids(HELLO, "junho", 16)], device=engine.model.device)
     engine.swap("junho")
     with torch.no_grad():
         fast = engine.model(input_ids=ids).logits
@@ -45,7 +45,7 @@ def test_pinned_token_rows_match_peft_forward(engine):
             layer.unmerge()  # PEFT path: index_copy of the rows on every forward
         slow = engine.model(input_ids=ids).logits
     engine._active = "\x00unset"
-    assert torch.allclose(fast, slow, atol=1e-5)
+    assert torch.allclose(fast, slow, atol=1e-5 if fast.device.type == "cpu" else 1e-2)  # bf16 on a GPU
 
 
 def test_concurrent_sessions_get_their_own_persona(engine):

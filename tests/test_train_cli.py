@@ -30,7 +30,20 @@ def _flags(data, out, base, cache, steps=12):
 
 
 def _env():
-    return {**os.environ, "PYTHONPATH": str(REPO), "TQDM_DISABLE": "1"}
+    """The CPU path, also on a GPU machine (test_gpu.py covers CUDA)."""
+    return {**os.environ, "PYTHONPATH": str(REPO), "TQDM_DISABLE": "1", "CUDA_VISIBLE_DEVICES": ""}
+
+
+@pytest.fixture
+def no_gpu(monkeypatch):
+    """In-process training on the CPU, as on a machine without CUDA (accelerate's process-wide state,
+    set by an earlier in-process training on the GPU, is cleared before and after)."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
 
 
 def _wait_for_steps(proc, metrics: Path, n: int, timeout: float = 120) -> None:
@@ -48,7 +61,7 @@ def test_user_errors_are_one_line(tmp_path, capsys):
     assert err.startswith("error:") and "\n" not in err and "train.jsonl" in err and "--batch-size" in err
 
 
-def test_qlora_on_cpu_is_refused(persona_data, tmp_path, capsys):
+def test_qlora_on_cpu_is_refused(persona_data, tmp_path, capsys, no_gpu):
     assert run_cli(main, ["--data", str(persona_data), "--out", str(tmp_path / "o"), "--qlora"]) == 2
     assert "--qlora needs a CUDA GPU" in capsys.readouterr().err
 
@@ -62,13 +75,13 @@ def test_gradient_checkpointing_is_on_by_default_except_where_peft_refuses_it(pe
     assert "does not support it" in capsys.readouterr().err
 
 
-def test_ctrl_c_then_resume_matches_uninterrupted_and_reloads(tiny_gemma_dir, persona_data, train_cache, tmp_path):
+def test_ctrl_c_then_resume_matches_uninterrupted_and_reloads(tiny_gemma_dir, persona_data, train_cache, tmp_path,
+                                                              no_gpu):
     threads = torch.get_num_threads()
     try:
         reference = train(parse_args(_flags(persona_data, tmp_path / "ref", tiny_gemma_dir, train_cache)).resolved())
     finally:
         torch.set_num_threads(threads)
-    assert "bitsandbytes" not in sys.modules  # the CPU path never imports it
 
     out = tmp_path / "run"
     flags = _flags(persona_data, out, tiny_gemma_dir, train_cache)
@@ -130,3 +143,14 @@ def test_command_lines_hide_peft_deprecation_noise_only():
         warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning)
         warnings.warn("something the user should see", FutureWarning)
     assert [str(w.message) for w in caught] == ["something the user should see"]
+
+
+def test_more_processes_than_gpus_is_one_clear_line(monkeypatch):
+    from data_prep.errors import UserError
+    from pipeline.training.run import make_accelerator
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    with pytest.raises(UserError, match="2 processes on this machine but 1 GPU"):
+        make_accelerator()

@@ -41,18 +41,12 @@ class SystemOutput:
     generated: list[str]
 
 
-def device() -> str:
-    """CUDA when torch sees a GPU (bf16 there, by load_extended's default), else the CPU (fp32)."""
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def load_base(spec: str | None, cache_dir: Path | None = None):
     """(model, tokenizer, extended manifest) of the cached extended base for ``spec``."""
-    from pipeline.extend import ensure_extended, load_extended
+    from pipeline.extend import default_device, ensure_extended, load_extended
 
-    model, tok, manifest = load_extended(ensure_extended(spec, cache_dir), device=device())
+    # CUDA when torch sees a GPU (bf16 there, by load_extended's default), else the CPU (fp32)
+    model, tok, manifest = load_extended(ensure_extended(spec, cache_dir), device=default_device())
     return model.eval(), tok, manifest
 
 
@@ -66,9 +60,9 @@ def load_adapter(task: PersonaTask, cache_dir: Path | None = None):
     if method == "full":
         from transformers import AutoModelForCausalLM
 
-        base_dtype = base.dtype
+        base_dtype, base_device = base.dtype, base.device
         del base
-        return AutoModelForCausalLM.from_pretrained(task.adapter, dtype=base_dtype).to(device()).eval(), tok, True
+        return AutoModelForCausalLM.from_pretrained(task.adapter, dtype=base_dtype).to(base_device).eval(), tok, True
     from peft import PeftModel
 
     model = PeftModel.from_pretrained(base, str(task.adapter))

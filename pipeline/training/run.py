@@ -44,6 +44,11 @@ def make_accelerator():
     from accelerate import Accelerator
 
     cuda = torch.cuda.is_available()
+    local_world, gpus = int(os.environ.get("LOCAL_WORLD_SIZE", "1")), torch.cuda.device_count() if cuda else 0
+    if cuda and local_world > gpus:  # every rank says so, before CUDA's "invalid device ordinal" in one of them
+        raise UserError(f"{local_world} processes on this machine but {gpus} GPU(s): launch at most {gpus} per "
+                        f"machine (--nproc-per-node / --num_processes), or hide the GPUs (CUDA_VISIBLE_DEVICES=) "
+                        f"to train on the CPU")
     return Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda else "no")
 
 
