@@ -19,8 +19,8 @@ IDS = torch.tensor([[2, 10, 20, 30, 40, 50, 60, 70]])
 
 
 def _train(base_dir, data, out, cache, **kw):
-    cfg = TrainConfig(str(data), str(out), persona="민수", base_model=str(base_dir), cache_dir=str(cache),
-                      max_steps=3, batch_size=4, eval_every=0, save_every=0, log_every=1, **kw)
+    settings = {"max_steps": 3, "batch_size": 4, "eval_every": 0, "save_every": 0, "log_every": 1, **kw}
+    cfg = TrainConfig(str(data), str(out), persona="민수", base_model=str(base_dir), cache_dir=str(cache), **settings)
     cfg.validate()
     return train(cfg.resolved())
 
@@ -77,3 +77,17 @@ def test_lora_adapter_contents_gemma_with_rehearsal(tiny_gemma_dir, persona_data
     assert (tmp_path / "a" / "adapter_model.safetensors").stat().st_size < 0.25 * base_bytes
     config = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
     assert not config.get("modules_to_save") and config["trainable_token_indices"]
+
+
+def test_a_small_chat_is_evaluated_every_epoch(tiny_gpt2_dir, persona_data, train_cache, tmp_path):
+    """48 examples in batches of 4: an epoch is shorter than --eval-every 40, so each epoch is evaluated."""
+    from pipeline.training.loop import eval_interval
+
+    assert (eval_interval(40, 12), eval_interval(40, 206), eval_interval(0, 12)) == (12, 40, 0)
+    _train(tiny_gpt2_dir, persona_data, tmp_path / "e", train_cache, max_steps=0, epochs=3, eval_every=40, lr=1e-2)
+    records = [json.loads(x) for x in (tmp_path / "e" / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    evaluated = [r["step"] for r in records if "val_loss" in r]
+    epoch = evaluated[0]
+    assert 0 < epoch < 40 and evaluated == [epoch * (i + 1) for i in range(len(evaluated))]
+    steps = json.loads((tmp_path / "e" / "manifest.json").read_text(encoding="utf-8"))["metrics"]["steps"]
+    assert steps == evaluated[-1] and (steps == 3 * epoch or len(evaluated) >= 1 + 2)  # the end, or 2 bad evals
