@@ -27,6 +27,7 @@ from typing import Any, Sequence
 
 from data_prep.errors import UserError
 from pipeline.cli import parser, run_cli, setup_logging
+from pipeline.extend import default_device
 from pipeline.training.methods import METHODS, VIRTUAL_TOKEN_METHODS
 
 log = logging.getLogger("pipeline.train")
@@ -128,7 +129,7 @@ class TrainConfig:
                      "(use --no-gradient-checkpointing)")
         if self.qlora and self.method != "lora":
             p.append("--qlora trains LoRA only (use --method lora)")
-        if self.qlora and not _cuda():
+        if self.qlora and default_device() != "cuda":
             p.append("--qlora needs a CUDA GPU (bitsandbytes 4-bit); on a CPU train plain LoRA")
         if p:
             raise UserError("; ".join(p))
@@ -137,12 +138,6 @@ class TrainConfig:
         """The config as it shapes the weights: what a checkpoint must agree with to be resumed."""
         d = asdict(self.resolved())
         return {k: v for k, v in d.items() if k not in RESUME_FREE}
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 @dataclass(frozen=True)

@@ -15,16 +15,11 @@ from pipeline.training.adapter_io import load_trained
 from data_prep.records import ContextTurn
 from tests.chat_helpers import chat_dirs, load_engine  # noqa: F401 (fixture)
 from tests.test_train_helpers import persona_data, train_cache  # noqa: F401 (fixtures)
-from tests.test_train_methods import IDS, _train
+from tests.test_engine import HELLO
+from tests.test_train_methods import _logits, _train
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
-HELLO = [{"role": "user", "content": "안녕, 오늘 뭐 해?"}]
-
-
-def _logits(model, device):
-    with torch.no_grad():
-        return model(input_ids=IDS.to(device)).logits.float().cpu()
 
 
 def test_lora_trains_in_bf16_on_the_gpu_and_reloads(tiny_gemma_dir, persona_data, train_cache, tmp_path):
@@ -36,13 +31,13 @@ def test_lora_trains_in_bf16_on_the_gpu_and_reloads(tiny_gemma_dir, persona_data
     assert lora and all(p.dtype == torch.float32 and p.device.type == "cuda" for p in lora)  # fp32 adapter
     metrics = json.loads((tmp_path / "a" / "manifest.json").read_text(encoding="utf-8"))["metrics"]
     assert math.isfinite(metrics["val_loss"]) and metrics["steps"] == 3
-    trained = _logits(model.eval(), "cuda")
+    trained = _logits(model.eval())
     on_gpu, _, _ = load_trained(tmp_path / "a", cache_dir=train_cache, device="cuda")
-    assert torch.allclose(_logits(on_gpu, "cuda"), trained, atol=2e-2)
+    assert torch.allclose(_logits(on_gpu), trained, atol=2e-2)
     on_cpu, _, _ = load_trained(tmp_path / "a", cache_dir=train_cache)  # the same adapter serves a CPU (fp32)
-    assert torch.allclose(_logits(on_cpu, "cpu"), trained, atol=0.1)
+    assert torch.allclose(_logits(on_cpu), trained, atol=0.1)
     with on_cpu.disable_adapter():
-        assert not torch.allclose(_logits(on_cpu, "cpu"), trained, atol=0.1)
+        assert not torch.allclose(_logits(on_cpu), trained, atol=0.1)
 
 
 def test_qlora_trains_lora_on_a_4bit_base(tiny_gemma_dir, persona_data, train_cache, tmp_path):
@@ -55,9 +50,9 @@ def test_qlora_trains_lora_on_a_4bit_base(tiny_gemma_dir, persona_data, train_ca
     assert manifest["config"]["qlora"] and math.isfinite(manifest["metrics"]["val_loss"])
     # the adapter is an ordinary LoRA adapter: it loads onto the bf16 extended base for the chat
     loaded, _, _ = load_trained(tmp_path / "q", cache_dir=train_cache, device="cuda")
-    with_adapter = _logits(loaded, "cuda")
+    with_adapter = _logits(loaded)
     with loaded.disable_adapter():
-        assert not torch.allclose(_logits(loaded, "cuda"), with_adapter, atol=1e-3)
+        assert not torch.allclose(_logits(loaded), with_adapter, atol=1e-3)
 
 
 def test_chat_engine_runs_on_the_gpu_and_swaps(chat_dirs):

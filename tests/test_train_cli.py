@@ -1,6 +1,7 @@
 """The CLI end to end: user errors, Ctrl-C + --resume == uninterrupted, fresh-process reload, DDP."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -82,6 +83,8 @@ def test_ctrl_c_then_resume_matches_uninterrupted_and_reloads(tiny_gemma_dir, pe
         reference = train(parse_args(_flags(persona_data, tmp_path / "ref", tiny_gemma_dir, train_cache)).resolved())
     finally:
         torch.set_num_threads(threads)
+    if importlib.util.find_spec("bitsandbytes") is None:  # where it is installed, PEFT imports it on its own
+        assert "bitsandbytes" not in sys.modules  # the CPU path never imports it
 
     out = tmp_path / "run"
     flags = _flags(persona_data, out, tiny_gemma_dir, train_cache)
