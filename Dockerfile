@@ -8,15 +8,17 @@
 # materialised and extended at build time into $KAKAO_PERSONA_CACHE, so the container starts
 # offline. Adapters trained on another --base-model need that model inside the container.
 #
-# CUDA: use a base image that has Python 3.10+ and pip, and the matching torch wheel index:
+# CUDA, either way (run with `docker run --gpus all ...`, NVIDIA Container Toolkit on the host):
+#   # a CUDA base image that already has torch: that torch is kept (nothing reinstalled)
 #   docker build -t kakao-persona:cuda \
-#     --build-arg BASE_IMAGE=pytorch/pytorch:2.6.0-cuda12.4-cudnn9-runtime \
-#     --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu124 .
+#     --build-arg BASE_IMAGE=pytorch/pytorch:2.6.0-cuda12.4-cudnn9-runtime .
+#   # or the slim image with PyPI's torch wheel, a CUDA build that brings its own CUDA libraries
+#   docker build -t kakao-persona:cuda --build-arg TORCH_INDEX=https://pypi.org/simple .
 #   docker run --gpus all -p 7860:7860 -v "$PWD/adapters:/adapters" kakao-persona:cuda
 ARG BASE_IMAGE=python:3.11-slim
 FROM ${BASE_IMAGE}
 
-# CPU wheels by default (small; no CUDA libraries). Override both for another build of torch.
+# CPU wheels by default (small; no CUDA libraries); a base image that has torch keeps its own.
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 
@@ -31,7 +33,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 
 # torch first, in its own layer: it is the big download and changes least often
-RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX}"
+RUN if python -c "import torch" 2>/dev/null; then \
+        python -c "import torch; print('keeping the base image torch', torch.__version__)"; \
+    else \
+        pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX}"; \
+    fi
 
 COPY pyproject.toml README.md ./
 COPY data_prep ./data_prep

@@ -34,7 +34,7 @@ def _statuses(out: str) -> dict[str, str]:
 
 def test_run_skips_unchanged_stages_and_reruns_from_a_changed_flag(tiny_gemma_dir, tmp_path, capsys, monkeypatch):
     real_defaults = run_module.train_defaults
-    assert real_defaults()["max_steps"] == 160 and "out" not in real_defaults()
+    assert real_defaults()["max_steps"] == 240 and "out" not in real_defaults()
     out, cache = tmp_path / "run", tmp_path / "cache"
     assert run_cli(main, _argv(tiny_gemma_dir, out, cache, "--samples", "1")) == 0
     first = capsys.readouterr().out
@@ -59,7 +59,7 @@ def test_run_skips_unchanged_stages_and_reruns_from_a_changed_flag(tiny_gemma_di
     assert json.loads((adapter / "manifest.json").read_text(encoding="utf-8"))["config"]["lora_r"] == 2
 
     # a project version whose training defaults changed retrains (and re-evaluates) with the same flags
-    changed = {**real_defaults(), "max_steps": 161}
+    changed = {**real_defaults(), "max_steps": 241}
     monkeypatch.setattr(run_module, "train_defaults", lambda: changed)
     assert run_cli(main, _argv(tiny_gemma_dir, out, cache, "--samples", "1", "--lora-r", "2")) == 0
     fourth = _statuses(capsys.readouterr().out)
@@ -97,6 +97,8 @@ def test_dockerfile_serves_the_chat_on_all_interfaces_with_the_model_baked_in():
     assert "TORCH_INDEX=https://download.pytorch.org/whl/cpu" in args
     runs = " ".join(a for k, a in steps if k == "RUN")
     assert '--index-url "${TORCH_INDEX}"' in runs and "python -m pipeline.extend" in runs
+    # a CUDA base image's own torch is kept rather than replaced by the CPU pin
+    assert runs.index('python -c "import torch"') < runs.index('pip install "torch==${TORCH_VERSION}"')
     assert "KAKAO_PERSONA_CACHE=" in " ".join(a for k, a in steps if k == "ENV")
     cmd = json.loads(next(a for k, a in steps if k == "CMD"))
     assert cmd[:3] == ["python", "-m", "chatbot"] and cmd[cmd.index("--host") + 1] == "0.0.0.0"
