@@ -13,7 +13,7 @@ evaluates every --eval-every steps (and at least once an epoch), keeps the best 
 adapter_config.json + adapter_model.safetensors, the tokenizer, persona.yaml,
 manifest.json, metrics.jsonl, loss.png, and checkpoints/step-N (for --resume).
 Ctrl-C writes a checkpoint and stops; --resume continues from it.
-The defaults train a useful LoRA for Gemma 3 270M on a 2-core CPU in 5-19 minutes (small to ~800-pair chats).
+The defaults train a useful LoRA for Gemma 3 270M on a 2-core CPU in 5-29 minutes (small to ~800-pair chats).
 """
 from __future__ import annotations
 
