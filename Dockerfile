@@ -40,6 +40,7 @@ RUN if python -c "import torch" 2>/dev/null; then \
     fi
 
 COPY pyproject.toml README.md ./
+COPY core ./core
 COPY data_prep ./data_prep
 COPY pipeline ./pipeline
 COPY chatbot ./chatbot

@@ -38,7 +38,7 @@ def make_adapters(ext_dir: Path, out: Path, n: int) -> None:
 
 
 def time_reload(ext_dir: Path) -> float:
-    from pipeline.extend import load_extended
+    from core.models import load_extended
 
     t0 = time.perf_counter()
     model, _, _ = load_extended(ext_dir)
@@ -96,7 +96,7 @@ def main() -> None:
     import torch
 
     from chatbot.engine import Engine
-    from pipeline.extend import ensure_extended
+    from pipeline.extension import ensure_extended
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     ext = ensure_extended(None, cache_dir=args.cache_dir)

@@ -24,8 +24,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from core.models import load_extended
 from pipeline.base_model import load_gguf, resolve_base  # noqa: E402
-from pipeline.extend import ensure_extended, load_extended  # noqa: E402
+from pipeline.extension import ensure_extended  # noqa: E402
 
 
 def timed(fn, *args, **kwargs):
@@ -41,7 +42,7 @@ def fresh_process_load(path: Path) -> tuple[float, float]:
     are counted in the whole-process figure only.
     """
     code = ("import time; import torch, transformers.models.gemma3.modeling_gemma3; "
-            "from pipeline.extend import load_extended; "
+            "from core.models import load_extended; "
             "t1=time.perf_counter(); load_extended(%r); print(time.perf_counter()-t1)" % str(path))
     t0 = time.perf_counter()
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)

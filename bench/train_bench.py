@@ -83,7 +83,7 @@ def eval_loss(model, tok, examples, batch_size: int = 8) -> float:
     """
     import torch
 
-    from pipeline import chat_format
+    from core import chat_format
     from pipeline.training.data import collate
     from pipeline.training.loss import SupervisedLoss
 
@@ -109,7 +109,7 @@ def _val_and_len(a, tok, data: Path):
 
 
 def worker_ours(a, base, data, cache, work: Path, checkpointing: bool = True) -> dict:
-    from pipeline.train import TrainConfig
+    from pipeline.training.config import TrainConfig
     from pipeline.training.run import train
 
     cfg = TrainConfig(str(data), str(work / "ours"), persona="민수", base_model=base,
@@ -128,7 +128,7 @@ def worker_ours(a, base, data, cache, work: Path, checkpointing: bool = True) ->
 def _tok(base, cache):
     from transformers import AutoTokenizer
 
-    from pipeline.extend import ensure_extended
+    from pipeline.extension import ensure_extended
 
     return AutoTokenizer.from_pretrained(ensure_extended(base, cache))
 
@@ -137,7 +137,7 @@ def _trl_dataset(pairs, tok, max_length):
     """Conversational prompt-completion rows holding exactly the context render() keeps."""
     from datasets import Dataset
 
-    from pipeline import chat_format
+    from core import chat_format
 
     rows = []
     for p in pairs:
@@ -156,8 +156,9 @@ def worker_trl(a, base, data, cache, work: Path, checkpointing: bool = True) -> 
     import torch
     from trl import SFTConfig, SFTTrainer
 
+    from core.models import load_extended
     from data_prep.records import read_pairs
-    from pipeline.extend import ensure_extended, load_extended
+    from pipeline.extension import ensure_extended
     from pipeline.training.methods import MethodSettings, peft_config
 
     torch.set_num_threads(a.threads)

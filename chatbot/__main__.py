@@ -15,8 +15,8 @@ import ipaddress
 import sys
 from typing import Sequence
 
-from data_prep.errors import UserError
-from pipeline.cli import parser, run_cli, setup_logging
+from core.cli import parser, run_cli, setup_logging
+from core.errors import UserError
 
 
 def _args(argv: Sequence[str] | None):

@@ -1,7 +1,7 @@
 """Find and check the persona adapters under ``--adapters`` (no torch here: only files and JSON).
 
-Each subdirectory is one adapter written by ``python -m pipeline.train`` (layout in the
-team contract: ``adapter_config.json``, ``adapter_model.safetensors``, ``manifest.json``...).
+Each subdirectory is one adapter written by ``python -m pipeline.train`` (its format:
+:mod:`core.adapter_format`).
 Problems with one adapter never stop the others: the adapter is listed as unavailable
 with the reason. Only a missing/empty ``--adapters`` directory is a :class:`UserError`.
 
@@ -11,18 +11,16 @@ only from safetensors (an adapter shipping ``.bin`` pickles is refused).
 """
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from data_prep.errors import UserError
+from core.adapter_format import ADAPTER_CONFIG, ADAPTER_WEIGHTS, MANIFEST, PICKLE_WEIGHTS, lora_problem, read_manifest
+from core.errors import UserError
+from core.files import read_json
 
 NAME_RE = re.compile(r"[\w-]{1,64}")  # \w includes Hangul; no '.', so no '..' and no PEFT module-path clash
-WEIGHTS = "adapter_model.safetensors"
-PICKLE_WEIGHTS = ("adapter_model.bin", "pytorch_model.bin")
-REQUIRED_KEYS = ("persona", "method", "extended_fingerprint", "instruction", "user_speaker")
 # only LoRA adapters can live side by side in one PeftModel and be switched with set_adapter
 SHAREABLE_METHODS = ("lora",)
 
@@ -69,45 +67,13 @@ def _problem_in_files(root: Path, d: Path) -> str | None:
     for f in d.iterdir():
         if not _inside(root, f):
             return f"{f.name} links outside {root}"
-    for need in ("manifest.json", "adapter_config.json"):
+    for need in (MANIFEST, ADAPTER_CONFIG):
         if not (d / need).is_file():
             return f"{need} missing (not an adapter written by pipeline.train?)"
     return None
 
 
-def _safetensors_problem(path: Path) -> str | None:
-    """Why ``path`` is not a LoRA safetensors file (header only: no tensors are read), or None.
-
-    Checked before loading because a failed ``PeftModel.from_pretrained`` leaves its
-    layers injected into the shared base model.
-    """
-    try:
-        with open(path, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            if not 0 < n < 100_000_000:
-                return f"{path.name} is not a safetensors file"
-            header = json.loads(f.read(n))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return f"{path.name} is not a safetensors file"
-    if not any("lora_" in k for k in header if k != "__metadata__"):
-        return f"{path.name} holds no LoRA weights"
-    return None
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path.name} unreadable: {e}") from e
-    if not isinstance(data, dict):
-        raise ValueError(f"{path.name} is not a JSON object")
-    return data
-
-
 def _from_manifest(name: str, d: Path, m: dict) -> PersonaInfo:
-    missing = [k for k in REQUIRED_KEYS if k not in m]
-    if missing:
-        raise ValueError(f"manifest.json lacks {', '.join(missing)}")
     metrics = m.get("metrics") or {}
     ppl = metrics.get("val_ppl")
     return PersonaInfo(
@@ -130,16 +96,16 @@ def inspect_adapter(root: Path, d: Path) -> PersonaInfo:
     if problem:
         return PersonaInfo(name, d, reason=problem)
     try:
-        info = _from_manifest(name, d, _read_json(d / "manifest.json"))
-        peft_type = _read_json(d / "adapter_config.json").get("peft_type")
-    except ValueError as e:
+        info = _from_manifest(name, d, read_manifest(d))
+        peft_type = read_json(d / ADAPTER_CONFIG, "a PEFT adapter config", "retrain the adapter").get("peft_type")
+    except UserError as e:
         return PersonaInfo(name, d, reason=str(e))
     if info.method not in SHAREABLE_METHODS or str(peft_type).upper() != "LORA":
         return replace(info, reason=f"method {info.method!r} (peft_type {peft_type}): only LoRA "
                                     "adapters can share one model with the others")
-    if not (d / WEIGHTS).is_file():
-        return replace(info, reason=f"{WEIGHTS} missing")
-    problem = _safetensors_problem(d / WEIGHTS)
+    if not (d / ADAPTER_WEIGHTS).is_file():
+        return replace(info, reason=f"{ADAPTER_WEIGHTS} missing")
+    problem = lora_problem(d / ADAPTER_WEIGHTS)
     return replace(info, reason=problem) if problem else info
 
 

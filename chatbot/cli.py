@@ -15,8 +15,8 @@ from __future__ import annotations
 import sys
 from typing import Sequence, TextIO
 
-from data_prep.errors import UserError
-from pipeline.cli import parser, run_cli, setup_logging
+from core.cli import parser, run_cli, setup_logging
+from core.errors import UserError
 
 BASE = "base"
 

@@ -6,7 +6,7 @@ No Gradio here (the web app and the terminal chat both drive this)::
     for text in engine.generate(history, "minji", GenerationParams(), seed=0):
         print(text)                                          # the growing reply (cumulative, not deltas)
 
-Prompts are built by :func:`pipeline.chat_format.render`, the same builder training used:
+Prompts are built by :func:`core.chat_format.render`, the same builder training used:
 the adapter manifest's ``instruction`` as the system turn, the chat user's turns spoken as
 the manifest's ``user_speaker``, the bot's earlier replies as the persona's own turns; the
 oldest turns are dropped to fit the context budget. Generation stops at ``<|eot|>``.
@@ -19,15 +19,19 @@ take turns, and each gets exactly the reply its persona gives alone.
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from chatbot.adapters import PersonaInfo, check_base, choose_base, discover
-from data_prep.errors import UserError
-from pipeline import chat_format
+from core import chat_format
+from core.errors import UserError
+from core.models import default_device, find_extended, load_adapter, load_extended
 
 log = logging.getLogger(__name__)
 
@@ -124,18 +128,16 @@ class Engine:
         cls, adapters_dir: str | Path, base_model: str | None = None, cache_dir: str | Path | None = None,
         device: str | None = None,
     ) -> "Engine":
-        """Discover adapters, load their extended base once (pipeline.extend), load every adapter.
+        """Discover adapters, load their extended base once, load every adapter.
 
-        ``device``: by default the GPU when torch sees one (bf16 there), else the CPU (fp32)."""
-        from pipeline import extend
-
+        The extended base is the cached one the adapters were trained on (found by its
+        fingerprint); when the cache lacks it, ``python -m pipeline.extend`` builds it in
+        its own process. ``device``: by default the GPU when torch sees one (bf16 there),
+        else the CPU (fp32)."""
         infos = discover(adapters_dir)
         spec = choose_base(infos, base_model)
-        try:
-            path = extend.ensure_extended(spec, cache_dir=cache_dir)
-        except (OSError, ValueError) as e:
-            raise UserError(f"--base-model {spec or 'default'}: cannot prepare the extended base: {e}") from e
-        model, tokenizer, manifest = extend.load_extended(path, device=device or extend.default_device())
+        path = find_extended(_fingerprint_of(infos, spec), cache_dir) or build_extended(spec, cache_dir)
+        model, tokenizer, manifest = load_extended(path, device=device or default_device())
         return cls.from_loaded(model, tokenizer, manifest, infos, spec)
 
     @classmethod
@@ -288,18 +290,32 @@ class Engine:
         return text
 
 
-def _load_adapters(base: Any, infos: list[PersonaInfo]) -> tuple[Any, list[PersonaInfo]]:
-    """PeftModel.from_pretrained for the first usable adapter, load_adapter for the rest."""
-    from peft import PeftModel
+def _fingerprint_of(infos: Sequence[PersonaInfo], spec: str | None) -> str:
+    """The extended base most usable adapters trained on ``spec`` were trained on ("" if none)."""
+    found = Counter(i.fingerprint for i in infos if i.available and i.base_model == spec)
+    return found.most_common(1)[0][0] if found else ""
 
+
+def build_extended(spec: str | None, cache_dir: str | Path | None) -> Path:
+    """``python -m pipeline.extend`` in its own process (it prints the extended base's folder)."""
+    argv = [sys.executable, "-m", "pipeline.extend", *(["--base-model", spec] if spec else []),
+            *(["--cache-dir", str(cache_dir)] if cache_dir else [])]
+    log.info("building the extended base for %s (python -m pipeline.extend) ...", spec or "the default model")
+    done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        why = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1].removeprefix("error: ")
+        raise UserError(f"--base-model {spec or 'default'}: cannot prepare the extended base: {why}")
+    return Path(lines[-1])
+
+
+def _load_adapters(base: Any, infos: list[PersonaInfo]) -> tuple[Any, list[PersonaInfo]]:
+    """Every usable adapter into one PeftModel (a broken one is listed, never fatal)."""
     model, out = None, []
     for info in infos:
         if info.available:
             try:
-                if model is None:
-                    model = PeftModel.from_pretrained(base, str(info.path), adapter_name=info.name)
-                else:
-                    model.load_adapter(str(info.path), adapter_name=info.name)
+                model = load_adapter(base, info.path, info.name, into=model)
             except Exception as e:  # a broken adapter is listed, never fatal
                 log.warning("adapter %s unusable: %s", info.name, e)
                 if model is not None and info.name in model.peft_config:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from data_prep.errors import UserError
+from core.errors import UserError
 
 DEFAULT_CSV = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "chatbot_data" / "ChatbotData.csv"
 HELDOUT_BUCKETS = 10  # one bucket of this many is held out: about 10% of the answers

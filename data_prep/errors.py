@@ -1,9 +1,7 @@
-"""Errors meant for users: one line, no traceback, exit code 2 at the CLI."""
+"""The chat-export reading error (a :class:`core.errors.UserError` that names the file and line)."""
 from __future__ import annotations
 
-
-class UserError(Exception):
-    """Bad input or a bad flag. The CLI prints ``error: <message>`` and exits 2."""
+from core.errors import UserError
 
 
 class ParseError(UserError):

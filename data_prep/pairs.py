@@ -15,7 +15,6 @@ from typing import Any, Callable, Iterable, Mapping
 
 from data_prep.records import ContextTurn, Conversation, Pair
 
-
 EXPORTS = ("alpaca", "messages")  # extra shapes --export can write beside the native JSONL
 
 
@@ -109,7 +108,7 @@ def alpaca(p: Pair) -> dict[str, str]:
 
 
 def chat_messages(p: Pair) -> dict[str, Any]:
-    from pipeline.chat_format import to_messages
+    from core.chat_format import to_messages
 
     return {"messages": to_messages(p.instruction, p.context, p.persona, p.response)}
 

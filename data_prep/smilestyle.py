@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Sequence
 
-from data_prep.errors import UserError
+from core.errors import UserError
 from data_prep.records import Message
 
 DEFAULT_TSV = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "smilestyle" / "smilestyle_dataset.tsv"
@@ -134,7 +134,7 @@ def write_export(messages: list[Message], fmt: str = "kakao_windows", **opts) ->
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from pipeline.cli import parser
+    from core.cli import parser
 
     ap = parser("python -m data_prep.smilestyle", __doc__)
     ap.add_argument("--out", required=True, type=Path, help="directory to write the chat exports into")
@@ -167,6 +167,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from pipeline.cli import run_cli
+    from core.cli import run_cli
 
     sys.exit(run_cli(main))

@@ -19,19 +19,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from data_prep.errors import UserError
+from core.errors import UserError
+from core.files import atomic_dir, atomic_write, read_json_or_empty, sha256_of
+from core.models import default_cache_dir
 
 log = logging.getLogger(__name__)
 
-CACHE_ENV = "KAKAO_PERSONA_CACHE"
 DEFAULT_SPEC = "default:gemma3-270m-q4_k_m"  # how the default model is named in manifests and logs
 GGUF_MAGIC = b"GGUF"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
@@ -54,12 +53,6 @@ class BaseModelRef:
     kind: str  # "default" | "gguf" | "dir" | "hub"
     path: Path
     sha256: str
-
-
-def default_cache_dir() -> Path:
-    """``$KAKAO_PERSONA_CACHE`` or ``~/.cache/kakao-persona``."""
-    env = os.environ.get(CACHE_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "kakao-persona"
 
 
 def resolve_base(spec: str | None, cache_dir: str | Path | None = None) -> BaseModelRef:
@@ -110,37 +103,13 @@ def file_sha256(path: str | Path, cache_dir: str | Path | None = None) -> str:
     st = path.stat()
     key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
     memo_path = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / "sha256-memo.json"
-    memo = _read_json(memo_path)
+    memo = read_json_or_empty(memo_path)
     if key in memo:
         return memo[key]
     digest = sha256_of(path)
     memo[key] = digest
-    _write_json_atomic(memo_path, memo)
+    atomic_write(memo_path, memo)
     return digest
-
-
-def sha256_of(path: str | Path) -> str:
-    """Plain streaming sha256 of one file (no memo)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(data, f, ensure_ascii=False, indent=1)
-    os.replace(tmp, path)
 
 
 # -- the hub -----------------------------------------------------------------------------------
@@ -194,49 +163,21 @@ def _resolve_gguf(path: Path, spec: str, cache: Path) -> BaseModelRef:
 def _materialise(source, sha: str, target: Path, spec: str) -> None:
     """Dequantise a GGUF model into a safetensors directory at ``target``, atomically.
 
-    ``source(tmp_dir) -> gguf path`` provides the file (the default model is assembled
-    into the temp dir, so nothing is left behind if we stop half way).
+    ``source(scratch_dir) -> gguf path`` provides the file (the default model is assembled
+    into a scratch folder beside the target, removed whatever happens).
     """
-    tmp = make_temp_sibling(target)
-    try:
-        gguf = source(tmp)
-        out = tmp / "model"
-        t0 = time.perf_counter()
-        log.info("materialising %s into %s (dequantising GGUF to float32, about a minute) ...", spec, target)
-        model, tok = load_gguf(gguf, spec)
-        model.save_pretrained(out)
-        tok.save_pretrained(out)
-        (out / MATERIALISED_MARKER).write_text(json.dumps(
-            {"spec": spec, "gguf": gguf.name, "sha256": sha, "seconds": round(time.perf_counter() - t0, 1),
-             "versions": library_versions()}, indent=1), encoding="utf-8")
-        rename_into_place(out, target)
-        log.info("materialised in %.0f s: %s", time.perf_counter() - t0, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def make_temp_sibling(target: Path, stale_after_s: float = 6 * 3600) -> Path:
-    """A fresh temp dir next to ``target`` (same filesystem, so the final rename is atomic).
-
-    Temp dirs of earlier runs for the same target that were killed hard (no ``finally``)
-    are removed once they are hours old, so they cannot fill the disk with 1 GB copies.
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    prefix = f".{target.name}.tmp-"
-    for old in target.parent.glob(prefix + "*"):
-        if time.time() - old.stat().st_mtime > stale_after_s:
-            shutil.rmtree(old, ignore_errors=True)
-    return Path(tempfile.mkdtemp(dir=target.parent, prefix=prefix))
-
-
-def rename_into_place(src: Path, target: Path) -> None:
-    """Atomic publish; if another process won the race, keep theirs (same inputs, same result)."""
-    os.chmod(src, 0o755)  # mkdtemp makes 0700; the cache is an ordinary directory
-    try:
-        os.rename(src, target)
-    except OSError:
-        if not target.is_dir():
-            raise
+    with atomic_dir(target, replace=False) as out:
+        with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.tmp-") as scratch:
+            gguf = source(Path(scratch))
+            t0 = time.perf_counter()
+            log.info("materialising %s into %s (dequantising GGUF to float32, about a minute) ...", spec, target)
+            model, tok = load_gguf(gguf, spec)
+            model.save_pretrained(out)
+            tok.save_pretrained(out)
+            (out / MATERIALISED_MARKER).write_text(json.dumps(
+                {"spec": spec, "gguf": gguf.name, "sha256": sha, "seconds": round(time.perf_counter() - t0, 1),
+                 "versions": library_versions()}, indent=1), encoding="utf-8")
+    log.info("materialised in %.0f s: %s", time.perf_counter() - t0, target)
 
 
 def load_gguf(gguf: str | Path, spec: str | None = None):

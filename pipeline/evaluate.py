@@ -28,9 +28,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
-from data_prep.errors import UserError
-from pipeline.cli import parser as make_parser
-from pipeline.cli import run_cli, setup_logging
+from core.cli import parser as make_parser
+from core.cli import run_cli, setup_logging
+from core.errors import UserError
 
 log = logging.getLogger(__name__)
 OUTPUTS = ("eval.json", "eval.md")
@@ -142,9 +142,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def evaluate(cfg: EvalConfig) -> Path:
     """Run every measurement for every adapter; write eval.json, eval.md and charts; return the folder."""
-    from pipeline.evaluation import orchestrate as ev
-
     import torch
+
+    from pipeline.evaluation import orchestrate as ev
 
     t0 = time.perf_counter()
     threads = torch.get_num_threads()

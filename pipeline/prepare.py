@@ -20,7 +20,6 @@ from __future__ import annotations
 import gc
 import json
 import logging
-import os
 import shutil
 import sys
 import time
@@ -30,13 +29,24 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+from core.cli import parser as make_parser
+from core.cli import run_cli, setup_logging
+from core.errors import UserError
+from core.files import atomic_dir
 from data_prep.background import BackgroundWriter
 from data_prep.conversations import TurnConfig, merge_bursts, reply_counts, split_conversations
-from data_prep.errors import ParseError, UserError
+from data_prep.errors import ParseError
 from data_prep.filters import drop_non_speech
 from data_prep.normalize import NormalizeConfig, canonical_speaker, normalize
 from data_prep.pairs import (
-    EXPORTS, PairConfig, build_pairs, count_by_persona, dedupe, parse_jsonl_chunk, split_by_conversation, write_dataset,
+    EXPORTS,
+    PairConfig,
+    build_pairs,
+    count_by_persona,
+    dedupe,
+    parse_jsonl_chunk,
+    split_by_conversation,
+    write_dataset,
     write_pairs,
 )
 from data_prep.persona_card import build_card, card_path, resolve_card
@@ -44,7 +54,6 @@ from data_prep.pii import PIIConfig, Pseudonymizer, redact_text, remove_pii, scr
 from data_prep.records import Conversation, Message, Pair
 from data_prep.report import FileInfo, build_stats, file_stats, write_report, write_stats
 from data_prep.sentences import SentenceConfig, split_long_turns
-from pipeline.cli import parser as make_parser, run_cli, setup_logging
 
 log = logging.getLogger("prepare")
 UNPARSED_SAMPLES = 5
@@ -344,19 +353,10 @@ def staging(out: Path) -> Iterator[Path]:
     On any error the temp folder (and any parent folder this run created) is removed.
     """
     created = _first_missing_ancestor(out.parent)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     try:
-        yield tmp
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        if out.exists():
-            out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
+        with atomic_dir(out) as tmp:
+            yield tmp
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
         if created is not None:
             shutil.rmtree(created, ignore_errors=True)
         raise

@@ -14,21 +14,23 @@ Each stage has a fingerprint: a hash of its input files, its flags and the previ
 fingerprint. Re-running skips a stage whose fingerprint is unchanged and whose outputs exist;
 a changed input or flag reruns that stage and every stage after it (--force reruns all).
 The stages run in this process through their own main(argv); at the end the command that
-opens the chat is printed (--chat opens it).
+opens the chat is printed (--chat starts it as its own process).
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
-from data_prep.errors import UserError
-from pipeline.cli import parser as make_parser
-from pipeline.cli import run_cli, setup_logging
+from core.cli import parser as make_parser
+from core.cli import run_cli, setup_logging
+from core.errors import UserError
+from core.files import atomic_write, read_json_or_empty, sha256_of
 
 STATE_FILE = "run_state.json"
 STATE_VERSION = 1
@@ -79,35 +81,20 @@ class Stage:
     extra: dict = field(default_factory=dict)  # more fingerprint material (e.g. the extended base)
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def fingerprint(stage: Stage, previous: str) -> str:
     """Hash of the stage's flags, input file contents, extra material and the previous fingerprint."""
     material = {"stage": stage.name, "argv": list(stage.argv), "previous": previous, "extra": stage.extra,
-                "inputs": {str(p): file_sha256(p) if p.is_file() else None for p in stage.inputs}}
+                "inputs": {str(p): sha256_of(p) if p.is_file() else None for p in stage.inputs}}
     return hashlib.sha256(json.dumps(material, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
 
 
 def load_state(path: Path) -> dict[str, str]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
+    data = read_json_or_empty(path)
     return data.get("stages", {}) if data.get("version") == STATE_VERSION else {}
 
 
 def save_state(path: Path, stages: dict[str, str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"version": STATE_VERSION, "stages": stages}, ensure_ascii=False, indent=1),
-                   encoding="utf-8")
-    tmp.replace(path)
+    atomic_write(path, {"version": STATE_VERSION, "stages": stages})
 
 
 def _cache(cfg: RunConfig) -> list[str]:
@@ -130,10 +117,11 @@ def prepare_stage(cfg: RunConfig) -> Stage:
 
 def extend_stage(cfg: RunConfig) -> Stage:
     """ensure_extended is its own cache (keyed by base weights); the stage only records its fingerprint."""
-    from pipeline.extend import ensure_extended, read_manifest
+    from core.models import read_extended_manifest
+    from pipeline.extension import ensure_extended
 
     def action():
-        return read_manifest(ensure_extended(cfg.base_model, cfg.cache_dir))["fingerprint"]
+        return read_extended_manifest(ensure_extended(cfg.base_model, cfg.cache_dir))["fingerprint"]
 
     return Stage("extend", tuple(_base(cfg) + _cache(cfg)), (), (), action)
 
@@ -143,7 +131,7 @@ def train_defaults() -> dict:
     project whose defaults changed retrains instead of keeping an adapter trained the old way."""
     from dataclasses import asdict
 
-    from pipeline.train import TrainConfig
+    from pipeline.training.config import TrainConfig
 
     return {k: v for k, v in asdict(TrainConfig("", "")).items() if k not in ("data", "out")}
 
@@ -275,11 +263,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cfg.evaluate:
         print(f"evaluation: {cfg.eval_dir() / 'eval.md'}")
     print("chat: python -m chatbot " + " ".join(_quote(x) for x in chat))
-    if cfg.chat:
-        from chatbot.__main__ import main as chat_main
+    return open_chat(chat) if cfg.chat else 0
 
-        return chat_main(chat)
-    return 0
+
+def open_chat(argv: Sequence[str]) -> int:
+    """``python -m chatbot ARGV`` as its own process (the chat's exit code is ours)."""
+    return subprocess.call([sys.executable, "-m", "chatbot", *argv])
 
 
 def _quote(s: str) -> str:

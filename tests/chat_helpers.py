@@ -13,21 +13,19 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import chat_format
-
 PERSONAS = {"minji": ("민지", "철수"), "junho": ("준호", "영희")}  # adapter name: (persona, user_speaker)
 
 
 def extend_tiny(base_dir: Path, cache_dir: Path) -> Path:
     """The extended tiny base, built by pipeline.extend exactly as training builds it."""
-    from pipeline.extend import ensure_extended
+    from pipeline.extension import ensure_extended
 
     return ensure_extended(str(base_dir), cache_dir=cache_dir)
 
 
 def load_extended(ext_dir: Path):
     """(model, tokenizer, manifest) of an extended base."""
-    from pipeline.extend import load_extended as load
+    from core.models import load_extended as load
 
     return load(ext_dir)
 

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from data_prep.errors import UserError
+from core.errors import UserError
+from core.files import atomic_dir
+from core.models import default_cache_dir
 from pipeline import base_model
-from pipeline.base_model import BaseModelRef, default_cache_dir, resolve_base, weights_sha256
+from pipeline.base_model import BaseModelRef, resolve_base, weights_sha256
 
 
 def test_default_cache_dir_env(monkeypatch, tmp_path):
@@ -114,6 +116,7 @@ def test_stale_temp_dirs_of_killed_runs_are_cleared(tmp_path):
     fresh.mkdir()
     hours_ago = time.time() - 7 * 3600
     os.utime(stale, (hours_ago, hours_ago))
-    new = base_model.make_temp_sibling(target)
-    assert new.parent == target.parent and new.name.startswith(".gguf-abc.tmp-")
-    assert not stale.exists() and fresh.exists()  # a run still going is left alone
+    with atomic_dir(target, replace=False) as new:
+        assert new.parent == target.parent and new.name.startswith(".gguf-abc.tmp-")
+        assert not stale.exists() and fresh.exists()  # a run still going is left alone
+    assert target.is_dir() and not new.exists()

@@ -6,8 +6,8 @@ import pytest
 from chatbot import app
 from chatbot.__main__ import is_loopback, main, parse_auth
 from chatbot.engine import GenerationParams
-from data_prep.errors import UserError
-from pipeline.cli import run_cli
+from core.cli import run_cli
+from core.errors import UserError
 from tests.chat_helpers import chat_dirs, engine  # noqa: F401 (fixtures)
 
 KNOBS = (0.8, 0.9, 50, 1.1, 16)

@@ -10,7 +10,7 @@ import pytest
 
 from chatbot.cli import resolve_persona
 from chatbot.engine import GenerationParams
-from data_prep.errors import UserError
+from core.errors import UserError
 from tests.chat_helpers import chat_dirs, engine  # noqa: F401 (fixtures)
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""The shared prompt builder (pipeline.chat_format) on extended tokenizers.
+"""The shared prompt builder (core.chat_format) on extended tokenizers.
 
 Exact ids and label mask on a decoded example; ``apply_chat_template`` == ``render``
 on both tiny tokenizers (and the real default one, slow); special tokens cannot be
@@ -9,11 +9,22 @@ from __future__ import annotations
 import pytest
 from transformers import AutoTokenizer
 
-from pipeline.chat_format import (
-    BOT, CHAT_TEMPLATE, EOT, IGNORE_INDEX, SEP, SPECIAL_TOKENS, SYSTEM, USER, render, sanitize, special_ids,
+from core.chat_format import (
+    BOT,
+    CHAT_TEMPLATE,
+    EOT,
+    IGNORE_INDEX,
+    SEP,
+    SPECIAL_TOKENS,
+    SYSTEM,
+    USER,
+    render,
+    sanitize,
+    special_ids,
     to_messages,
 )
-from pipeline.extend import ensure_extended, load_tokenizer
+from core.models import load_tokenizer
+from pipeline.extension import ensure_extended
 
 PERSONA = "지은"
 INSTRUCTION = "지은처럼 반말로 짧게 답해."

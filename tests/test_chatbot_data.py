@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
+from core.errors import UserError
 from data_prep.chatbot_data import DEFAULT_CSV, is_heldout, load_qa
-from data_prep.errors import UserError
 
 pytestmark = pytest.mark.skipif(not DEFAULT_CSV.exists(), reason=f"shared data missing: {DEFAULT_CSV}")
 

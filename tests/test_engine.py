@@ -9,8 +9,8 @@ import pytest
 
 from chatbot.adapters import discover
 from chatbot.engine import MAX_NEW_TOKENS_CAP, GenerationParams, MessageTooLong
-from data_prep.errors import UserError
-from pipeline import chat_format
+from core import chat_format
+from core.errors import UserError
 from tests.chat_helpers import add_broken_adapters, chat_dirs, engine, load_engine  # noqa: F401 (fixtures)
 
 HELLO = [{"role": "user", "content": "안녕, 오늘 뭐 해?"}]
@@ -157,7 +157,7 @@ def test_adapters_from_pipeline_train_load_and_swap(tiny_gemma_dir, chat_dirs, t
              "--threads", "1", "--seed", "3"]
     threads = torch.get_num_threads()  # train() sets --threads globally
     try:
-        train(parse_args(flags).resolved())
+        train(parse_args(flags))
     finally:
         torch.set_num_threads(threads)
     eng = load_engine(ext, mixed)

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from core.chat_format import render
+from core.cli import run_cli
+from data_prep import smilestyle
 from data_prep.records import ContextTurn
-from pipeline.chat_format import render
-from pipeline.cli import run_cli
 from pipeline.evaluation.identification import IdItem, rank_item
 from pipeline.evaluation.parallel import ParallelIndex
 from pipeline.evaluation.scoring import Example, _score_full, render_group, score_group
-from data_prep import smilestyle
 from tests.tiny_models import SMILESTYLE_TSV
 
 PERSONA, STYLE, PARTNER = "왕", "king", "친구"
@@ -59,8 +59,8 @@ def train_tiny_adapter(ext_dir: Path, base_spec: str, data: Path, out: Path, ste
     import torch
     from peft import LoraConfig, get_peft_model
 
+    from core.models import load_extended
     from data_prep.records import read_pairs
-    from pipeline.extend import load_extended
 
     model, tok, ext = load_extended(ext_dir)
     cfg = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
@@ -103,7 +103,8 @@ def cache_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def extended(tiny_gemma_dir, cache_dir):
-    from pipeline.extend import ensure_extended, load_extended
+    from core.models import load_extended
+    from pipeline.extension import ensure_extended
 
     path = ensure_extended(str(tiny_gemma_dir), cache_dir=cache_dir)
     model, tok, _ = load_extended(path)
@@ -158,25 +159,26 @@ def test_shared_prefix_group_scores_equal_one_by_one_scores(extended, monkeypatc
 def test_merged_adapter_scores_like_the_peft_model(adapter_and_data, extended, cache_dir):
     from peft import PeftModel
 
+    from core.models import load_extended
     from pipeline.evaluation.runner import load_adapter
     from pipeline.evaluation.tasks import build_task
-    from pipeline.extend import load_extended
 
     adapter, data = adapter_and_data
     task = build_task(adapter, data, None, max_examples=2, shots=2, seed=0)
-    merged, tok, share = load_adapter(task, cache_dir)
+    merged, tok = load_adapter(task, cache_dir)
     base, _, _ = load_extended(extended[0])
     peft_model = PeftModel.from_pretrained(base, str(adapter)).eval()
     r = render(tok, task.held_out[0].instruction, task.held_out[0].context, PERSONA, task.held_out[0].response, 256)
     a, b = score_group(merged, tok, [r])[0], score_group(peft_model, tok, [r])[0]
-    assert share and a.logprob == pytest.approx(b.logprob, rel=1e-4, abs=1e-3)
+    assert a.logprob == pytest.approx(b.logprob, rel=1e-4, abs=1e-3)
 
 
 def test_identification_ranks_the_clearly_matching_variant_first(tiny_gemma_dir, cache_dir):
     """Fine-tune the tiny model on one style's replies; that style's variants must then rank first."""
     import torch
 
-    from pipeline.extend import ensure_extended, load_extended
+    from core.models import load_extended
+    from pipeline.extension import ensure_extended
 
     model, tok, _ = load_extended(ensure_extended(str(tiny_gemma_dir), cache_dir=cache_dir))
     index = ParallelIndex.load(SMILESTYLE_TSV)
@@ -224,8 +226,14 @@ def test_evaluate_cli_writes_json_markdown_and_charts(adapter_and_data, cache_di
     assert all(v > 1 for v in r["perplexity"].values())
     assert r["forgetting"]["n"] == 3 and r["forgetting"]["adapter_over_base"] > 0
     assert r["smilestyle"]["style"] == STYLE
-    ident = r["identification"]["adapter"]
-    assert ident["n"] == 3 and 0 <= ident["top1"] <= 1 and ident["chance"] == pytest.approx(1 / 17, abs=0.02)
+    for ident in r["identification"].values():  # top-1 = share of the 3 items whose true style ranked first
+        assert ident["n"] == sum(ident["predicted"].values()) == 3
+        assert ident["top1"] == ident["predicted"].get(STYLE, 0) / 3
+        assert ident["chance"] == pytest.approx(1 / 17, abs=0.02)
+        assert (ident["mean_rank"] == 1) == (ident["top1"] == 1)
+    confusion = result["confusion"]
+    column = confusion["styles"].index(STYLE)
+    assert confusion["adapter"][0][column] == pytest.approx(r["identification"]["adapter"]["top1"], abs=1e-3)
     assert len(r["samples"]) == 2 and {"real", "base", "few_shot", "adapter"} <= set(r["samples"][0])
     assert set(r["style_distance"]["adapter"]) >= {"length", "laugh_k", "emoji", "endings", "distinct_2"}
     md = (out / "eval.md").read_text(encoding="utf-8")

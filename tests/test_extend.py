@@ -17,11 +17,13 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
+from core.chat_format import EOT, PAD, SPECIAL_TOKENS
+from core.cli import run_cli
+from core.models import load_extended, load_tokenizer, read_extended_manifest
 from pipeline import extend
 from pipeline.base_model import resolve_base
-from pipeline.chat_format import EOT, PAD, SPECIAL_TOKENS
-from pipeline.cli import run_cli
-from pipeline.extend import ensure_extended, load_extended, verify_extended
+from pipeline.extension import build_extended, ensure_extended
+from pipeline.extension_check import verify_extended
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["tiny_gpt2_dir", "tiny_gemma_dir", "tiny_gemma_untied_dir"]
@@ -74,7 +76,7 @@ def _embedding_keys(model_dir: Path) -> set[str]:
 def test_only_new_rows_differ_from_base(base_and_ext):
     base_dir, ext_dir = base_and_ext
     base, ext = _state(base_dir), _state(ext_dir)
-    manifest = extend.read_manifest(ext_dir)
+    manifest = read_extended_manifest(ext_dir)
     new_ids = manifest["new_token_ids"]
     emb_keys = _embedding_keys(ext_dir) & set(ext)
     assert set(base) == set(ext)
@@ -110,7 +112,7 @@ def test_spare_rows_are_reused_not_shrunk(tiny_gpt2_dir, tmp_path):
         model.get_input_embeddings().weight[n_tok:] = 1000.0  # never-trained garbage rows
     model.save_pretrained(base_dir)
     out = tmp_path / "ext"
-    manifest = extend.build_extended(resolve_base(str(base_dir), tmp_path / "cache"), out)
+    manifest = build_extended(resolve_base(str(base_dir), tmp_path / "cache"), out)
     w = load_file(out / "model.safetensors")["transformer.wte.weight"]
     assert manifest["embedding_rows"] == w.shape[0] == n_tok + 16  # not shrunk to len(tokenizer)
     new_ids = manifest["new_token_ids"]
@@ -127,7 +129,7 @@ def test_pad_added_only_when_base_pads_with_eos(tiny_gpt2_dir, tmp_path):
     base_tok.pad_token = base_tok.eos_token  # the usual GPT-2 fine-tuning shortcut, and the trap
     base_tok.save_pretrained(base_dir)
     out = tmp_path / "ext"
-    manifest = extend.build_extended(resolve_base(str(base_dir), tmp_path / "cache"), out)
+    manifest = build_extended(resolve_base(str(base_dir), tmp_path / "cache"), out)
     assert list(manifest["added_tokens"]) == list(SPECIAL_TOKENS) + [PAD]
     assert manifest["pad_token"] == PAD and manifest["pad_token_id"] == len(base_tok) + 5
     assert manifest["new_token_ids"] == list(range(len(base_tok), len(base_tok) + 6))
@@ -139,9 +141,9 @@ def test_pad_added_only_when_base_pads_with_eos(tiny_gpt2_dir, tmp_path):
 
 def test_seed_fixes_the_new_rows(tiny_gemma_untied_dir, tmp_path):
     ref = resolve_base(str(tiny_gemma_untied_dir), tmp_path / "cache")
-    a = extend.build_extended(ref, tmp_path / "a", seed=3)
-    b = extend.build_extended(ref, tmp_path / "b", seed=3)
-    c = extend.build_extended(ref, tmp_path / "c", seed=4)
+    a = build_extended(ref, tmp_path / "a", seed=3)
+    b = build_extended(ref, tmp_path / "b", seed=3)
+    c = build_extended(ref, tmp_path / "c", seed=4)
     assert a["fingerprint"] == b["fingerprint"] != c["fingerprint"]
     assert a["files"] == b["files"]
 
@@ -262,7 +264,7 @@ def test_hub_id_offline_is_a_user_error(tmp_path):
 
 
 def test_load_extended_dtype_and_bad_dir(tiny_gpt2_dir, ext_cache, tmp_path):
-    from data_prep.errors import UserError
+    from core.errors import UserError
 
     model, tok, manifest = load_extended(ensure_extended(str(tiny_gpt2_dir), cache_dir=ext_cache),
                                          dtype="bfloat16")
@@ -286,6 +288,6 @@ def test_real_default_model_extends_and_reloads():
 
 
 def ext_eos_or_end(ext_dir) -> int:
-    from pipeline.chat_format import native_end_id
+    from core.chat_format import native_end_id
 
-    return native_end_id(extend.load_tokenizer(ext_dir))
+    return native_end_id(load_tokenizer(ext_dir))

@@ -11,11 +11,11 @@ import math
 import pytest
 import torch
 
-from pipeline.training.adapter_io import load_trained
 from data_prep.records import ContextTurn
+from pipeline.extension import load_trained
 from tests.chat_helpers import chat_dirs, load_engine  # noqa: F401 (fixture)
-from tests.test_train_helpers import persona_data, train_cache  # noqa: F401 (fixtures)
 from tests.test_engine import HELLO
+from tests.test_train_helpers import persona_data, train_cache  # noqa: F401 (fixtures)
 from tests.test_train_methods import _logits, _train
 
 pytestmark = [pytest.mark.gpu,
@@ -68,8 +68,9 @@ def test_chat_engine_runs_on_the_gpu_and_swaps(chat_dirs):
 
 
 def test_scoring_on_the_gpu_matches_the_cpu(tiny_gemma_dir, train_cache):
+    from core.models import load_extended
     from pipeline.evaluation.scoring import Example, score_examples
-    from pipeline.extend import ensure_extended, load_extended
+    from pipeline.extension import ensure_extended
 
     path = ensure_extended(str(tiny_gemma_dir), train_cache)
     examples = [Example("민수의 말투로 대화한다.", (ContextTurn("지영", "뭐 해?"),), "민수", reply)

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from core.cli import run_cli
 from data_prep.formats import PARSERS
 from data_prep.records import Message, read_pairs
-from pipeline.cli import run_cli
 from pipeline.prepare import main
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from data_prep.errors import UserError
+from core.errors import UserError
 from data_prep.formats import PARSERS, parse_text
 from data_prep.smilestyle import GAP, build_chat, build_chats, build_group_chat, load_dialogues, main, write_export
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pipeline.cli import run_cli
+from core.cli import run_cli
 from pipeline.train import main, parse_args
 from pipeline.training.run import train
 from tests.test_train_helpers import persona_data, train_cache  # noqa: F401 (fixtures)
@@ -67,20 +67,20 @@ def test_qlora_on_cpu_is_refused(persona_data, tmp_path, capsys, no_gpu):
     assert "--qlora needs a CUDA GPU" in capsys.readouterr().err
 
 
-def test_gradient_checkpointing_is_on_by_default_except_where_peft_refuses_it(persona_data, tmp_path, capsys):
+def test_gradient_checkpointing_is_on_by_default(persona_data, tmp_path, capsys):
     flags = ["--data", str(persona_data), "--out", str(tmp_path / "o")]
-    assert parse_args(flags).resolved().gradient_checkpointing is True
-    assert parse_args(flags + ["--no-gradient-checkpointing"]).resolved().gradient_checkpointing is False
-    assert parse_args(flags + ["--method", "prefix"]).resolved().gradient_checkpointing is False
-    assert run_cli(main, flags + ["--method", "prefix", "--gradient-checkpointing"]) == 2
-    assert "does not support it" in capsys.readouterr().err
+    assert parse_args(flags).gradient_checkpointing is True
+    assert parse_args(flags + ["--no-gradient-checkpointing"]).gradient_checkpointing is False
+    with pytest.raises(SystemExit):  # the removed methods are refused by argparse
+        parse_args(flags + ["--method", "prefix"])
+    assert "invalid choice: 'prefix'" in capsys.readouterr().err
 
 
 def test_ctrl_c_then_resume_matches_uninterrupted_and_reloads(tiny_gemma_dir, persona_data, train_cache, tmp_path,
                                                               no_gpu):
     threads = torch.get_num_threads()
     try:
-        reference = train(parse_args(_flags(persona_data, tmp_path / "ref", tiny_gemma_dir, train_cache)).resolved())
+        reference = train(parse_args(_flags(persona_data, tmp_path / "ref", tiny_gemma_dir, train_cache)))
     finally:
         torch.set_num_threads(threads)
     if importlib.util.find_spec("bitsandbytes") is None:  # where it is installed, PEFT imports it on its own
@@ -110,7 +110,7 @@ def test_ctrl_c_then_resume_matches_uninterrupted_and_reloads(tiny_gemma_dir, pe
     assert m_ours["val_loss"] == pytest.approx(reference.manifest["metrics"]["val_loss"], abs=1e-6)
 
     # a fresh process: extended base + adapter reproduces the trained model's logits
-    code = ("import json,sys,torch; from pipeline.training.adapter_io import load_trained;"
+    code = ("import json,sys,torch; from pipeline.extension import load_trained;"
             f"m,_,_=load_trained(sys.argv[1], cache_dir=sys.argv[2]);"
             f"print(json.dumps(m(input_ids=torch.tensor({IDS})).logits[0,-1].tolist()))")
     fresh = subprocess.run([sys.executable, "-c", code, str(out), str(train_cache)], cwd=REPO, env=_env(),
@@ -138,7 +138,7 @@ def test_two_process_ddp_ranks_agree_rank0_writes(tiny_gpt2_dir, persona_data, t
 
 
 def test_command_lines_hide_peft_deprecation_noise_only():
-    from pipeline.cli import setup_logging
+    from core.cli import setup_logging
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -149,7 +149,7 @@ def test_command_lines_hide_peft_deprecation_noise_only():
 
 
 def test_more_processes_than_gpus_is_one_clear_line(monkeypatch):
-    from data_prep.errors import UserError
+    from core.errors import UserError
     from pipeline.training.run import make_accelerator
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

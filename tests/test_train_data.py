@@ -5,12 +5,19 @@ import json
 
 import pytest
 
-from data_prep.errors import UserError
+from core import chat_format
+from core.chat_format import IGNORE_INDEX
+from core.errors import UserError
 from data_prep.records import ContextTurn, Pair
-from pipeline import chat_format
-from pipeline.chat_format import IGNORE_INDEX
-from pipeline.training.data import (NEUTRAL_INSTRUCTION, collate, plan_batches, read_rehearsal,
-                                    rehearsal_split, render_pairs, user_speaker)
+from pipeline.training.data import (
+    NEUTRAL_INSTRUCTION,
+    collate,
+    plan_batches,
+    read_rehearsal,
+    rehearsal_split,
+    render_pairs,
+    user_speaker,
+)
 from tests.test_train_helpers import CHATBOT_CSV, PARTNER, extended, persona_pairs, train_cache  # noqa: F401
 
 

@@ -60,7 +60,8 @@ def write_persona_data(out: Path, n_train: int = 48, n_val: int = 16, style: str
 
 def extended(base_dir: Path, cache_dir: Path):
     """(model, tokenizer, manifest, path) of the extended base of a tiny model."""
-    from pipeline.extend import ensure_extended, load_extended
+    from core.models import load_extended
+    from pipeline.extension import ensure_extended
 
     path = ensure_extended(str(base_dir), cache_dir)
     model, tok, manifest = load_extended(path)

@@ -4,17 +4,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline import chat_format
+from core import chat_format
 from pipeline.training.data import collate, render_pairs
 from pipeline.training.loss import SupervisedLoss, causal_lm, project
 from pipeline.training.methods import MethodSettings, apply_method
 from tests.test_train_helpers import extended, persona_pairs, train_cache  # noqa: F401 (fixture)
 
 
-def _lora_model(base_dir, cache, method="lora"):
+def _lora_model(base_dir, cache):
     model, tok, manifest, _ = extended(base_dir, cache)
     torch.manual_seed(0)
-    peft_model = apply_method(model, MethodSettings(method, new_token_ids=tuple(manifest["new_token_ids"])))
+    peft_model = apply_method(model, MethodSettings(new_token_ids=tuple(manifest["new_token_ids"])))
     with torch.no_grad():  # a freshly initialised LoRA is the identity: make it count
         for name, p in peft_model.named_parameters():
             if "lora_B" in name or "trainable_tokens_delta" in name:
@@ -70,17 +70,8 @@ def test_gradient_reaches_new_rows_and_lora(tiny_gemma_untied_dir, train_cache):
     assert any("lora_A" in name and g is not None and g.abs().sum() > 0 for name, g in grads.items())
 
 
-def test_virtual_token_method_falls_back_to_model_loss(tiny_gpt2_dir, train_cache):
-    model, tok, _ = _lora_model(tiny_gpt2_dir, train_cache, method="prompt")
-    loss = SupervisedLoss(model)
-    assert not loss.supervised_only
-    batch = _batch(tok)
-    total, n = loss(**batch)
-    assert torch.allclose(total / n, model(**batch).loss, atol=1e-6)
-
-
 def test_gradient_checkpointing_still_trains_lora(tiny_gemma_dir, train_cache):
-    from pipeline.train import TrainConfig
+    from pipeline.training.config import TrainConfig
     from pipeline.training.run import prepare_model
 
     model, tok, manifest, _ = extended(tiny_gemma_dir, train_cache)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from pipeline.chat_format import pad_id, render, stop_ids
+from core.chat_format import pad_id, render, stop_ids
 from pipeline.evaluation.scoring import Example
 
 

@@ -30,7 +30,7 @@ def build_tasks(cfg) -> list[PersonaTask]:
     tasks = [build_task(a, d, index, cfg.max_examples, cfg.shots, cfg.seed) for a, d in zip(cfg.adapters, data)]
     specs = {t.manifest.get("base_model") for t in tasks}
     if len(specs) > 1:
-        from data_prep.errors import UserError
+        from core.errors import UserError
 
         raise UserError(f"--adapter: the adapters were trained on different base models {sorted(map(str, specs))}; "
                         "evaluate them separately")
@@ -52,11 +52,10 @@ def _bar(total: int, desc: str):
     return tqdm(total=total, desc=desc, unit="ex", leave=False, dynamic_ncols=True)
 
 
-def _run(model, tok, cfg, task: PersonaTask, general: list[Example], system: str,
-         share_prefix: bool = True) -> SystemOutput:
+def _run(model, tok, cfg, task: PersonaTask, general: list[Example], system: str) -> SystemOutput:
     sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
     with _bar(work_units(task, general, cfg.generate), f"{task.persona}: {system}") as bar:
-        return run_system(model, tok, task, system, general, sampling, cfg.generate, share_prefix, bar)
+        return run_system(model, tok, task, system, general, sampling, cfg.generate, progress=bar)
 
 
 def run_all(cfg, tasks: Sequence[PersonaTask]) -> dict[str, Any]:
@@ -69,8 +68,8 @@ def run_all(cfg, tasks: Sequence[PersonaTask]) -> dict[str, Any]:
             out[system] = _run(model, tok, cfg, task, gen, system)
     del model
     for task, out, (gen, _) in zip(tasks, outputs, general):
-        model, tok, share = load_adapter(task, cfg.cache_dir)
-        out["adapter"] = _run(model, tok, cfg, task, gen, "adapter", share)
+        model, tok = load_adapter(task, cfg.cache_dir)
+        out["adapter"] = _run(model, tok, cfg, task, gen, "adapter")
         del model
     personas = {t.persona: report.persona_results(t, o, cfg.samples, source)
                 for t, o, (_, source) in zip(tasks, outputs, general)}

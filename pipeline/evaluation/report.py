@@ -173,7 +173,7 @@ def _headline(data: dict[str, Any]) -> str:
 
 
 METHOD_NOTES = """\
-- Every score goes through `pipeline.chat_format.render`, like training and the chat: the log-prob of a
+- Every score goes through `core.chat_format.render`, like training and the chat: the log-prob of a
   reply is summed over the tokens `render` labels (the reply and its `<|eot|>`), in the held-out context
   (trimmed from the oldest turn to the adapter's `max_length`).
 - Perplexity = exp(-sum log-prob / number of labelled tokens) over the held-out replies.

@@ -9,7 +9,7 @@ A *system* is a model plus the instruction it is prompted with:
 
 The base still sees the chat special tokens, with the rows the extended base
 initialised (it was never trained on them): that is the honest starting point of
-fine-tuning. LoRA/IA3 adapters are merged into the weights for evaluation (same
+fine-tuning. The LoRA adapter is merged into the weights for evaluation (same
 numbers, and PEFT's unmerged token rows would rebuild the 262k-row embedding on
 every forward).
 """
@@ -20,15 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from core.models import load_adapter as attach
 from pipeline.evaluation.generation import SamplingConfig, generate_replies
 from pipeline.evaluation.identification import IdItem, Ranking, rank_item
 from pipeline.evaluation.scoring import Example, ReplyScore, score_examples
 from pipeline.evaluation.tasks import PersonaTask
+from pipeline.extension import load_base
 
 log = logging.getLogger(__name__)
 SYSTEMS = ("base", "few_shot", "adapter")
-PROMPT_LEARNING = ("prompt", "ptuning", "prefix")  # manage their own past key values: no shared prefix
-MERGEABLE = ("lora", "ia3")
 
 
 @dataclass(frozen=True)
@@ -41,34 +41,13 @@ class SystemOutput:
     generated: list[str]
 
 
-def load_base(spec: str | None, cache_dir: Path | None = None):
-    """(model, tokenizer, extended manifest) of the cached extended base for ``spec``."""
-    from pipeline.extend import default_device, ensure_extended, load_extended
-
-    # CUDA when torch sees a GPU (bf16 there, by load_extended's default), else the CPU (fp32)
-    model, tok, manifest = load_extended(ensure_extended(spec, cache_dir), device=default_device())
-    return model.eval(), tok, manifest
-
-
 def load_adapter(task: PersonaTask, cache_dir: Path | None = None):
-    """(model, tokenizer, share_prefix) with the task's adapter applied to a fresh base."""
-    method = task.manifest.get("method", "lora")
+    """(model, tokenizer) with the task's LoRA adapter merged into a fresh extended base."""
     base, tok, ext = load_base(task.manifest.get("base_model"), cache_dir)
     want = task.manifest.get("extended_fingerprint")
     if want and ext.get("fingerprint") and want != ext["fingerprint"]:
         log.warning("%s was trained on extended base %s, evaluating on %s", task.adapter, want, ext["fingerprint"])
-    if method == "full":
-        from transformers import AutoModelForCausalLM
-
-        base_dtype, base_device = base.dtype, base.device
-        del base
-        return AutoModelForCausalLM.from_pretrained(task.adapter, dtype=base_dtype).to(base_device).eval(), tok, True
-    from peft import PeftModel
-
-    model = PeftModel.from_pretrained(base, str(task.adapter))
-    if method in MERGEABLE:
-        model = model.merge_and_unload()
-    return model.eval(), tok, method not in PROMPT_LEARNING
+    return attach(base, task.adapter).merge_and_unload().eval(), tok
 
 
 def instruction_for(task: PersonaTask, system: str) -> str:

@@ -1,6 +1,6 @@
 """Log-likelihood of a reply given its context, scored exactly as training sees it.
 
-Every example goes through :func:`pipeline.chat_format.render`; the score of a
+Every example goes through :func:`core.chat_format.render`; the score of a
 reply is the sum of ``log p(token)`` over the positions ``render`` labels (the
 reply tokens and the EOT that ends them), so ``score.logprob == -loss * n`` for
 the model's own loss on the same ids (a test holds this).
@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
-from pipeline.chat_format import IGNORE_INDEX, Rendered, pad_id, render
+from core.chat_format import IGNORE_INDEX, Rendered, pad_id, render
 
 
 @dataclass(frozen=True)

@@ -7,13 +7,13 @@ systems are compared on exactly the same replies.
 from __future__ import annotations
 
 import csv
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from data_prep.errors import UserError
+from core.adapter_format import read_manifest
+from core.errors import UserError
 from data_prep.records import ContextTurn, Pair, read_pairs
 from pipeline.evaluation.identification import IdItem
 from pipeline.evaluation.parallel import REPO_ROOT, ParallelIndex, StyleMatch
@@ -45,20 +45,6 @@ class PersonaTask:
 
     def with_instruction(self, examples: Sequence[Example], instruction: str) -> list[Example]:
         return [Example(instruction, e.context, e.persona, e.response) for e in examples]
-
-
-def read_manifest(adapter: Path) -> dict:
-    """The adapter's manifest.json (see the adapter directory contract); UserError if unreadable."""
-    path = adapter / "manifest.json"
-    try:
-        m = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise UserError(f"--adapter {adapter}: no readable manifest.json ({type(e).__name__}); "
-                        "train one with python -m pipeline.train") from e
-    missing = [k for k in ("persona", "method", "instruction") if k not in m]
-    if missing:
-        raise UserError(f"--adapter {adapter}: manifest.json lacks {', '.join(missing)}")
-    return m
 
 
 def persona_pairs(data: Path, split: str, persona: str) -> list[Pair]:
@@ -101,7 +87,7 @@ def id_items(pairs: Sequence[Pair], instruction: str, index: ParallelIndex, styl
 def build_task(adapter: Path, data: Path, index: ParallelIndex | None, max_examples: int, shots: int,
                seed: int) -> PersonaTask:
     """Read adapter + data and choose the held-out examples (seeded, at most ``max_examples``)."""
-    m = read_manifest(adapter)
+    m = read_manifest(adapter)  # UserError names the folder and the missing keys
     persona, instruction = m["persona"], m["instruction"]
     val = persona_pairs(data, "validation", persona)
     rng = random.Random(seed)

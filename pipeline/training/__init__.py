@@ -2,8 +2,9 @@
 
 - :mod:`.data`: pairs -> rendered examples, rehearsal data, length-bucketed batches, collate.
 - :mod:`.loss`: the loss with the vocabulary projection only at supervised positions.
-- :mod:`.methods`: PEFT configs per method and LoRA target modules per architecture.
+- :mod:`.config`: :class:`TrainConfig` (every flag's default) and the persona's data.
+- :mod:`.methods`: the LoRA config (all linear layers + the new chat-token rows).
 - :mod:`.loop`: optimizer, schedule, accumulation, evaluation, checkpoints, resume, Ctrl-C.
-- :mod:`.adapter_io`: the adapter directory (weights, tokenizer, manifest): save, check, load.
+- :mod:`.run`: one run end to end, writing the adapter folder (:mod:`core.adapter_format`).
 - :mod:`.plots`: the loss-curve PNG.
 """

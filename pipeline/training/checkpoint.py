@@ -10,13 +10,13 @@ Nothing is pickled: weights in safetensors, optimizer via ``torch.load(weights_o
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from data_prep.errors import UserError
+from core.errors import UserError
+from core.files import atomic_dir
 
 CHECKPOINTS = "checkpoints"
 _PREFIX = "step-"
@@ -80,24 +80,17 @@ def save_checkpoint(out: Path, model, optimizer, scheduler, state: LoopState, be
     import torch
     from safetensors.torch import save_file
 
-    root = out / CHECKPOINTS
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"{_PREFIX}{state.step}"
-    tmp = root / f".tmp-{_PREFIX}{state.step}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file({k: v.contiguous() for k, v in trainable_state(model).items()}, tmp / "trainable.safetensors")
-    if best is not None:
-        save_file({k: v.contiguous() for k, v in best.items()}, tmp / "best.safetensors")
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    rng_tensors, rng_py = _rng_state()
-    save_file(rng_tensors, tmp / "rng.safetensors")
-    meta = {"fingerprint": fingerprint, "loop": asdict(state), "scheduler": scheduler.state_dict(),
-            "python_rng": rng_py}
-    (tmp / "state.json").write_text(json.dumps(meta), encoding="utf-8")
-    if final.exists():  # e.g. Ctrl-C right after a periodic save of the same step
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    final = out / CHECKPOINTS / f"{_PREFIX}{state.step}"
+    with atomic_dir(final) as tmp:  # replaces a checkpoint of the same step (Ctrl-C right after a save)
+        save_file({k: v.contiguous() for k, v in trainable_state(model).items()}, tmp / "trainable.safetensors")
+        if best is not None:
+            save_file({k: v.contiguous() for k, v in best.items()}, tmp / "best.safetensors")
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        rng_tensors, rng_py = _rng_state()
+        save_file(rng_tensors, tmp / "rng.safetensors")
+        meta = {"fingerprint": fingerprint, "loop": asdict(state), "scheduler": scheduler.state_dict(),
+                "python_rng": rng_py}
+        (tmp / "state.json").write_text(json.dumps(meta), encoding="utf-8")
     for old in list_checkpoints(out)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final

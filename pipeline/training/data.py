@@ -1,6 +1,6 @@
 """Training data: persona pairs and rehearsal text -> rendered examples -> padded batches.
 
-Every example goes through :func:`pipeline.chat_format.render` (the one prompt
+Every example goes through :func:`core.chat_format.render` (the one prompt
 builder shared with serving), so the labels are -100 everywhere but the reply and
 its closing ``<|eot|>``. Batches are length-bucketed (sorted inside chunks of a
 shuffled order) to cut padding, and the order is a pure function of
@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from data_prep.errors import UserError
+from core import chat_format
+from core.chat_format import IGNORE_INDEX, Rendered
+from core.errors import UserError
 from data_prep.records import ContextTurn, Pair
-from pipeline import chat_format
-from pipeline.chat_format import IGNORE_INDEX, Rendered
 
 # The instruction rehearsal examples are rendered with: no persona, just a helpful reply.
 NEUTRAL_INSTRUCTION = "상대의 말에 자연스럽고 친절하게 답하세요."

@@ -21,17 +21,14 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from data_prep.errors import UserError
-from pipeline.chat_format import Rendered
+from core.chat_format import Rendered
+from core.errors import UserError
 from pipeline.training import checkpoint as ckpt_io
 from pipeline.training import memory
 from pipeline.training.checkpoint import LoopState
+from pipeline.training.config import TrainConfig
 from pipeline.training.data import collate, plan_batches
-
-if TYPE_CHECKING:
-    from pipeline.train import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -136,7 +133,7 @@ def _reduce_sum(acc, *values: float):
 class _Ctx:
     """What every step needs; built once by :func:`run`."""
 
-    cfg: "TrainConfig"
+    cfg: TrainConfig
     acc: object  # accelerate.Accelerator
     model: object  # SupervisedLoss, possibly DDP-wrapped
     params: list
@@ -228,19 +225,19 @@ def _eval_and_track(c: _Ctx, state: LoopState, best: dict | None, log: MetricsLo
     return best
 
 
-def _build(cfg: "TrainConfig", model, acc, total_hint: int):
+def _build(cfg: TrainConfig, model, acc, total_hint: int):
     import torch
 
     from pipeline.training.loss import SupervisedLoss
 
-    wrapper = acc.prepare_model(SupervisedLoss(model, supervised_only=cfg.supervised_only))
+    wrapper = acc.prepare_model(SupervisedLoss(model))
     params = [p for p in wrapper.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.warmup_steps, total_hint, cfg.schedule))
     return wrapper, params, optimizer, scheduler
 
 
-def total_steps(cfg: "TrainConfig", spe: int) -> int:
+def total_steps(cfg: TrainConfig, spe: int) -> int:
     """Steps to run: ``--max-steps`` or ``--epochs`` worth of steps, whichever comes first."""
     by_epochs = cfg.epochs * spe if cfg.epochs else None
     caps = [x for x in (cfg.max_steps or None, by_epochs) if x]
@@ -254,7 +251,7 @@ def eval_interval(eval_every: int, spe: int) -> int:
     return min(eval_every, spe) if eval_every else 0
 
 
-def run(cfg: "TrainConfig", model, data: LoopData, out: Path, fingerprint: str, acc,
+def run(cfg: TrainConfig, model, data: LoopData, out: Path, fingerprint: str, acc,
         resume: Path | None = None, resume_meta: dict | None = None) -> LoopResult:
     """Train ``model`` (already wrapped by its method) and return the best weights and figures."""
     from tqdm.auto import tqdm

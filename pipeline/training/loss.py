@@ -11,16 +11,16 @@ so LoRA and the trainable rows of new tokens (``trainable_token_indices``, share
 by a tied output layer) are part of the result. A test holds it equal to
 ``model(input_ids, labels=labels).loss``.
 
-Virtual-token methods (prompt tuning, P-tuning, prefix tuning) change the input
-sequence inside PEFT's forward, so for them the loss falls back to the model's
-own forward automatically: slower on a large vocabulary, same value.
+A model whose logits go through post-processing this module does not reproduce
+(:func:`supports_fast_loss`) falls back to the model's own forward: slower on a
+large vocabulary, same value.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from pipeline.chat_format import IGNORE_INDEX
+from core.chat_format import IGNORE_INDEX
 
 # config attributes a causal LM applies to its logits after the output layer; anything
 # listed here but not handled below would make the fast loss differ from the model's own
@@ -122,10 +122,10 @@ class SupervisedLoss(nn.Module):
     Wrapping the model in a module keeps DDP's forward hooks in the path.
     """
 
-    def __init__(self, model: nn.Module, supervised_only: bool = True):
+    def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
-        self.supervised_only = supervised_only and supports_fast_loss(model)
+        self.supervised_only = supports_fast_loss(model)
 
     def forward(self, input_ids, attention_mask, labels) -> tuple[torch.Tensor, torch.Tensor]:
         targets = labels[:, 1:]

@@ -15,18 +15,20 @@ import random
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from data_prep.errors import UserError
-from pipeline.training import adapter_io, memory
+from core import adapter_format
+from core.chat_format import pad_id
+from core.errors import UserError
+from core.models import load_extended, load_tokenizer, read_extended_manifest
+from pipeline.extension import ensure_extended
 from pipeline.training import checkpoint as ckpt_io
+from pipeline.training import memory
+from pipeline.training.config import PersonaData, TrainConfig, load_persona_data
 from pipeline.training.data import read_rehearsal, rehearsal_split, render_pairs
 from pipeline.training.loop import LoopData, LoopResult
 from pipeline.training.loop import run as run_loop
 from pipeline.training.methods import MethodSettings, apply_method, count_parameters
-
-if TYPE_CHECKING:
-    from pipeline.train import PersonaData, TrainConfig
 
 log = logging.getLogger("pipeline.train")
 
@@ -61,14 +63,12 @@ def set_threads(threads: int | None, local_world: int) -> int:
     return n
 
 
-def load_base(cfg: "TrainConfig", ext_path: Path, device):
+def load_base(cfg: TrainConfig, ext_path: Path, device):
     """(model, tokenizer, extended manifest); 4-bit only with --qlora (bitsandbytes imported only then)."""
     import torch
 
-    from pipeline.extend import load_extended, read_manifest
-
     if not cfg.qlora:
-        dtype = torch.float32 if device.type != "cuda" or cfg.method == "full" else torch.bfloat16
+        dtype = torch.float32 if device.type != "cuda" else torch.bfloat16
         return load_extended(ext_path, device=str(device), dtype=dtype)
     from peft import prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
@@ -77,13 +77,11 @@ def load_base(cfg: "TrainConfig", ext_path: Path, device):
                                bnb_4bit_compute_dtype=torch.bfloat16)
     model = AutoModelForCausalLM.from_pretrained(ext_path, quantization_config=quant, device_map={"": device})
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
-    return model, AutoTokenizer.from_pretrained(ext_path), read_manifest(ext_path)
+    return model, AutoTokenizer.from_pretrained(ext_path), read_extended_manifest(ext_path)
 
 
-def build_loop_data(cfg: "TrainConfig", pd: "PersonaData", tok) -> tuple[LoopData, dict[str, int]]:
+def build_loop_data(cfg: TrainConfig, pd: PersonaData, tok) -> tuple[LoopData, dict[str, int]]:
     """Render persona (and rehearsal) pairs; count what was dropped."""
-    from pipeline.chat_format import pad_id
-
     train, st = render_pairs(pd.train, tok, cfg.max_length)
     val_pairs = list(pd.val)
     if len(val_pairs) > cfg.eval_limit:  # a fixed sample keeps evaluation cheap and comparable
@@ -106,14 +104,14 @@ def build_loop_data(cfg: "TrainConfig", pd: "PersonaData", tok) -> tuple[LoopDat
     return LoopData(train, val, reh_val, pad_id(tok)), counts
 
 
-def run_fingerprint(cfg: "TrainConfig", ext_manifest: dict, data_hash: str) -> str:
+def run_fingerprint(cfg: TrainConfig, ext_manifest: dict, data_hash: str) -> str:
     """What a checkpoint must match to be resumed: extended base, data, weight-shaping config."""
     blob = json.dumps({"extended": ext_manifest.get("fingerprint"), "data": data_hash,
                        "config": cfg.fingerprint_fields()}, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def prepare_model(cfg: "TrainConfig", model, new_ids: list[int]):
+def prepare_model(cfg: TrainConfig, model, new_ids: list[int]):
     """Gradient checkpointing (input-grad trap handled), then the method's wrapper."""
     from transformers import set_seed
 
@@ -126,12 +124,11 @@ def prepare_model(cfg: "TrainConfig", model, new_ids: list[int]):
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
-    settings = MethodSettings(cfg.method, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, tuple(cfg.target_modules),
-                              cfg.num_virtual_tokens, tuple(new_ids), cfg.force_full)
+    settings = MethodSettings(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, tuple(cfg.target_modules), tuple(new_ids))
     return apply_method(model, settings)
 
 
-def _metrics(cfg: "TrainConfig", result: LoopResult, records: list[dict], counts: dict) -> dict[str, Any]:
+def _metrics(cfg: TrainConfig, result: LoopResult, records: list[dict], counts: dict) -> dict[str, Any]:
     st = result.state
     at_best = next((r for r in records if r.get("step") == st.best_step and "val_loss" in r), {})
     val = st.best_val
@@ -151,11 +148,10 @@ def _versions() -> dict[str, str]:
     return {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__}
 
 
-def finish(cfg: "TrainConfig", pd: "PersonaData", model, ext: tuple[Path, dict], result: LoopResult,
+def finish(cfg: TrainConfig, pd: PersonaData, model, ext: tuple[Path, dict], result: LoopResult,
            records: list[dict], counts: dict) -> TrainResult:
     """Keep the best weights, write the adapter directory (with the extended base's tokenizer), check it,
     plot the losses."""
-    from pipeline.extend import load_tokenizer
     from pipeline.training.plots import plot_loss
 
     ext_path, ext_manifest = ext
@@ -168,15 +164,15 @@ def finish(cfg: "TrainConfig", pd: "PersonaData", model, ext: tuple[Path, dict],
         "instruction": pd.instruction, "user_speaker": pd.user_speaker, "max_length": cfg.max_length,
         "config": asdict(cfg), "metrics": _metrics(cfg, result, records, counts), "versions": _versions(),
     }
-    adapter_io.save_adapter(model, load_tokenizer(ext_path), out, manifest, pd.card)
-    problems = adapter_io.check_adapter(out, cfg.method, bool(ext_manifest.get("new_token_ids")), ext_path)
+    adapter_format.write_adapter(model, load_tokenizer(ext_path), out, manifest, pd.card)
+    problems = adapter_format.check_weights(out, bool(ext_manifest.get("new_token_ids")), ext_path)
     if problems:
         raise RuntimeError("saved adapter failed its checks: " + "; ".join(problems))
-    plot_loss(records, out / "loss.png", title=f"{cfg.method} r={cfg.lora_r}" if cfg.method == "lora" else cfg.method)
+    plot_loss(records, out / "loss.png", title=f"{cfg.method} r={cfg.lora_r}")
     return TrainResult(out, manifest, model)
 
 
-def _resume_point(cfg: "TrainConfig", fingerprint: str, is_main: bool) -> tuple[Path | None, dict | None]:
+def _resume_point(cfg: TrainConfig, fingerprint: str, is_main: bool) -> tuple[Path | None, dict | None]:
     out = Path(cfg.out)
     if cfg.resume:
         ckpt = ckpt_io.find_checkpoint(out, cfg.resume)
@@ -187,11 +183,8 @@ def _resume_point(cfg: "TrainConfig", fingerprint: str, is_main: bool) -> tuple[
     return None, None
 
 
-def train(cfg: "TrainConfig") -> TrainResult:
-    """Train the persona adapter described by ``cfg`` (already validated; defaults resolved here if not yet)."""
-    cfg = cfg.resolved()
-    from pipeline.extend import ensure_extended
-    from pipeline.train import load_persona_data
+def train(cfg: TrainConfig) -> TrainResult:
+    """Train the persona adapter described by ``cfg`` (already validated)."""
 
     acc = make_accelerator()
     threads = set_threads(cfg.threads, acc.num_processes if acc.device.type == "cpu" else 1)

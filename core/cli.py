@@ -2,15 +2,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import re
 import sys
 import warnings
-from pathlib import Path
 from typing import Callable, Sequence
 
-from data_prep.errors import UserError
+from core.errors import UserError
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -49,12 +47,3 @@ def setup_logging(verbose: bool = False) -> None:
     if not verbose:
         for message in QUIET_WARNINGS:
             warnings.filterwarnings("ignore", message=re.escape(message), category=FutureWarning)
-
-
-def read_manifest_json(path: str | Path, what: str, how: str) -> dict:
-    """A stage's ``manifest.json``; a UserError saying it is not ``what`` (and ``how`` to make one)."""
-    path = Path(path)
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path}: not {what} ({type(e).__name__}); {how}") from e
