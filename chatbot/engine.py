@@ -297,16 +297,24 @@ def _fingerprint_of(infos: Sequence[PersonaInfo], spec: str | None) -> str:
 
 
 def build_extended(spec: str | None, cache_dir: str | Path | None) -> Path:
-    """``python -m pipeline.extend`` in its own process (it prints the extended base's folder)."""
+    """``python -m pipeline.extend`` in its own process; returns the folder it prints.
+
+    Its progress goes to our stderr; its one-line error becomes our :class:`UserError`."""
     argv = [sys.executable, "-m", "pipeline.extend", *(["--base-model", spec] if spec else []),
             *(["--cache-dir", str(cache_dir)] if cache_dir else [])]
-    log.info("building the extended base for %s (python -m pipeline.extend) ...", spec or "the default model")
-    done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    lines = done.stdout.strip().splitlines()
-    if done.returncode != 0 or not lines:
-        why = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1].removeprefix("error: ")
-        raise UserError(f"--base-model {spec or 'default'}: cannot prepare the extended base: {why}")
-    return Path(lines[-1])
+    log.info("preparing the extended base for %s (python -m pipeline.extend) ...", spec or "the default model")
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    error = ""
+    for line in proc.stderr:
+        if line.startswith("error: "):
+            error = line.removeprefix("error: ").strip()
+        else:
+            sys.stderr.write(line)
+    printed = proc.stdout.read().strip().splitlines()
+    if proc.wait() != 0 or not printed:
+        raise UserError(error or f"--base-model {spec or 'default'}: cannot prepare the extended base "
+                                 f"(python -m pipeline.extend exited with {proc.returncode})")
+    return Path(printed[-1])
 
 
 def _load_adapters(base: Any, infos: list[PersonaInfo]) -> tuple[Any, list[PersonaInfo]]:

@@ -122,7 +122,7 @@ def _all_special_strings(tokenizer) -> tuple[str, ...]:
 
 def _special_strings(tokenizer) -> tuple[str, ...]:
     # added_tokens_decoder is rebuilt on every access: ~40 ms for Gemma's 6,400 added
-    # tokens, which made render() take 0.5 s. Cache it on the tokenizer, keyed by its
+    # tokens, 0.5 s per render() uncached. Cache it on the tokenizer, keyed by its
     # length so that adding tokens refreshes it.
     n = len(tokenizer)
     cached = getattr(tokenizer, "_chat_format_specials", None)

@@ -2,7 +2,7 @@
 
 Every dropped message is counted under one reason, so the report accounts for
 every message the parsers produced. Patterns cover the Korean and English UIs
-of the PC, Android, iOS and macOS exports (see docs/PITFALLS.md).
+of the PC, Android, iOS and macOS exports.
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Splitting happens on conversation ids (seeded), never on pairs: overlapping
 context windows of one conversation would otherwise leak validation text into
-training (docs/PITFALLS.md).
+training.
 """
 from __future__ import annotations
 

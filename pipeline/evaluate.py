@@ -31,6 +31,7 @@ from typing import Sequence
 from core.cli import parser as make_parser
 from core.cli import run_cli, setup_logging
 from core.errors import UserError
+from pipeline.evaluation.generation import SamplingConfig
 
 log = logging.getLogger(__name__)
 OUTPUTS = ("eval.json", "eval.md")
@@ -50,7 +51,7 @@ class EvalConfig:
     shots: int = 5  # --shots: real train replies in the few-shot prompt
     samples: int = 3  # --samples: side-by-side samples shown in eval.md
     generate: int = 12  # --generate: replies sampled per system for the style statistics
-    max_new_tokens: int = 40  # --max-new-tokens: per sampled reply
+    max_new_tokens: int = SamplingConfig.max_new_tokens  # --max-new-tokens: per sampled reply
     seed: int = 0  # --seed: example choice, few-shot choice and sampling
     cache_dir: Path | None = None  # --cache-dir: extended-base cache (default $KAKAO_PERSONA_CACHE)
     no_identification: bool = False  # --no-identification: skip SmileStyle persona identification
@@ -94,6 +95,7 @@ def _common_parts(parts: list[tuple[str, ...]]) -> tuple[str, ...]:
 
 def build_parser():
     p = make_parser("python -m pipeline.evaluate", __doc__)
+    d = EvalConfig((), ())
     p.add_argument("--adapter", action="append", type=Path, default=[], required=True,
                    help="adapter directory from pipeline.train; repeat to evaluate several personas together")
     p.add_argument("--data", action="append", type=Path, default=[], required=True,
@@ -104,15 +106,18 @@ def build_parser():
                         "smilestyle_dataset.tsv when it exists; used only when the replies match it)")
     p.add_argument("--general", type=Path, help="general Korean text for the forgetting check: .txt (a sentence "
                    "a line) or .csv with an A column (default: ChatbotData answers, else a shipped text)")
-    p.add_argument("--max-examples", type=int, default=12,
-                   help="held-out replies per persona, also the identification items (default 12)")
-    p.add_argument("--general-lines", type=int, default=40, help="general Korean replies scored (default 40)")
-    p.add_argument("--shots", type=int, default=5, help="real train replies in the few-shot prompt (default 5)")
-    p.add_argument("--samples", type=int, default=3, help="side-by-side samples in eval.md (default 3)")
-    p.add_argument("--generate", type=int, default=12,
-                   help="replies sampled per system for the style statistics (default 12)")
-    p.add_argument("--max-new-tokens", type=int, default=40, help="tokens per sampled reply (default 40)")
-    p.add_argument("--seed", type=int, default=0, help="seed of example choice and sampling (default 0)")
+    p.add_argument("--max-examples", type=int, default=d.max_examples,
+                   help=f"held-out replies per persona, also the identification items (default {d.max_examples})")
+    p.add_argument("--general-lines", type=int, default=d.general_lines,
+                   help=f"general Korean replies scored (default {d.general_lines})")
+    p.add_argument("--shots", type=int, default=d.shots,
+                   help=f"real train replies in the few-shot prompt (default {d.shots})")
+    p.add_argument("--samples", type=int, default=d.samples, help=f"side-by-side samples in eval.md (default {d.samples})")
+    p.add_argument("--generate", type=int, default=d.generate,
+                   help=f"replies sampled per system for the style statistics (default {d.generate})")
+    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens,
+                   help=f"tokens per sampled reply (default {d.max_new_tokens})")
+    p.add_argument("--seed", type=int, default=d.seed, help=f"seed of example choice and sampling (default {d.seed})")
     p.add_argument("--cache-dir", type=Path, help="extended-base cache (default $KAKAO_PERSONA_CACHE or "
                    "~/.cache/kakao-persona)")
     p.add_argument("--no-identification", action="store_true", help="skip SmileStyle persona identification")

@@ -1,21 +1,9 @@
-"""Extend a base model for the chat format, once, into the cache (what ``python -m pipeline.extend`` builds).
+"""The extended base: the chat tokens added to a base model once, built atomically into the cache.
 
-- adds the chat special tokens (``core.chat_format.SPECIAL_TOKENS``, plus ``<|pad|>``
-  only when the base has no pad distinct from EOS) with ``add_special_tokens``; no
-  existing id changes and each new token is one id, also glued to Korean text;
-- grows the embedding to ``len(tokenizer)`` (never shrinks: a model with spare rows
-  keeps them) and initialises the rows of the new ids explicitly, seeded (mean of the
-  existing rows + small noise; ``<|eot|>`` starts as a copy of the base's own end-of-turn
-  token), output rows too when the output layer is untied;
-- stores ``CHAT_TEMPLATE`` so ``apply_chat_template`` gives exactly the ids of
-  ``chat_format.render``; sets EOS = chat_format.stop_ids and the pad id for generation;
-- saves with ``save_pretrained`` (``save_vocabulary`` would lose the added tokens)
-  plus ``manifest.json`` (base + sha256, token ids, rows, tied flag, seed, versions,
-  fingerprint, sha256 of every saved file).
-
-:func:`ensure_extended` caches it under the cache folder, keyed by base sha256 +
-token set + template + seed; :func:`load_base` and :func:`load_trained` load through
-:mod:`core.models`.
+What the recipe does (new tokens, embedding rows, template, manifest) is the help of
+``python -m pipeline.extend`` (:mod:`pipeline.extend`). :func:`ensure_extended` caches
+the result under the cache folder, keyed by base sha256 + token set + template + seed;
+:func:`load_base` and :func:`load_trained` load through :mod:`core.models`.
 """
 from __future__ import annotations
 
@@ -217,7 +205,7 @@ def build_extended(ref: BaseModelRef, out: str | Path, seed: int = 0) -> dict[st
 def save_tokenizer(tok, directory: Path) -> None:
     """``save_pretrained``, plus the added tokens listed in ``tokenizer_config.json``.
 
-    transformers 5 no longer writes ``added_tokens_decoder`` there; without it every load
+    transformers 5 does not write ``added_tokens_decoder`` there; without it every load
     re-parses the whole ``tokenizer.json`` in Python to find the added tokens (about 1-2 s
     for Gemma's 33 MB file). The list is the tokenizer's own; verify checks that
     AutoTokenizer and :func:`load_tokenizer` still agree.

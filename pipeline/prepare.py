@@ -62,6 +62,10 @@ STAGES = ("parse", "normalise", "drop_non_speech", "remove_pii", "merge_bursts",
           "sentences", "persona_cards", "build_pairs", "dedupe", "split", "write")
 
 
+# each stage's config holds its own defaults; PrepareConfig and the flags take them from there
+_PAIRS, _TURNS, _SENTENCES, _NORMALIZE, _PII = PairConfig(), TurnConfig(), SentenceConfig(), NormalizeConfig(), PIIConfig()
+
+
 @dataclass(frozen=True)
 class PrepareConfig:
     """Everything one prepare run needs; written to ``config.json`` next to the output."""
@@ -70,19 +74,19 @@ class PrepareConfig:
     out: str = ""  # output folder; replaced as a whole at the end of a successful run
     personas: tuple[str, ...] = ()  # speakers to imitate; empty: everyone with >= min_replies replies
     min_replies: int = 20  # replies a speaker needs to become a persona when none is named
-    context_turns: int = 8  # previous turns (any speakers) given as context per pair
-    burst_gap_s: float = 120.0  # one speaker's messages closer than this merge into one turn
-    conversation_gap_s: float = 3600.0  # a longer silence starts a new conversation
-    max_turn_chars: int = 300  # longer turns are split at sentence boundaries
-    cap_laughter: int = 4  # longest run of one repeated character kept (ㅋㅋㅋㅋ); 0 = off
-    val_ratio: float = 0.1  # share of conversations held out for validation
-    seed: int = 0  # seeds the conversation split
+    context_turns: int = _PAIRS.context_turns  # previous turns (any speakers) given as context per pair
+    burst_gap_s: float = _TURNS.burst_gap_s  # one speaker's messages closer than this merge into one turn
+    conversation_gap_s: float = _TURNS.conversation_gap_s  # a longer silence starts a new conversation
+    max_turn_chars: int = _SENTENCES.max_turn_chars  # longer turns are split at sentence boundaries
+    cap_laughter: int = _NORMALIZE.cap_repeats  # longest run of one repeated character kept (ㅋㅋㅋㅋ); 0 = off
+    val_ratio: float = _PAIRS.val_ratio  # share of conversations held out for validation
+    seed: int = _PAIRS.seed  # seeds the conversation split
     keep_pii: bool = False  # True: no placeholders, no pseudonyms
-    pseudonym_prefix: str = "친구"  # other speakers become 친구1, 친구2...
+    pseudonym_prefix: str = _PII.pseudonym_prefix  # other speakers become 친구1, 친구2...
     strict: bool = False  # any unparsed line is an error
     exports: tuple[str, ...] = ()  # extra shapes: "alpaca", "messages"
-    self_alias: str = "나"  # name of the exporting user (회원님/You/you)
-    kss_backend: str = "mecab"  # kss backend for long turns (pecab when mecab is missing)
+    self_alias: str = _NORMALIZE.self_alias  # name of the exporting user (회원님/You/you)
+    kss_backend: str = _SENTENCES.backend  # kss backend for long turns (pecab when mecab is missing)
     list_speakers: bool = False  # print speakers and exit; writes nothing
 
     @property
@@ -386,35 +390,39 @@ def log_summary(stats: dict, seconds: dict[str, float]) -> None:
 
 def build_parser():
     p = make_parser("python -m pipeline.prepare", __doc__)
+    d = PrepareConfig(())
     a = p.add_argument
     a("inputs", nargs="+", metavar="FILES", help="chat exports (KakaoTalk PC/Android/iOS txt, macOS csv)")
-    a("--out", default="", help="output folder (created; replaced as a whole at the end of a successful run)")
+    a("--out", default=d.out, help="output folder (created; replaced as a whole at the end of a successful run)")
     a("--persona", action="append", default=[],
       help="speaker to imitate; repeat for several (default: everyone with --min-replies replies)")
     a("--list-speakers", action="store_true", help="print speakers with message and reply counts, then exit")
-    a("--min-replies", type=int, default=20,
-      help="without --persona, a speaker needs this many replies to become a persona (default 20)")
-    a("--context-turns", type=int, default=8, help="previous turns given as context per pair (default 8)")
-    a("--burst-gap", type=float, default=120.0,
-      help="seconds: one speaker's messages closer than this merge into one turn (default 120)")
-    a("--conversation-gap", type=float, default=3600.0,
-      help="seconds of silence that start a new conversation (default 3600)")
-    a("--max-turn-chars", type=int, default=300,
-      help="longer turns are split at sentence boundaries (kss, mecab backend) (default 300)")
-    a("--cap-laughter", type=int, default=4,
-      help="cap runs of one repeated jamo/punctuation/emoji (ㅋㅋㅋㅋㅋㅋ) to this many; 0 = off (default 4)")
-    a("--val-ratio", type=float, default=0.1, help="share of conversations held out for validation (default 0.1)")
-    a("--seed", type=int, default=0, help="seed of the train/validation split (default 0)")
+    a("--min-replies", type=int, default=d.min_replies,
+      help=f"without --persona, a speaker needs this many replies to become a persona (default {d.min_replies})")
+    a("--context-turns", type=int, default=d.context_turns,
+      help=f"previous turns given as context per pair (default {d.context_turns})")
+    a("--burst-gap", type=float, default=d.burst_gap_s,
+      help=f"seconds: one speaker's messages closer than this merge into one turn (default {d.burst_gap_s:g})")
+    a("--conversation-gap", type=float, default=d.conversation_gap_s,
+      help=f"seconds of silence that start a new conversation (default {d.conversation_gap_s:g})")
+    a("--max-turn-chars", type=int, default=d.max_turn_chars,
+      help=f"longer turns are split at sentence boundaries (kss, mecab backend) (default {d.max_turn_chars})")
+    a("--cap-laughter", type=int, default=d.cap_laughter,
+      help=f"cap runs of one repeated jamo/punctuation/emoji (ㅋㅋㅋㅋㅋㅋ) to this many; 0 = off (default {d.cap_laughter})")
+    a("--val-ratio", type=float, default=d.val_ratio,
+      help=f"share of conversations held out for validation (default {d.val_ratio:g})")
+    a("--seed", type=int, default=d.seed, help=f"seed of the train/validation split (default {d.seed})")
     a("--keep-pii", action="store_true",
       help="keep phone numbers, e-mails, card/account/resident numbers, URLs and names (default: replace them)")
-    a("--pseudonym-prefix", default="친구", help="other speakers become PREFIX1, PREFIX2... (default 친구)")
+    a("--pseudonym-prefix", default=d.pseudonym_prefix,
+      help=f"other speakers become PREFIX1, PREFIX2... (default {d.pseudonym_prefix})")
     a("--strict", action="store_true", help="any line that cannot be parsed is an error")
     a("--export", action="append", default=[], choices=EXPORTS,
       help="also write the pairs as alpaca (instruction/input/output) or chat messages; repeatable")
-    a("--self-alias", default="나",
-      help="name for the exporting user (회원님/You/you), usable with --persona (default 나)")
-    a("--kss-backend", default="mecab", choices=("mecab", "pecab"),
-      help="kss sentence backend for long turns (default mecab; pecab if mecab is not installed)")
+    a("--self-alias", default=d.self_alias,
+      help=f"name for the exporting user (회원님/You/you), usable with --persona (default {d.self_alias})")
+    a("--kss-backend", default=d.kss_backend, choices=("mecab", "pecab"),
+      help=f"kss sentence backend for long turns (default {d.kss_backend}; pecab if mecab is not installed)")
     a("-v", "--verbose", action="store_true", help="log the time of every stage")
     return p
 

@@ -18,6 +18,7 @@ opens the chat is printed (--chat starts it as its own process).
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import subprocess
@@ -203,11 +204,25 @@ def chat_argv(cfg: RunConfig) -> list[str]:
     return ["--adapters", str(cfg.adapters_dir), *_base(cfg), *_cache(cfg)]
 
 
-PREPARE_FLAGS = {"--context-turns": int, "--val-ratio": float, "--min-replies": int, "--self-alias": str,
-                 "--burst-gap": float, "--conversation-gap": float}
-TRAIN_FLAGS = {"--method": str, "--max-steps": int, "--epochs": int, "--lr": float, "--lora-r": int,
-               "--max-length": int, "--batch-size": int, "--eval-every": int, "--rehearsal": str}
-EVAL_FLAGS = {"--max-examples": int, "--samples": int, "--max-new-tokens": int, "--general": str}
+# the stage flags pipeline.run passes on; their types and choices come from the stages' own parsers
+PREPARE_FLAGS = ("--context-turns", "--val-ratio", "--min-replies", "--self-alias", "--burst-gap", "--conversation-gap")
+TRAIN_FLAGS = ("--method", "--max-steps", "--epochs", "--lr", "--lora-r", "--max-length", "--batch-size",
+               "--eval-every", "--rehearsal")
+EVAL_FLAGS = ("--max-examples", "--samples", "--max-new-tokens", "--general")
+
+
+def _stage_flags() -> list[tuple[str, tuple[str, ...], argparse.ArgumentParser]]:
+    from pipeline import evaluate, prepare, train
+
+    return [("prepare", PREPARE_FLAGS, prepare.build_parser()), ("train", TRAIN_FLAGS, train.build_parser()),
+            ("evaluate", EVAL_FLAGS, evaluate.build_parser())]
+
+
+def _pass_on(p: argparse.ArgumentParser, stage: str, flag: str, source: argparse.ArgumentParser) -> None:
+    """Add ``flag`` as ``source`` declares it (type, choices), without a default: only given flags go on."""
+    action = next(a for a in source._actions if flag in a.option_strings)
+    p.add_argument(flag, type=action.type, choices=action.choices, metavar=action.metavar or flag[2:].upper()
+                   .replace("-", "_"), help=f"passed to {stage} (see python -m pipeline.{stage} --help)")
 
 
 def build_parser():
@@ -222,16 +237,16 @@ def build_parser():
     p.add_argument("--seed", type=int, help="seed of the split (prepare), training and evaluation")
     p.add_argument("--keep-pii", action="store_true", help="prepare: keep phone numbers, e-mails, names")
     p.add_argument("--threads", type=int, help="torch CPU threads for train and evaluate (default: all CPUs)")
-    for flags, stage in ((PREPARE_FLAGS, "prepare"), (TRAIN_FLAGS, "train"), (EVAL_FLAGS, "evaluate")):
-        for flag, kind in flags.items():
-            p.add_argument(flag, type=kind, help=f"passed to {stage} (see python -m pipeline.{stage} --help)")
+    for stage, flags, source in _stage_flags():
+        for flag in flags:
+            _pass_on(p, stage, flag, source)
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation stage")
     p.add_argument("--force", action="store_true", help="rerun every stage even if unchanged")
     p.add_argument("--chat", action="store_true", help="open the chat (python -m chatbot) at the end")
     return p
 
 
-def _passed(a, flags: dict) -> tuple[str, ...]:
+def _passed(a, flags: Sequence[str]) -> tuple[str, ...]:
     out: list[str] = []
     for flag in flags:
         value = getattr(a, flag[2:].replace("-", "_"))

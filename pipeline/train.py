@@ -30,8 +30,8 @@ from pipeline.training.run import train
 log = logging.getLogger("pipeline.train")
 
 
-def parse_args(argv: Sequence[str] | None) -> TrainConfig:
-    """The TrainConfig the command line describes (not yet validated)."""
+def build_parser() -> argparse.ArgumentParser:
+    """The flags of ``python -m pipeline.train``; each default is :class:`TrainConfig`'s."""
     ap = parser("python -m pipeline.train", __doc__)
     d = TrainConfig("", "")
     a = ap.add_argument
@@ -73,7 +73,12 @@ def parse_args(argv: Sequence[str] | None) -> TrainConfig:
     a("--threads", type=int, help="torch CPU threads (default: all CPUs available to this process)")
     a("--resume", nargs="?", const="latest", help="continue from the newest checkpoint in --out (or the given one)")
     a("-v", "--verbose", action="store_true", help="debug logging")
-    ns = ap.parse_args(argv)
+    return ap
+
+
+def parse_args(argv: Sequence[str] | None) -> TrainConfig:
+    """The TrainConfig the command line describes (not yet validated)."""
+    ns = build_parser().parse_args(argv)
     setup_logging(ns.verbose)
     values = {k: v for k, v in vars(ns).items() if k != "verbose"}
     values["target_modules"] = tuple(m.strip() for m in (ns.target_modules or "").split(",") if m.strip())

@@ -1,6 +1,6 @@
 """Tiny persona adapters for the chat tests: an extended tiny base plus LoRA adapters that differ.
 
-The adapters follow the team's adapter-directory contract (PEFT ``save_pretrained`` with
+The adapters follow the adapter folder's format (core.adapter_format: PEFT ``save_pretrained`` with
 ``save_embedding_layers=False``, new-token rows via ``trainable_token_indices``, a
 ``manifest.json``); their LoRA and new-token weights are random (seeded) instead of
 trained, which is enough to make each persona answer differently and deterministically.

@@ -172,7 +172,7 @@ def test_real_default_tokenizer_template_matches_render():
 
 
 def test_sanitize_sees_tokens_added_after_first_use(ext_tokenizers):
-    """The special-string cache (render was 0.5 s on Gemma without it) follows added tokens."""
+    """The special-string cache follows added tokens."""
     tok = load_tokenizer(ext_tokenizers["gemma"])
     assert sanitize("a<|new|>b<|eot|>", tok) == "a<|new|>b"
     tok.add_special_tokens({"extra_special_tokens": ["<|new|>"]}, replace_extra_special_tokens=False)

@@ -133,6 +133,21 @@ def test_broken_adapters_listed_not_fatal(chat_dirs, tmp_path):
     assert eng.reply(HELLO, "minji", P, seed=7) == load_engine(*chat_dirs).reply(HELLO, "minji", P, seed=7)
 
 
+def test_extended_base_missing_from_the_cache_is_built_by_pipeline_extend(chat_dirs, tmp_path, capfd):
+    """An empty cache: the chat runs python -m pipeline.extend in its own process and then serves the same replies."""
+    from chatbot.engine import Engine
+
+    ext, adapters = chat_dirs
+    cache = tmp_path / "fresh-cache"
+    eng = Engine.from_adapters_dir(adapters, cache_dir=cache)
+    built = [d for d in (cache / "extended").iterdir() if (d / "manifest.json").is_file()]
+    assert len(built) == 1 and built[0].name == ext.name  # the same cache key as the one training built
+    assert eng.reply(HELLO, "minji", P, seed=7) == load_engine(*chat_dirs).reply(HELLO, "minji", P, seed=7)
+    with pytest.raises(UserError, match=r"^--base-model \S*nope: no such file or directory$"):
+        Engine.from_adapters_dir(adapters, base_model=str(tmp_path / "nope"), cache_dir=cache)
+    assert "error:" not in capfd.readouterr().err  # the child's error line is raised once, not printed too
+
+
 def test_missing_adapters_dir_is_user_error(tmp_path):
     with pytest.raises(UserError, match="no such directory"):
         discover(tmp_path / "nope")
@@ -141,7 +156,7 @@ def test_missing_adapters_dir_is_user_error(tmp_path):
 
 
 def test_adapters_from_pipeline_train_load_and_swap(tiny_gemma_dir, chat_dirs, tmp_path):
-    """Real pipeline.train output (the adapter-directory contract) serves next to the test adapters."""
+    """Real pipeline.train output (the adapter folder format) serves next to the test adapters."""
     import torch
 
     from pipeline.train import parse_args

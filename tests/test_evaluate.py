@@ -3,7 +3,7 @@ adapters, persona identification on a toy case, the SmileStyle index, and the CL
 
 Tiny models only: the extended base comes from ``pipeline.extend`` on the tiny Gemma
 (sliding window 64, logit softcapping), adapters are PEFT LoRA with
-``trainable_token_indices`` trained a few steps here, saved per the adapter contract.
+``trainable_token_indices`` trained a few steps here, saved in the adapter folder format (core.adapter_format).
 """
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def write_data(directory: Path, n_train: int = 12, n_val: int = 4) -> Path:
 
 
 def train_tiny_adapter(ext_dir: Path, base_spec: str, data: Path, out: Path, steps: int = 4) -> Path:
-    """A LoRA adapter per the adapter-directory contract, trained ``steps`` steps on render labels."""
+    """A LoRA adapter in the adapter folder format, trained ``steps`` steps on render labels."""
     import torch
     from peft import LoraConfig, get_peft_model
 
