@@ -60,7 +60,7 @@ def weight_names(path: str | Path) -> list[str]:
     from safetensors import safe_open
 
     try:
-        with safe_open(str(path), framework="pt") as f:
+        with safe_open(str(path), framework="numpy") as f:  # keys only: no torch needed
             return list(f.keys())
     except Exception as e:  # safetensors raises its own error types for a garbled header
         raise ValueError(f"{Path(path).name} is not a safetensors file") from e

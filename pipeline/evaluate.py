@@ -112,7 +112,8 @@ def build_parser():
                    help=f"general Korean replies scored (default {d.general_lines})")
     p.add_argument("--shots", type=int, default=d.shots,
                    help=f"real train replies in the few-shot prompt (default {d.shots})")
-    p.add_argument("--samples", type=int, default=d.samples, help=f"side-by-side samples in eval.md (default {d.samples})")
+    p.add_argument("--samples", type=int, default=d.samples,
+                   help=f"side-by-side samples in eval.md (default {d.samples})")
     p.add_argument("--generate", type=int, default=d.generate,
                    help=f"replies sampled per system for the style statistics (default {d.generate})")
     p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens,

@@ -63,7 +63,8 @@ STAGES = ("parse", "normalise", "drop_non_speech", "remove_pii", "merge_bursts",
 
 
 # each stage's config holds its own defaults; PrepareConfig and the flags take them from there
-_PAIRS, _TURNS, _SENTENCES, _NORMALIZE, _PII = PairConfig(), TurnConfig(), SentenceConfig(), NormalizeConfig(), PIIConfig()
+_PAIRS, _TURNS, _SENTENCES = PairConfig(), TurnConfig(), SentenceConfig()
+_NORMALIZE, _PII = NormalizeConfig(), PIIConfig()
 
 
 @dataclass(frozen=True)
@@ -408,7 +409,8 @@ def build_parser():
     a("--max-turn-chars", type=int, default=d.max_turn_chars,
       help=f"longer turns are split at sentence boundaries (kss, mecab backend) (default {d.max_turn_chars})")
     a("--cap-laughter", type=int, default=d.cap_laughter,
-      help=f"cap runs of one repeated jamo/punctuation/emoji (ㅋㅋㅋㅋㅋㅋ) to this many; 0 = off (default {d.cap_laughter})")
+      help="cap runs of one repeated jamo/punctuation/emoji (ㅋㅋㅋㅋㅋㅋ) to this many; 0 = off "
+           f"(default {d.cap_laughter})")
     a("--val-ratio", type=float, default=d.val_ratio,
       help=f"share of conversations held out for validation (default {d.val_ratio:g})")
     a("--seed", type=int, default=d.seed, help=f"seed of the train/validation split (default {d.seed})")

@@ -20,7 +20,6 @@ from pipeline.training.methods import METHODS
 # config fields that may change between a checkpoint and --resume without invalidating it
 RESUME_FREE = ("max_steps", "resume", "save_every", "keep_checkpoints", "cache_dir", "threads", "out",
                "log_every", "gradient_checkpointing")  # checkpointing recomputes the same values
-EVAL_LIMIT_SEED = 1234
 
 
 @dataclass(frozen=True)
