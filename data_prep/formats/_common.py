@@ -39,13 +39,28 @@ WEEKDAYS_EN = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday
 WEEKDAYS_KO = ("월요일", "화요일", "수요일", "목요일", "금요일", "토요일", "일요일")
 
 # Lines that start an export: the title and the save date. They may repeat
-# mid-file when several exports were pasted together.
-_TITLE_ENDS = ("카카오톡 대화", "카카오톡 대화방")
-_TITLE_STARTS = ("Talk with ", "KakaoTalk Chats with ", "Chat with ", "KakaoTalk Chat with ")
-_SAVED_STARTS = ("저장한 날짜", "Date Saved", "Date saved")
+# mid-file when several exports were pasted together. Titles seen: "ROOM 님과 카카오톡 대화",
+# "KakaoTalk Chats with ROOM", "KakaoTalk Chats ROOM (24)", "ROOM with KakaoTalk Chats" (PC), "Talk with ROOM".
+_TITLE_ENDS = ("카카오톡 대화", "카카오톡 대화방", "KakaoTalk Chats")
+_TITLE_STARTS = ("Talk with ", "KakaoTalk Chats ", "Chat with ", "KakaoTalk Chat with ")
+_SAVED_STARTS = ("저장한 날짜", "Date Saved", "Date saved", "Saved Date")
 _FILE_NAME = re.compile(r"^\S.*\.(?:txt|csv)$", re.I)
 
-# Join/leave/invite/kick lines that carry no timestamp (Windows PC export).
+# System lines by kind, Korean and English UI: the text after the timestamp (or the
+# whole line where the export prints none). Names may hold spaces, commas, ♡ and 님.
+SYSTEM_KINDS: dict[str, str] = {
+    "invite": r".+님이 .+님을 초대(?:했|하였)습니다\.|.+ invited .+\.",
+    "join": r".+님이 들어왔습니다\.|.+ joined (?:this|the) chatroom\.",
+    "leave": r".+님이 나갔습니다\.|.+ left (?:this|the) chatroom\.",
+    "kick": r".+님을 내보냈습니다\.|.+ (?:has been|was) (?:removed|kicked) from (?:this|the) chatroom\.",
+    "hidden": r"채팅방 관리자가 메시지를 가렸습니다\.|This message has been hidden by the chatroom managers?\.",
+    # the report-abuse notice Android English prints (older builds: "from using the service")
+    "notice": r"You may temporarily be banned from using (?:KakaoTalk|the service) .+",
+}
+OTHER_SYSTEM = "other"  # a system line of no known kind (iOS/Android ``time: text`` lines, CSV rows without user)
+_SYSTEM_KIND = re.compile("|".join(f"(?P<{k}>{p})" for k, p in SYSTEM_KINDS.items()), re.DOTALL)
+# Lines without timestamp taken as system lines (Windows PC join/leave lines, the notice).
+# Narrower than SYSTEM_KINDS: an untimed "I invited A and B." is more likely body text.
 SYSTEM_TEXT = re.compile(
     r"^(?:.+님(?:이|을)? .*(?:들어왔습니다|나갔습니다|초대했습니다|초대하였습니다|내보냈습니다)\."
     r"|.+ (?:joined|left) this chatroom\."
@@ -53,6 +68,13 @@ SYSTEM_TEXT = re.compile(
     r"|.+ (?:has been|was) (?:removed|kicked) from this chatroom\."
     r"|채팅방 관리자가 메시지를 가렸습니다\.)$"
 )
+NOTICE = re.compile(f"^(?:{SYSTEM_KINDS['notice']})$")
+
+
+def system_kind(text: str) -> str | None:
+    """The kind of a system line's text (SYSTEM_KINDS), None when it is none of them."""
+    m = _SYSTEM_KIND.fullmatch(text)
+    return m.lastgroup if m else None
 
 
 def hour24(ampm: str | None, hour: int) -> int:
@@ -71,7 +93,9 @@ def hour24(ampm: str | None, hour: int) -> int:
 
 
 def is_system_text(line: str) -> bool:
-    """A join/leave/invite line without timestamp (cheap suffix test first)."""
+    """A join/leave/invite line or the report-abuse notice without timestamp (cheap tests first)."""
+    if line.startswith("You may"):
+        return NOTICE.match(line) is not None
     return line.endswith(".") and SYSTEM_TEXT.match(line) is not None
 
 
