@@ -43,20 +43,36 @@ def build_pairs(
     ``sources`` maps a message's source path to the label written in ``Pair.source``
     (the file name may hold a person's name, so the caller passes a scrubbed one).
     """
+    return build_all_pairs(convs, {persona: instruction}, context_turns, sources)
+
+
+def build_all_pairs(
+    convs: list[Conversation], instructions: Mapping[str, str], context_turns: int,
+    sources: Mapping[str, str] | None = None,
+) -> list[Pair]:
+    """:func:`build_pairs` for every persona of ``instructions`` (persona -> instruction) in one pass.
+
+    The same pairs in the same order (persona by persona), but each
+    conversation's context turns are built once and shared by every persona's
+    windows (no per-pair or per-persona copies).
+    """
     sources = sources or {}
-    pairs = []
+    by_persona: dict[str, list[Pair]] = {name: [] for name in instructions}
+    new_turn = tuple.__new__  # ContextTurn(...) minus the NamedTuple's Python-level __new__
     for conv in convs:
         turns = conv.turns
-        if not any(t.speaker == persona for t in turns[1:]):
-            continue
-        # one ContextTurn per turn, shared by every window that holds it (no per-pair churn)
-        ctx_turns = [ContextTurn(t.speaker, t.text) for t in turns]
+        ctx_turns = None
         for i in range(1, len(turns)):
-            if turns[i].speaker == persona:
-                src = turns[i].source
-                ctx = tuple(ctx_turns[max(0, i - context_turns):i])
-                pairs.append(Pair(persona, instruction, ctx, turns[i].text, conv.id, sources.get(src, src)))
-    return pairs
+            turn = turns[i]
+            pairs = by_persona.get(turn.speaker)
+            if pairs is None:
+                continue
+            if ctx_turns is None:
+                ctx_turns = [new_turn(ContextTurn, (t.speaker, t.text)) for t in turns]
+            src = sources.get(turn.source, turn.source)
+            pairs.append(Pair(turn.speaker, instructions[turn.speaker], tuple(ctx_turns[max(0, i - context_turns):i]),
+                              turn.text, conv.id, src))
+    return [p for name in instructions for p in by_persona[name]]
 
 
 def dedupe(pairs: list[Pair]) -> tuple[list[Pair], int]:
@@ -64,8 +80,7 @@ def dedupe(pairs: list[Pair]) -> tuple[list[Pair], int]:
     seen: set = set()
     kept = []
     for p in pairs:
-        # a joined string hashes far faster than a tuple of dataclasses
-        key = "\x1f".join((p.persona, p.response, *(f"{t.speaker}\x1e{t.text}" for t in p.context)))
+        key = (p.persona, p.response, p.context)  # tuples of str: hashed and compared in C
         if key in seen:
             continue
         seen.add(key)
@@ -114,39 +129,48 @@ def chat_messages(p: Pair) -> dict[str, Any]:
     return {"messages": to_messages(p.instruction, p.context, p.persona, p.response)}
 
 
-class PairEncoder:
-    """``Pair.dumps()`` byte for byte, but each context turn and instruction is encoded once.
+class _JSONCache(dict):
+    """value -> its UTF-8 JSON, computed on first lookup (``__missing__``): hits stay in C."""
 
-    Consecutive windows share up to ``context_turns`` turn objects (see
-    :func:`build_pairs`), so caching their JSON by object id saves most of the
-    encoding work. The pairs must stay alive while encoding (ids are reused after death).
+    def __init__(self, encode: Callable[[Any], bytes]) -> None:
+        super().__init__()
+        self._encode = encode
+
+    def __missing__(self, key: Any) -> bytes:
+        out = self[key] = self._encode(key)
+        return out
+
+
+def _json_str(s: str) -> bytes:
+    return json.encoder.encode_basestring(s).encode("utf-8")  # what json.dumps(ensure_ascii=False) writes
+
+
+class PairEncoder:
+    """``Pair.dumps()`` byte for byte (UTF-8, one line per pair), each distinct context turn encoded once.
+
+    Every pair repeats up to ``context_turns`` turns of its conversation, so the
+    JSON of each turn is cached (ContextTurn is a tuple: hashed in C) and a
+    pair's context is a ``map`` over that cache plus a bytes join, both in C.
     """
 
     def __init__(self) -> None:
-        self._enc = json.encoder.encode_basestring  # what json.dumps(ensure_ascii=False) uses for str
-        self._turns: dict[int, str] = {}
-        self._strings: dict[str, str] = {}
+        self._strings = _JSONCache(_json_str)  # personas, sources, conversation ids repeat across pairs
+        self._turns = _JSONCache(lambda t: b'{"speaker": %s, "text": %s}' % (self._strings[t.speaker], _json_str(t.text)))
+        self._heads = _JSONCache(lambda key: b'{"persona": %s, "instruction": %s, "context": [' % tuple(map(_json_str, key)))
 
-    def _string(self, s: str) -> str:  # instructions, personas, sources repeat across pairs
-        out = self._strings.get(s)
-        if out is None:
-            out = self._strings[s] = self._enc(s)
-        return out
-
-    def _turn(self, t: ContextTurn) -> str:
-        out = self._turns.get(id(t))
-        if out is None:
-            out = self._turns[id(t)] = f'{{"speaker": {self._string(t.speaker)}, "text": {self._enc(t.text)}}}'
-        return out
+    def chunk(self, pairs: Iterable[Pair]) -> bytes:
+        """The JSONL lines of ``pairs``, UTF-8."""
+        out: list[bytes] = []
+        add, turn, head, string = out.extend, self._turns.__getitem__, self._heads.__getitem__, self._strings.__getitem__
+        for p in pairs:
+            add((head((p.persona, p.instruction)), b", ".join(map(turn, p.context)), b'], "response": ',
+                 _json_str(p.response), b', "conversation_id": ', string(p.conversation_id),
+                 b', "source": ', string(p.source), b"}\n"))
+        return b"".join(out)
 
     def line(self, p: Pair) -> str:
-        ctx = ", ".join(self._turn(t) for t in p.context)
-        return (f'{{"persona": {self._string(p.persona)}, "instruction": {self._string(p.instruction)}, '
-                f'"context": [{ctx}], "response": {self._enc(p.response)}, '
-                f'"conversation_id": {self._enc(p.conversation_id)}, "source": {self._string(p.source)}}}\n')
-
-    def lines(self, pairs: Iterable[Pair]) -> Iterable[str]:
-        return (self.line(p) for p in pairs)
+        """One pair's line (with its newline) as text."""
+        return self.chunk((p,)).decode("utf-8")
 
 
 CHUNK_PAIRS = 16_384  # pairs per block of a JSONL split handed to ``on_chunk``
@@ -164,7 +188,7 @@ def write_pairs(directory: Path, split: str, pairs: list[Pair], exports: Iterabl
     enc, start = PairEncoder(), 0
     with open(path, "wb") as f:
         for i in range(0, len(pairs), CHUNK_PAIRS):
-            data = "".join(enc.lines(pairs[i:i + CHUNK_PAIRS])).encode("utf-8")
+            data = enc.chunk(pairs[i:i + CHUNK_PAIRS])
             f.write(data)
             if on_chunk is not None:
                 f.flush()

@@ -36,7 +36,7 @@ from data_prep.errors import ParseError, UserError
 from data_prep.filters import drop_non_speech
 from data_prep.normalize import NormalizeConfig, canonical_speaker, normalize
 from data_prep.pairs import (
-    EXPORTS, PairConfig, build_pairs, count_by_persona, dedupe, parse_jsonl_chunk, split_by_conversation, write_dataset,
+    EXPORTS, PairConfig, build_all_pairs, count_by_persona, dedupe, parse_jsonl_chunk, split_by_conversation, write_dataset,
     write_pairs,
 )
 from data_prep.persona_card import build_card, card_path, resolve_card
@@ -207,8 +207,7 @@ def _stages(cfg: PrepareConfig, t: Timer, bg: BackgroundWriter) -> Result:
             instructions = persona_cards(convs, personas, out / "personas", tmp / "personas")
         with t("build_pairs"):
             sources = {f.path: _label(f.path, pseudo, cfg) for f in files}
-            pairs = [p for name in personas
-                     for p in build_pairs(convs, name, instructions[name], cfg.context_turns, sources)]
+            pairs = build_all_pairs(convs, {name: instructions[name] for name in personas}, cfg.context_turns, sources)
         with t("dedupe"):
             pairs, duplicates = dedupe(pairs)
         with t("split"):
