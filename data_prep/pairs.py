@@ -235,16 +235,29 @@ def parse_jsonl_chunk(path: Path, start: int, end: int) -> None:
     _PARSED.setdefault(str(path), []).append((start, end, _read_json(lambda: pa.BufferReader(data), len(data))))
 
 
-def write_dataset(path: Path, jsonl: dict[str, Path]) -> None:
-    """The JSONL splits as a ``datasets.DatasetDict`` saved with ``save_to_disk``.
+# What ``datasets.Dataset.save_to_disk`` writes beside each split's Arrow file; written here
+# so prepare never imports ``datasets`` (half a CPU-second). ``features`` None: load_from_disk
+# takes them from the Arrow schema (persona, instruction, context: list of {speaker, text}, ...).
+_ARROW_FILE = "data-00000-of-00001.arrow"
+_INFO = {"citation": "", "description": "", "features": None, "homepage": "", "license": ""}
 
-    A split whose blocks :func:`parse_jsonl_chunk` parsed in this process (all of
-    the file, in order) is assembled from them; any other is read now.
-    datasets is imported only here because it is slow to import.
+
+def _state(fingerprint: str) -> dict[str, Any]:
+    return {"_data_files": [{"filename": _ARROW_FILE}], "_fingerprint": fingerprint, "_format_columns": None,
+            "_format_kwargs": {}, "_format_type": None, "_output_all_columns": False, "_split": None}
+
+
+def write_dataset(path: Path, jsonl: dict[str, Path]) -> None:
+    """The JSONL splits as a ``datasets.DatasetDict`` folder (``datasets.load_from_disk(path)`` reads it).
+
+    The layout ``save_to_disk`` writes (dataset_dict.json; per split one Arrow
+    stream file, dataset_info.json and state.json), written with pyarrow
+    alone. A split whose blocks :func:`parse_jsonl_chunk` parsed in this
+    process (all of the file, in order) is assembled from them; any other is read now.
     """
+    import os
+
     import pyarrow as pa
-    from datasets import Dataset, DatasetDict
-    from datasets.table import InMemoryTable
 
     def table(file: Path) -> pa.Table:
         size = file.stat().st_size
@@ -257,6 +270,16 @@ def write_dataset(path: Path, jsonl: dict[str, Path]) -> None:
         return _read_json(lambda: str(file), size)
 
     try:
-        DatasetDict({split: Dataset(InMemoryTable(table(f))) for split, f in jsonl.items()}).save_to_disk(str(path))
+        for split, file in jsonl.items():
+            folder = path / split
+            folder.mkdir(parents=True, exist_ok=True)
+            data = table(file)
+            with pa.OSFile(str(folder / _ARROW_FILE), "wb") as sink, pa.ipc.new_stream(sink, data.schema) as writer:
+                writer.write_table(data)
+            (folder / "dataset_info.json").write_text(json.dumps(_INFO, indent=2) + "\n", encoding="utf-8")
+            # a random fingerprint, as datasets gives data it has not hashed (keys its map() cache)
+            (folder / "state.json").write_text(json.dumps(_state(os.urandom(8).hex()), indent=2) + "\n",
+                                               encoding="utf-8")
+        (path / "dataset_dict.json").write_text(json.dumps({"splits": list(jsonl)}), encoding="utf-8")
     finally:
         _PARSED.clear()  # one prepare run at a time per process: no table outlives it

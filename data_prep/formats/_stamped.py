@@ -127,15 +127,21 @@ def _hour_minute(m: re.Match) -> tuple[int, int]:
 
 
 def _timestamp_maker():
-    """``timestamp(match)``: a new minute costs two dict lookups; a new day or clock text is parsed once."""
-    dates: dict[str, date] = {}
-    times: dict[str, tuple[int, int]] = {}
+    """``timestamp(match)``: a new minute costs two dict lookups and one addition; a new day or clock text is parsed once."""
+    days: dict[str, datetime] = {}  # date text -> its midnight
+    times: dict[str, timedelta] = {}  # clock text -> time since midnight
 
     def timestamp(m: re.Match) -> datetime:
         date_text, time_text = m.group("date", "time")
-        d = dates.get(date_text) or dates.setdefault(date_text, _date(m))
-        hm = times.get(time_text) or times.setdefault(time_text, _hour_minute(m))
-        return datetime(d.year, d.month, d.day, *hm)
+        midnight = days.get(date_text)
+        if midnight is None:
+            d = _date(m)
+            midnight = days[date_text] = datetime(d.year, d.month, d.day)
+        offset = times.get(time_text)
+        if offset is None:
+            h, mi = _hour_minute(m)
+            offset = times[time_text] = timedelta(hours=h, minutes=mi)
+        return midnight + offset
 
     return timestamp
 

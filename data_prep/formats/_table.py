@@ -32,10 +32,12 @@ def parse_timestamp(value, cache: dict) -> datetime:
     """
     ts = cache.get(value)
     if ts is None:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, str):
+            ts = datetime.fromisoformat(value.strip())
+            if ts.tzinfo is not None:  # replace() costs as much as the parse: only when needed
+                ts = ts.replace(tzinfo=None)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
             ts = datetime.fromtimestamp(value, tz=timezone.utc).replace(tzinfo=None)
-        elif isinstance(value, str):
-            ts = datetime.fromisoformat(value.strip()).replace(tzinfo=None)
         else:
             raise ValueError(f"not a timestamp: {value!r}")
         cache[value] = ts
