@@ -7,8 +7,11 @@ training (docs/PITFALLS.md).
 from __future__ import annotations
 
 import json
+import operator
 import random
 from collections import Counter
+from itertools import compress
+from operator import attrgetter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -100,15 +103,18 @@ def validation_conversations(conv_ids: list[str], val_ratio: float, seed: int) -
 
 def split_by_conversation(pairs: list[Pair], val_ratio: float, seed: int) -> tuple[list[Pair], list[Pair]]:
     """Stage: (train, validation) with every conversation wholly on one side."""
-    held = validation_conversations([p.conversation_id for p in pairs], val_ratio, seed)
-    train = [p for p in pairs if p.conversation_id not in held]
-    val = [p for p in pairs if p.conversation_id in held]
+    ids = list(map(attrgetter("conversation_id"), pairs))  # C-level loops: this runs on every pair
+    held = validation_conversations(ids, val_ratio, seed)
+    is_held = list(map(held.__contains__, ids))
+    train = list(compress(pairs, map(operator.not_, is_held)))
+    val = list(compress(pairs, is_held))
     return train, val
 
 
 def count_by_persona(train: list[Pair], val: list[Pair]) -> dict[str, dict[str, int]]:
     """{persona: {"train": n, "validation": n}} for stats.json."""
-    tr, va = Counter(p.persona for p in train), Counter(p.persona for p in val)
+    persona = attrgetter("persona")
+    tr, va = Counter(map(persona, train)), Counter(map(persona, val))
     return {name: {"train": tr[name], "validation": va[name]} for name in sorted(set(tr) | set(va))}
 
 

@@ -27,6 +27,7 @@ import time
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -299,7 +300,7 @@ def persona_cards(convs: list[Conversation], personas: Sequence[str], previous: 
 
 def check_pairs(personas: Sequence[str], pairs: list[Pair], speakers: Counter) -> None:
     """Zero pairs for a persona is an error naming it and the speakers that exist."""
-    have = Counter(p.persona for p in pairs)
+    have = Counter(map(attrgetter("persona"), pairs))
     empty = [p for p in personas if not have[p]]
     if empty:
         raise UserError(f"no pairs for persona {', '.join(empty)} (they never answer anyone); "
@@ -325,7 +326,7 @@ def write_outputs(tmp: Path, cfg: PrepareConfig, train: list[Pair], val: list[Pa
     the chart and parses each block of JSONL lines into Arrow while the next
     block is encoded here; only the last block and the save are left to wait for.
     """
-    bg.submit(write_report, tmp, stats, [len(p.response) for p in train + val])
+    bg.submit(write_report, tmp, stats, list(map(len, map(attrgetter("response"), train + val))))
     for split, pairs in (("train", train), ("validation", val)):
         write_pairs(tmp, split, pairs, cfg.exports, on_chunk=lambda *block: bg.submit(parse_jsonl_chunk, *block))
     bg.submit(write_dataset, tmp / "dataset", {s: tmp / f"{s}.jsonl" for s in ("train", "validation")})
