@@ -97,7 +97,9 @@ def draw_chart(path: Path, stats: dict[str, Any], reply_lengths: list[int]) -> b
     fig, axes = plt.subplots(2, 2, figsize=(11, 8))
     axes[0][0].barh(labels[::-1], [n for _, n in speakers][::-1], color="#4c72b0")
     axes[0][0].set_title("messages per speaker")
-    axes[0][1].hist(reply_lengths or [0], bins=30, color="#55a868")
+    import numpy as np  # matplotlib's own dependency; hist() walks a Python list element by element
+
+    axes[0][1].hist(np.asarray(reply_lengths or [0]), bins=30, color="#55a868")
     axes[0][1].set_title("persona reply length (chars)")
     for ax, key, color in ((axes[1][0], "dropped", "#c44e52"), (axes[1][1], "redactions", "#8172b2")):
         items = sorted(stats[key].items(), key=lambda kv: -kv[1])
