@@ -153,6 +153,18 @@ def test_time_only_records_take_the_day_of_the_last_day_line() -> None:
     assert parsed.format == "kakao_ios" and [n for n, _ in parsed.unparsed] == [6]
 
 
+@pytest.mark.parametrize("line, fmt", [
+    ("May 5, 2023 at 8:34\u202fpm, 민수 : 안녕", "kakao_android"),  # Android 2023+: lower-case pm
+    ("May 5, 2023 at 8:34\u202fPM, 민수 : 안녕", "kakao_ios"),
+    ("May 5, 2023, 8:34 PM, 민수 : 안녕", "kakao_android"),
+    ("June 5, 2023 at 8:34 PM, 민수 : 안녕", "kakao_android"),  # the full month name decides
+    ("Jun 5, 2023 8:34 PM, 민수 : 안녕", "kakao_ios"),
+])
+def test_english_android_and_ios_are_told_apart(line: str, fmt: str) -> None:
+    parsed = parse_text(line + "\n", "x.txt")
+    assert parsed.format == fmt and parsed.messages[0].ts == datetime(2023, 5 if "May" in line else 6, 5, 20, 34)
+
+
 def test_message_line_numbers_point_at_the_header_line() -> None:
     parsed = read_export(FIXTURES / "kakao_windows_ko.txt")
     raw = (FIXTURES / "kakao_windows_ko.txt").read_text(encoding="utf-8").splitlines()
