@@ -161,13 +161,18 @@ class PairEncoder:
 
     def __init__(self) -> None:
         self._strings = _JSONCache(_json_str)  # personas, sources, conversation ids repeat across pairs
-        self._turns = _JSONCache(lambda t: b'{"speaker": %s, "text": %s}' % (self._strings[t.speaker], _json_str(t.text)))
-        self._heads = _JSONCache(lambda key: b'{"persona": %s, "instruction": %s, "context": [' % tuple(map(_json_str, key)))
+        self._turns = _JSONCache(self._encode_turn)
+        self._heads = _JSONCache(lambda key: b'{"persona": %s, "instruction": %s, "context": [' % (
+            _json_str(key[0]), _json_str(key[1])))
+
+    def _encode_turn(self, t: ContextTurn) -> bytes:
+        return b'{"speaker": %s, "text": %s}' % (self._strings[t.speaker], _json_str(t.text))
 
     def chunk(self, pairs: Iterable[Pair]) -> bytes:
         """The JSONL lines of ``pairs``, UTF-8."""
         out: list[bytes] = []
-        add, turn, head, string = out.extend, self._turns.__getitem__, self._heads.__getitem__, self._strings.__getitem__
+        add, turn, head = out.extend, self._turns.__getitem__, self._heads.__getitem__
+        string = self._strings.__getitem__
         for p in pairs:
             add((head((p.persona, p.instruction)), b", ".join(map(turn, p.context)), b'], "response": ',
                  _json_str(p.response), b', "conversation_id": ', string(p.conversation_id),

@@ -46,7 +46,7 @@ class Variant:
 
     name: str
     record: re.Pattern  # groups: ts (date, time), y, mo|mon, d, ap|ap2, h, mi, name, text, sys, csys
-    dates: tuple[re.Pattern, ...]  # lines that only mark a new day (groups y, mo|mon, d: the day of time-only records)
+    dates: tuple[re.Pattern, ...]  # lines that only mark a new day
     shape: re.Pattern  # a timestamp at line start: not a record -> unparsed, not body text
     first: frozenset[str]
     multiline: re.Pattern  # ``record`` for finditer over the whole text (messages only)
@@ -127,7 +127,7 @@ def _hour_minute(m: re.Match) -> tuple[int, int]:
 
 
 def _timestamp_maker():
-    """``timestamp(match)``: a new minute costs two dict lookups and one addition; a new day or clock text is parsed once."""
+    """``timestamp(match)``: a new minute costs two dict lookups and an addition; a new day or clock is parsed once."""
     days: dict[str, datetime] = {}  # date text -> its midnight
     times: dict[str, timedelta] = {}  # clock text -> time since midnight
 
@@ -146,8 +146,8 @@ def _timestamp_maker():
     return timestamp
 
 
-def make_classifier(variants: tuple[Variant, ...]) -> tuple[Classify, dict, Callable[[re.Match], datetime], Callable]:
-    """``(classify(line), timestamp cache, timestamp(match), fast_path(variant))`` for :func:`parse_lines`.
+def make_classifier(variants: tuple[Variant, ...]) -> tuple[Classify, Callable[[Variant], FastPath]]:
+    """``(classify(line), fast_path(variant))`` for :func:`parse_lines` over ``variants``.
 
     The variant that matched last is tried first with one regex call; the
     others (and date lines) only when it fails.
@@ -234,13 +234,13 @@ def make_classifier(variants: tuple[Variant, ...]) -> tuple[Classify, dict, Call
             return FastPath(v.multiline, groups, offsets, clock, day)
         return FastPath(v.multiline, groups, cache, _timestamp)
 
-    return classify, cache, _timestamp, fast_path
+    return classify, fast_path
 
 
 def parse_stamped(lines: list[str], source: str, variants: tuple[Variant, ...],
                   progress: Progress | None = None) -> ParseResult:
     """:func:`parse_lines` with the fast path on the variant of the first record line."""
-    classify, _, _, fast_path = make_classifier(variants)
+    classify, fast_path = make_classifier(variants)
     head = lines[:HEAD_SCAN]
     primary = next((v for line in head for v in variants if v.record.match(line)), None)
     return parse_lines(lines, source, classify, fast_path(primary) if primary else None, progress)
