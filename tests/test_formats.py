@@ -215,6 +215,16 @@ def test_garbage_lines_are_counted_and_listed() -> None:
     assert_accounted(parsed)
 
 
+def test_stamped_records_with_an_impossible_date_or_clock_are_unparsed() -> None:
+    """The fast path looks date and clock up apart: a known clock on an impossible date is no record."""
+    text = ("2024년 2월 28일 오후 3:15, 민수 : 안녕\n2024년 2월 30일 오후 3:15, 민수 : 없는 날\n"
+            "2024년 2월 28일 오후 13:15, 민수 : 없는 시각\n2024년 2월 29일 오후 3:15, 민수 : 윤일\n")
+    parsed = parse_text(text, "x.txt")
+    assert [(m.ts, m.text) for m in parsed.messages] == [(datetime(2024, 2, 28, 15, 15), "안녕"),
+                                                         (datetime(2024, 2, 29, 15, 15), "윤일")]
+    assert [n for n, _ in parsed.unparsed] == [2, 3]
+
+
 def test_jsonl_bad_lines_are_listed() -> None:
     good = '{"ts": "2024-07-01 15:15", "name": "민수", "content": "안녕"}'
     parsed = parse_text("not json\n" + good + "\n[1, 2]\n" + good.replace("15:15", "25:99") + "\n", "x.jsonl")

@@ -127,23 +127,28 @@ def _hour_minute(m: re.Match) -> tuple[int, int]:
 
 
 def _timestamp_maker():
-    """``timestamp(match)``: a new minute costs two dict lookups and an addition; a new day or clock is parsed once."""
-    days: dict[str, datetime] = {}  # date text -> its midnight
-    times: dict[str, timedelta] = {}  # clock text -> time since midnight
+    """``(timestamp(match), days, times)``: a day or clock text is parsed once, then looked up.
+
+    ``days`` maps date text to its midnight and ``times`` clock text to the
+    time since midnight; a new minute is two lookups and an addition.
+    """
+    days: dict[str, datetime] = {}
+    times: dict[str, timedelta] = {}
 
     def timestamp(m: re.Match) -> datetime:
         date_text, time_text = m.group("date", "time")
         midnight = days.get(date_text)
         if midnight is None:
             d = _date(m)
-            midnight = days[date_text] = datetime(d.year, d.month, d.day)
+            midnight = datetime(d.year, d.month, d.day)
         offset = times.get(time_text)
         if offset is None:
             h, mi = _hour_minute(m)
             offset = times[time_text] = timedelta(hours=h, minutes=mi)
+        days[date_text] = midnight  # only once both parts are valid (the fast path trusts these)
         return midnight + offset
 
-    return timestamp
+    return timestamp, days, times
 
 
 def make_classifier(variants: tuple[Variant, ...]) -> tuple[Classify, Callable[[Variant], FastPath]]:
@@ -154,7 +159,7 @@ def make_classifier(variants: tuple[Variant, ...]) -> tuple[Classify, Callable[[
     """
     cache: dict[str, datetime | None] = {}
     primary = [variants[0].record.match]
-    _timestamp = _timestamp_maker()
+    _timestamp, days, times = _timestamp_maker()
     time_only = {v.record for v in variants if "date" not in v.record.groupindex}
     # time-only records: midnight of the last day line (once set, never None again) and
     # clock text -> time since midnight, filled only once a day is known (FastPath.day)
@@ -232,7 +237,8 @@ def make_classifier(variants: tuple[Variant, ...]) -> tuple[Classify, Callable[[
         groups = (index["ts"], index["name"], index["text"])
         if v.record in time_only:
             return FastPath(v.multiline, groups, offsets, clock, day)
-        return FastPath(v.multiline, groups, cache, _timestamp)
+        # date and clock looked up apart: nearly every record starts a new minute
+        return FastPath(v.multiline, (index["time"], *groups[1:]), times, _timestamp, dates=(index["date"], days))
 
     return classify, fast_path
 
