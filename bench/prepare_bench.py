@@ -18,6 +18,17 @@ prefilter) on the same messages, and the cost of kss on long turns without
 punctuation against the punctuation-only path.
 Prints messages/s, peak MB, seconds per stage and the ratios. Target: >= 100,000
 messages/s on 2 cores, peak < 2 GB.
+
+    .venv/bin/python bench/prepare_bench.py --platforms            # 300,000 messages per platform, best of 3
+
+``--platforms`` runs prepare as a user does, ``python -m pipeline.prepare FILE --out DIR
+[--persona NAME]``, one fresh process per run (wall time includes start-up and
+imports), on a generated export of each platform (Android Korean, Windows PC,
+iOS, macOS CSV): four speakers, short messages (one to four words). Each case
+runs with and without ``--persona`` (without: pairs for all four speakers), the
+best of ``--repeat`` (default 3) wall times counts; the table gives messages/s,
+peak memory of the process tree (RSS of prepare and its writer process, summed,
+sampled every 20 ms) and the load average before each run.
 """
 from __future__ import annotations
 
@@ -186,14 +197,133 @@ def run_child(label: str, path: Path) -> dict:
     return r
 
 
+# --platforms: each platform's export of the same messages (writer options of data_prep.formats)
+PLATFORMS = {"android-ko": ("kakao_android", {"locale": "ko"}), "windows": ("kakao_windows", {"lang": "ko"}),
+             "ios": ("kakao_ios", {"locale": "ko"}), "macos": ("kakao_macos", {})}
+FOUR = ["김민수", "이지은", "박서준", "회원님"]
+
+
+def short_messages(n: int, seed: int = 0) -> list:
+    """``n`` short messages (1-4 words of SmileStyle sentences) by four speakers, seconds apart."""
+    from data_prep.records import Message
+
+    rng = random.Random(seed)
+    words = [w for dia in dialogues() for row in dia for text in row.values() for w in (text or "").split()]
+    ts, msgs, speaker = datetime(2020, 1, 1, 9, 0), [], FOUR[0]
+    while len(msgs) < n:
+        ts += timedelta(seconds=rng.randint(3, 90) if rng.random() > 0.01 else rng.randint(3600, 90_000))
+        if rng.random() < 0.7:  # mostly a new speaker: turns of one to a few messages
+            speaker = rng.choice(FOUR)
+        msgs.append(Message(ts, speaker, " ".join(rng.choices(words, k=rng.randint(1, 4)))))
+    return msgs
+
+
+def _tree_rss_mb(pid: int) -> float:
+    """RSS of ``pid`` and its children (Linux /proc), MB; 0 when gone."""
+    total = 0
+    for p in [str(pid), *_children(pid)]:
+        try:
+            with open(f"/proc/{p}/statm") as f:
+                total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / 2 ** 20
+
+
+def _children(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return f.read().split()
+    except OSError:
+        return []
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system seconds of ``pid`` so far (its own, not its children's); None when gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+def run_cli_once(path: Path, persona: str | None) -> tuple[float, float, float, float, int]:
+    """(wall s, CPU s, main CPU s, peak tree RSS MB, pairs) of one ``python -m pipeline.prepare``, fresh process.
+
+    CPU: user + system seconds of the process and the writer process it waited
+    for (RUSAGE_CHILDREN before/after); on a busy machine wall > CPU. Main CPU:
+    the prepare process alone (sampled every 20 ms until it exits), the
+    critical path when its writer process has a core of its own.
+    """
+    out = Path(tempfile.mkdtemp(prefix="prepare-bench-")) / "data"
+    cmd = [sys.executable, "-m", "pipeline.prepare", str(path), "--out", str(out)]
+    cmd += ["--persona", persona] if persona else []
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    log = tempfile.TemporaryFile("w+")  # not a pipe: progress bars would fill it and block the run
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log, text=True)
+    peak = main_cpu = 0.0
+    while proc.poll() is None:
+        peak = max(peak, _tree_rss_mb(proc.pid))
+        main_cpu = _cpu_seconds(proc.pid) or main_cpu
+        time.sleep(0.02)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    if proc.returncode:
+        log.seek(0)
+        sys.exit(f"{' '.join(cmd)} failed:\n{log.read()[-2000:]}")
+    stats = json.loads((out / "stats.json").read_text(encoding="utf-8"))
+    shutil.rmtree(out.parent, ignore_errors=True)
+    return wall, cpu, main_cpu, peak, sum(c["train"] + c["validation"] for c in stats["pairs"].values())
+
+
+def platforms(n: int, repeat: int) -> None:
+    """The --platforms table: every platform, with and without --persona, best of ``repeat`` fresh processes."""
+    from data_prep.formats import PARSERS
+
+    msgs = short_messages(n)
+    work = tempfile.TemporaryDirectory(prefix="prepare-bench-")
+    print(f"{'export':<11} {'persona':<8} {'MB':>5} {'pairs':>9} {'best s':>7} {'msg/s':>9} {'CPU s':>6} "
+          f"{'main CPU':>8} {'msg/main-CPU-s':>14} {'peak MB':>8}  wall s@load average, every run")
+    met = True
+    for name, (fmt, opts) in PLATFORMS.items():
+        path = Path(work.name) / f"KakaoTalk_{name}.{'csv' if fmt == 'kakao_macos' else 'txt'}"
+        path.write_text(PARSERS[fmt].write(msgs, **opts), encoding="utf-8")
+        for persona in (FOUR[0], None):
+            runs = []
+            for _ in range(repeat):
+                load = os.getloadavg()[0]
+                runs.append((*run_cli_once(path, persona), load))  # (wall, cpu, main cpu, peak, pairs, load)
+            wall, pairs = min(runs)[0], runs[0][4]
+            cpu, main_cpu, peak = min(r[1] for r in runs), min(r[2] for r in runs), max(r[3] for r in runs)
+            met &= n / wall >= 100_000 and peak < 2048
+            walls = " ".join(f"{r[0]:.2f}@{r[5]:.1f}" for r in runs)
+            print(f"{name:<11} {'yes' if persona else 'no':<8} {path.stat().st_size / 1e6:>5.0f} {pairs:>9,} "
+                  f"{wall:>7.2f} {n / wall:>9,.0f} {cpu:>6.2f} {main_cpu:>8.2f} {n / main_cpu:>14,.0f} {peak:>8.0f}  "
+                  f"{walls}", flush=True)
+    print(f"({os.cpu_count()} cores. best s: the best wall time, start-up included. CPU s: the least user+system "
+          "time of prepare and its writer process together; main CPU: of prepare alone, what bounds the wall time "
+          "when the writer has a core of its own, i.e. on an idle machine)")
+    print(f"target >= 100,000 messages/s wall and < 2 GB on every case: {'met' if met else 'NOT met'}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--messages", type=int, default=1_000_000, help="messages in the generated export")
-    ap.add_argument("--repeat", type=int, default=1, help="run the full (default) case this many times")
+    ap.add_argument("--repeat", type=int, default=None,
+                    help="run the full case (--platforms: every case) this many times (default 1; --platforms 3)")
+    ap.add_argument("--platforms", action="store_true",
+                    help="instead: the per-platform table, python -m pipeline.prepare in fresh processes")
+    ap.add_argument("--platform-messages", type=int, default=300_000, help="messages per platform export (--platforms)")
     ap.add_argument("--child", nargs=2, metavar=("FILE", "MODE"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
         return child(*a.child)
+    if a.platforms:
+        return platforms(a.platform_messages, a.repeat or 3)
     from data_prep.formats import PARSERS
 
     t0 = time.perf_counter()
@@ -211,7 +341,7 @@ def main() -> None:
     print(f"long turns: kss (mecab) import {load:.1f}s, {bare_ms:.1f} ms per unpunctuated 12-sentence turn; "
           f"{punct_ms:.2f} ms when punctuation gives the boundaries (kss not called) -> {bare_ms / punct_ms:.0f}x")
     runs: dict[str, list[dict]] = {}
-    for mode in ["full"] * max(1, a.repeat) + ["inline-writer", "keep-pii"]:
+    for mode in ["full"] * max(1, a.repeat or 1) + ["inline-writer", "keep-pii"]:
         runs.setdefault(mode, []).append(run_child(mode, path))
     full = min(runs["full"], key=lambda r: r["seconds"])
     base, inline = runs["keep-pii"][0], runs["inline-writer"][0]

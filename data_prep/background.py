@@ -1,6 +1,6 @@
-"""Run the slow output writers (pyarrow/datasets, matplotlib) in a second process.
+"""Run the slow output writers (pyarrow, matplotlib) in a second process.
 
-Importing ``datasets`` and ``matplotlib`` costs about 1.5 CPU-seconds and
+Importing ``pyarrow`` and ``matplotlib`` costs about half a CPU-second and
 building the dataset and the chart another 1-2 s on a million-message export.
 None of it needs the main process: a forked worker imports them while the main
 process parses and cleans (the other core), then writes ``report.png`` and
@@ -27,7 +27,6 @@ def warm_up() -> None:
     import matplotlib
 
     matplotlib.use("Agg")
-    import datasets  # noqa: F401
     import matplotlib.pyplot  # noqa: F401
     import pyarrow.json  # noqa: F401
 

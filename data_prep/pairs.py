@@ -7,8 +7,11 @@ training.
 from __future__ import annotations
 
 import json
+import operator
 import random
 from collections import Counter
+from itertools import compress
+from operator import attrgetter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -42,20 +45,36 @@ def build_pairs(
     ``sources`` maps a message's source path to the label written in ``Pair.source``
     (the file name may hold a person's name, so the caller passes a scrubbed one).
     """
+    return build_all_pairs(convs, {persona: instruction}, context_turns, sources)
+
+
+def build_all_pairs(
+    convs: list[Conversation], instructions: Mapping[str, str], context_turns: int,
+    sources: Mapping[str, str] | None = None,
+) -> list[Pair]:
+    """:func:`build_pairs` for every persona of ``instructions`` (persona -> instruction) in one pass.
+
+    The same pairs in the same order (persona by persona), but each
+    conversation's context turns are built once and shared by every persona's
+    windows (no per-pair or per-persona copies).
+    """
     sources = sources or {}
-    pairs = []
+    by_persona: dict[str, list[Pair]] = {name: [] for name in instructions}
+    new_turn = tuple.__new__  # ContextTurn(...) minus the NamedTuple's Python-level __new__
     for conv in convs:
         turns = conv.turns
-        if not any(t.speaker == persona for t in turns[1:]):
-            continue
-        # one ContextTurn per turn, shared by every window that holds it (no per-pair churn)
-        ctx_turns = [ContextTurn(t.speaker, t.text) for t in turns]
+        ctx_turns = None
         for i in range(1, len(turns)):
-            if turns[i].speaker == persona:
-                src = turns[i].source
-                ctx = tuple(ctx_turns[max(0, i - context_turns):i])
-                pairs.append(Pair(persona, instruction, ctx, turns[i].text, conv.id, sources.get(src, src)))
-    return pairs
+            turn = turns[i]
+            pairs = by_persona.get(turn.speaker)
+            if pairs is None:
+                continue
+            if ctx_turns is None:
+                ctx_turns = [new_turn(ContextTurn, (t.speaker, t.text)) for t in turns]
+            src = sources.get(turn.source, turn.source)
+            pairs.append(Pair(turn.speaker, instructions[turn.speaker], tuple(ctx_turns[max(0, i - context_turns):i]),
+                              turn.text, conv.id, src))
+    return [p for name in instructions for p in by_persona[name]]
 
 
 def dedupe(pairs: list[Pair]) -> tuple[list[Pair], int]:
@@ -63,8 +82,7 @@ def dedupe(pairs: list[Pair]) -> tuple[list[Pair], int]:
     seen: set = set()
     kept = []
     for p in pairs:
-        # a joined string hashes far faster than a tuple of dataclasses
-        key = "\x1f".join((p.persona, p.response, *(f"{t.speaker}\x1e{t.text}" for t in p.context)))
+        key = (p.persona, p.response, p.context)  # tuples of str: hashed and compared in C
         if key in seen:
             continue
         seen.add(key)
@@ -84,15 +102,18 @@ def validation_conversations(conv_ids: list[str], val_ratio: float, seed: int) -
 
 def split_by_conversation(pairs: list[Pair], val_ratio: float, seed: int) -> tuple[list[Pair], list[Pair]]:
     """Stage: (train, validation) with every conversation wholly on one side."""
-    held = validation_conversations([p.conversation_id for p in pairs], val_ratio, seed)
-    train = [p for p in pairs if p.conversation_id not in held]
-    val = [p for p in pairs if p.conversation_id in held]
+    ids = list(map(attrgetter("conversation_id"), pairs))  # C-level loops: this runs on every pair
+    held = validation_conversations(ids, val_ratio, seed)
+    is_held = list(map(held.__contains__, ids))
+    train = list(compress(pairs, map(operator.not_, is_held)))
+    val = list(compress(pairs, is_held))
     return train, val
 
 
 def count_by_persona(train: list[Pair], val: list[Pair]) -> dict[str, dict[str, int]]:
     """{persona: {"train": n, "validation": n}} for stats.json."""
-    tr, va = Counter(p.persona for p in train), Counter(p.persona for p in val)
+    persona = attrgetter("persona")
+    tr, va = Counter(map(persona, train)), Counter(map(persona, val))
     return {name: {"train": tr[name], "validation": va[name]} for name in sorted(set(tr) | set(va))}
 
 
@@ -113,39 +134,53 @@ def chat_messages(p: Pair) -> dict[str, Any]:
     return {"messages": to_messages(p.instruction, p.context, p.persona, p.response)}
 
 
-class PairEncoder:
-    """``Pair.dumps()`` byte for byte, but each context turn and instruction is encoded once.
+class _JSONCache(dict):
+    """value -> its UTF-8 JSON, computed on first lookup (``__missing__``): hits stay in C."""
 
-    Consecutive windows share up to ``context_turns`` turn objects (see
-    :func:`build_pairs`), so caching their JSON by object id saves most of the
-    encoding work. The pairs must stay alive while encoding (ids are reused after death).
+    def __init__(self, encode: Callable[[Any], bytes]) -> None:
+        super().__init__()
+        self._encode = encode
+
+    def __missing__(self, key: Any) -> bytes:
+        out = self[key] = self._encode(key)
+        return out
+
+
+def _json_str(s: str) -> bytes:
+    return json.encoder.encode_basestring(s).encode("utf-8")  # what json.dumps(ensure_ascii=False) writes
+
+
+class PairEncoder:
+    """``Pair.dumps()`` byte for byte (UTF-8, one line per pair), each distinct context turn encoded once.
+
+    Every pair repeats up to ``context_turns`` turns of its conversation, so the
+    JSON of each turn is cached (ContextTurn is a tuple: hashed in C) and a
+    pair's context is a ``map`` over that cache plus a bytes join, both in C.
     """
 
     def __init__(self) -> None:
-        self._enc = json.encoder.encode_basestring  # what json.dumps(ensure_ascii=False) uses for str
-        self._turns: dict[int, str] = {}
-        self._strings: dict[str, str] = {}
+        self._strings = _JSONCache(_json_str)  # personas, sources, conversation ids repeat across pairs
+        self._turns = _JSONCache(self._encode_turn)
+        self._heads = _JSONCache(lambda key: b'{"persona": %s, "instruction": %s, "context": [' % (
+            _json_str(key[0]), _json_str(key[1])))
 
-    def _string(self, s: str) -> str:  # instructions, personas, sources repeat across pairs
-        out = self._strings.get(s)
-        if out is None:
-            out = self._strings[s] = self._enc(s)
-        return out
+    def _encode_turn(self, t: ContextTurn) -> bytes:
+        return b'{"speaker": %s, "text": %s}' % (self._strings[t.speaker], _json_str(t.text))
 
-    def _turn(self, t: ContextTurn) -> str:
-        out = self._turns.get(id(t))
-        if out is None:
-            out = self._turns[id(t)] = f'{{"speaker": {self._string(t.speaker)}, "text": {self._enc(t.text)}}}'
-        return out
+    def chunk(self, pairs: Iterable[Pair]) -> bytes:
+        """The JSONL lines of ``pairs``, UTF-8."""
+        out: list[bytes] = []
+        add, turn, head = out.extend, self._turns.__getitem__, self._heads.__getitem__
+        string = self._strings.__getitem__
+        for p in pairs:
+            add((head((p.persona, p.instruction)), b", ".join(map(turn, p.context)), b'], "response": ',
+                 _json_str(p.response), b', "conversation_id": ', string(p.conversation_id),
+                 b', "source": ', string(p.source), b"}\n"))
+        return b"".join(out)
 
     def line(self, p: Pair) -> str:
-        ctx = ", ".join(self._turn(t) for t in p.context)
-        return (f'{{"persona": {self._string(p.persona)}, "instruction": {self._string(p.instruction)}, '
-                f'"context": [{ctx}], "response": {self._enc(p.response)}, '
-                f'"conversation_id": {self._enc(p.conversation_id)}, "source": {self._string(p.source)}}}\n')
-
-    def lines(self, pairs: Iterable[Pair]) -> Iterable[str]:
-        return (self.line(p) for p in pairs)
+        """One pair's line (with its newline) as text."""
+        return self.chunk((p,)).decode("utf-8")
 
 
 CHUNK_PAIRS = 16_384  # pairs per block of a JSONL split handed to ``on_chunk``
@@ -163,7 +198,7 @@ def write_pairs(directory: Path, split: str, pairs: list[Pair], exports: Iterabl
     enc, start = PairEncoder(), 0
     with open(path, "wb") as f:
         for i in range(0, len(pairs), CHUNK_PAIRS):
-            data = "".join(enc.lines(pairs[i:i + CHUNK_PAIRS])).encode("utf-8")
+            data = enc.chunk(pairs[i:i + CHUNK_PAIRS])
             f.write(data)
             if on_chunk is not None:
                 f.flush()
@@ -210,16 +245,29 @@ def parse_jsonl_chunk(path: Path, start: int, end: int) -> None:
     _PARSED.setdefault(str(path), []).append((start, end, _read_json(lambda: pa.BufferReader(data), len(data))))
 
 
-def write_dataset(path: Path, jsonl: dict[str, Path]) -> None:
-    """The JSONL splits as a ``datasets.DatasetDict`` saved with ``save_to_disk``.
+# What ``datasets.Dataset.save_to_disk`` writes beside each split's Arrow file; written here
+# so prepare never imports ``datasets`` (half a CPU-second). ``features`` None: load_from_disk
+# takes them from the Arrow schema (persona, instruction, context: list of {speaker, text}, ...).
+_ARROW_FILE = "data-00000-of-00001.arrow"
+_INFO = {"citation": "", "description": "", "features": None, "homepage": "", "license": ""}
 
-    A split whose blocks :func:`parse_jsonl_chunk` parsed in this process (all of
-    the file, in order) is assembled from them; any other is read now.
-    datasets is imported only here because it is slow to import.
+
+def _state(fingerprint: str) -> dict[str, Any]:
+    return {"_data_files": [{"filename": _ARROW_FILE}], "_fingerprint": fingerprint, "_format_columns": None,
+            "_format_kwargs": {}, "_format_type": None, "_output_all_columns": False, "_split": None}
+
+
+def write_dataset(path: Path, jsonl: dict[str, Path]) -> None:
+    """The JSONL splits as a ``datasets.DatasetDict`` folder (``datasets.load_from_disk(path)`` reads it).
+
+    The layout ``save_to_disk`` writes (dataset_dict.json; per split one Arrow
+    stream file, dataset_info.json and state.json), written with pyarrow
+    alone. A split whose blocks :func:`parse_jsonl_chunk` parsed in this
+    process (all of the file, in order) is assembled from them; any other is read now.
     """
+    import os
+
     import pyarrow as pa
-    from datasets import Dataset, DatasetDict
-    from datasets.table import InMemoryTable
 
     def table(file: Path) -> pa.Table:
         size = file.stat().st_size
@@ -232,6 +280,16 @@ def write_dataset(path: Path, jsonl: dict[str, Path]) -> None:
         return _read_json(lambda: str(file), size)
 
     try:
-        DatasetDict({split: Dataset(InMemoryTable(table(f))) for split, f in jsonl.items()}).save_to_disk(str(path))
+        for split, file in jsonl.items():
+            folder = path / split
+            folder.mkdir(parents=True, exist_ok=True)
+            data = table(file)
+            with pa.OSFile(str(folder / _ARROW_FILE), "wb") as sink, pa.ipc.new_stream(sink, data.schema) as writer:
+                writer.write_table(data)
+            (folder / "dataset_info.json").write_text(json.dumps(_INFO, indent=2) + "\n", encoding="utf-8")
+            # a random fingerprint, as datasets gives data it has not hashed (keys its map() cache)
+            (folder / "state.json").write_text(json.dumps(_state(os.urandom(8).hex()), indent=2) + "\n",
+                                               encoding="utf-8")
+        (path / "dataset_dict.json").write_text(json.dumps({"splits": list(jsonl)}), encoding="utf-8")
     finally:
         _PARSED.clear()  # one prepare run at a time per process: no table outlives it

@@ -53,8 +53,13 @@ class Conversation:
     turns: tuple[Message, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class ContextTurn:
+class ContextTurn(NamedTuple):
+    """One turn of a pair's context.
+
+    A NamedTuple like :class:`Message`: hashing and comparing a pair's context
+    (de-duplication over hundreds of thousands of pairs) then runs in C.
+    """
+
     speaker: str
     text: str
 

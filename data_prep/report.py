@@ -29,12 +29,13 @@ class FileInfo:
     line_kinds: dict[str, int]
     unparsed_lines: int
     unparsed_samples: tuple[tuple[int, str], ...]  # raw: scrubbed before anything shows them
+    system_kinds: dict[str, int]  # system lines by kind (join, leave, invite...; see data_prep.formats)
 
     @classmethod
     def of(cls, pf, samples: int = 5) -> "FileInfo":
         """From a ``data_prep.formats.ParsedFile``, keeping the first ``samples`` unparsed lines."""
         return cls(str(pf.path), pf.format, pf.encoding, pf.lines, len(pf.messages), dict(pf.line_kinds),
-                   len(pf.unparsed), tuple(pf.unparsed[:samples]))
+                   len(pf.unparsed), tuple(pf.unparsed[:samples]), dict(pf.system_kinds))
 
 
 def file_stats(f: FileInfo, clean: Callable[[str], str]) -> dict[str, Any]:
@@ -43,17 +44,25 @@ def file_stats(f: FileInfo, clean: Callable[[str], str]) -> dict[str, Any]:
     return {
         "path": clean(f.path), "format": f.format, "encoding": f.encoding, "lines": f.lines,
         "messages": f.messages, "unparsed_lines": f.unparsed_lines, "line_kinds": dict(f.line_kinds),
+        "system_kinds": dict(f.system_kinds),
         "unparsed_samples": [{"line": n, "text": clean(raw)[:200]} for n, raw in f.unparsed_samples],
     }
 
 
 def build_stats(files: list[dict], speakers: Counter, personas, kept_messages: int, *,
                 dropped: Counter, **counts: Any) -> dict[str, Any]:
-    """stats.json content; ``speakers`` already pseudonymised. Every parsed message is kept or dropped."""
+    """stats.json content; ``speakers`` already pseudonymised. Every parsed message is kept or dropped.
+
+    ``system_lines``: the files' system lines by kind, summed.
+    """
     total = sum(f["messages"] for f in files)
     assert total == sum(dropped.values()) + kept_messages, "a message went missing between stages"
+    system: Counter = Counter()
+    for f in files:
+        system.update(f["system_kinds"])
     return {
         "files": files,
+        "system_lines": dict(system.most_common()),
         "speakers": dict(speakers.most_common()),
         "personas": list(personas),
         "messages": {"parsed": total, "dropped": sum(dropped.values()), "kept": kept_messages},
@@ -88,7 +97,9 @@ def draw_chart(path: Path, stats: dict[str, Any], reply_lengths: list[int]) -> b
     fig, axes = plt.subplots(2, 2, figsize=(11, 8))
     axes[0][0].barh(labels[::-1], [n for _, n in speakers][::-1], color="#4c72b0")
     axes[0][0].set_title("messages per speaker")
-    axes[0][1].hist(reply_lengths or [0], bins=30, color="#55a868")
+    import numpy as np  # matplotlib's own dependency; hist() walks a Python list element by element
+
+    axes[0][1].hist(np.asarray(reply_lengths or [0]), bins=30, color="#55a868")
     axes[0][1].set_title("persona reply length (chars)")
     for ax, key, color in ((axes[1][0], "dropped", "#c44e52"), (axes[1][1], "redactions", "#8172b2")):
         items = sorted(stats[key].items(), key=lambda kv: -kv[1])
@@ -119,6 +130,7 @@ def render_report(stats: dict[str, Any], chart_name: str, korean_font: bool) -> 
     out += ["## Files", _table(files, ("file", "format", "encoding", "lines", "messages", "unparsed")), ""]
     rows = [(f"S{i}", n, c) for i, (n, c) in enumerate(speakers, 1)]
     out += ["## Speakers", _table(rows, ("", "speaker", "messages")), ""]
+    out += ["## System lines (by kind)", _table(list(stats["system_lines"].items()), ("kind", "count")), ""]
     out += ["## Dropped (not speech)", _table(sorted(stats["dropped"].items()), ("reason", "count")), ""]
     out += ["## Redacted", _table(sorted(stats["redactions"].items()), ("kind", "count")), ""]
     out += ["## Cleaning", _table(sorted(stats["cleaning"].items()), ("what", "count")), ""]

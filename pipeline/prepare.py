@@ -26,6 +26,7 @@ import time
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -41,7 +42,7 @@ from data_prep.normalize import NormalizeConfig, canonical_speaker, normalize
 from data_prep.pairs import (
     EXPORTS,
     PairConfig,
-    build_pairs,
+    build_all_pairs,
     count_by_persona,
     dedupe,
     parse_jsonl_chunk,
@@ -221,8 +222,7 @@ def _stages(cfg: PrepareConfig, t: Timer, bg: BackgroundWriter) -> Result:
             instructions = persona_cards(convs, personas, out / "personas", tmp / "personas")
         with t("build_pairs"):
             sources = {f.path: _label(f.path, pseudo, cfg) for f in files}
-            pairs = [p for name in personas
-                     for p in build_pairs(convs, name, instructions[name], cfg.context_turns, sources)]
+            pairs = build_all_pairs(convs, {name: instructions[name] for name in personas}, cfg.context_turns, sources)
         with t("dedupe"):
             pairs, duplicates = dedupe(pairs)
         with t("split"):
@@ -314,7 +314,7 @@ def persona_cards(convs: list[Conversation], personas: Sequence[str], previous: 
 
 def check_pairs(personas: Sequence[str], pairs: list[Pair], speakers: Counter) -> None:
     """Zero pairs for a persona is an error naming it and the speakers that exist."""
-    have = Counter(p.persona for p in pairs)
+    have = Counter(map(attrgetter("persona"), pairs))
     empty = [p for p in personas if not have[p]]
     if empty:
         raise UserError(f"no pairs for persona {', '.join(empty)} (they never answer anyone); "
@@ -340,7 +340,7 @@ def write_outputs(tmp: Path, cfg: PrepareConfig, train: list[Pair], val: list[Pa
     the chart and parses each block of JSONL lines into Arrow while the next
     block is encoded here; only the last block and the save are left to wait for.
     """
-    bg.submit(write_report, tmp, stats, [len(p.response) for p in train + val])
+    bg.submit(write_report, tmp, stats, list(map(len, map(attrgetter("response"), train + val))))
     for split, pairs in (("train", train), ("validation", val)):
         write_pairs(tmp, split, pairs, cfg.exports, on_chunk=lambda *block: bg.submit(parse_jsonl_chunk, *block))
     bg.submit(write_dataset, tmp / "dataset", {s: tmp / f"{s}.jsonl" for s in ("train", "validation")})

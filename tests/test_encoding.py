@@ -12,7 +12,7 @@ from data_prep.errors import ParseError
 from data_prep.formats import read_export
 
 FIXTURES = Path(__file__).parent / "fixtures" / "exports"
-SOURCES = sorted(p for p in FIXTURES.iterdir() if p.name != "expected.jsonl")
+SOURCES = sorted(p for p in FIXTURES.rglob("*") if p.is_file() and p.name != "expected.jsonl")
 # Body lines of the golden multi-line message: real exports end them with a bare LF.
 BODY_LINES = ("1. 김치찌개", "2. 돈까스", "-----", "투표 ㄱㄱ")
 

@@ -26,6 +26,16 @@ FORMAT_OF = {
     "kakao_android_dmy.txt": "kakao_android",
     "kakao_ios_ko.txt": "kakao_ios", "kakao_ios_ko_24h.txt": "kakao_ios",
     "kakao_ios_en.txt": "kakao_ios", "kakao_ios_en_at.txt": "kakao_ios",
+    # forms seen in real exports or described by public parsers (issue #15)
+    "kakao_android_en_2014.txt": "kakao_android",  # 2013-2015: "8:34pm, July 9, 2015, name : text"
+    "kakao_android_en_at.txt": "kakao_android",  # 2023+: "June 30, 2024 at 11:58\u202fpm", system after a comma
+    "kakao_android_ko_2023.txt": "kakao_android",  # system lines after a comma
+    "kakao_ios_en_2022.txt": "kakao_ios",  # "Jun 30, 2024 11:58 PM" (no comma before the time)
+    "kakao_ios_en_nnbsp.txt": "kakao_ios",  # "Jun 30, 2024 at 11:58\u202fPM"
+    "kakao_ios_en_24h.txt": "kakao_ios",  # "Jun 30, 2024 at 23:58"
+    "kakao_ios_ko_time.txt": "kakao_ios",  # "오후 11:58, name : text" under "2024년 6월 30일 일요일"
+    "kakao_windows_en_pc.txt": "kakao_windows",  # first line "ROOM with KakaoTalk Chats"
+    "kakao_macos_noheader.csv": "kakao_macos",  # no Date,User,Message row
     "generic.jsonl": "generic_jsonl", "generic.csv": "generic_csv",
 }
 # The English UI names the exporting user "You" and prints placeholders and
@@ -80,6 +90,7 @@ def test_golden_fixture_parses_to_expected(name: str) -> None:
     assert_accounted(parsed)
     assert parsed.unparsed == []
     assert parsed.line_kinds["message"] == 11 and parsed.line_kinds["system"] == 2
+    assert parsed.system_kinds == {"join": 1, "leave": 1}
     # the multi-line body: 4 physical continuation lines (CSV: inside the quotes; JSONL: escaped)
     assert parsed.line_kinds["continuation"] == (0 if parsed.format == "generic_jsonl" else 4)
     assert all(m.source == str(FIXTURES / name) and m.line > 0 for m in parsed.messages)
@@ -87,7 +98,71 @@ def test_golden_fixture_parses_to_expected(name: str) -> None:
 
 def test_fixtures_cover_every_registered_format() -> None:
     assert set(FORMAT_OF.values()) == set(PARSERS)
-    assert set(FORMAT_OF) == {p.name for p in FIXTURES.iterdir()} - {"expected.jsonl"}
+    assert set(FORMAT_OF) == {p.name for p in FIXTURES.iterdir() if p.is_file()} - {"expected.jsonl"}
+
+
+# System lines of every kind, as real exports print them: (format, speaker messages, system lines by kind)
+SYSTEM_FIXTURES = {
+    # Android Korean: invitations of several people (names with spaces, ♡ and 님), leaves, a kick, hidden
+    "android_ko_invites.txt": ("kakao_android", 5, {"invite": 2, "leave": 2, "kick": 1, "hidden": 1}),
+    # Android English 2023+: "KakaoTalk Chats ROOM (24)", the report-abuse notice, joined/invited/hidden/left
+    "android_en_notices.txt": ("kakao_android", 3, {"invite": 1, "join": 1, "leave": 1, "hidden": 1, "notice": 1}),
+    # Android English 2014: "KakaoTalk Chats Team", upper-case PM without space, the older notice wording
+    "android_en_2014_team.txt": ("kakao_android", 2, {"invite": 1, "leave": 1, "notice": 1}),
+    "windows_en_pc.txt": ("kakao_windows", 2, {"invite": 1}),  # first line "ROOM with KakaoTalk Chats"
+    "macos_noheader.csv": ("kakao_macos", 1, {"leave": 1}),  # no header row
+}
+
+
+@pytest.mark.parametrize("name", sorted(SYSTEM_FIXTURES))
+def test_system_lines_are_counted_by_kind_and_nothing_is_unparsed(name: str) -> None:
+    fmt, n_messages, kinds = SYSTEM_FIXTURES[name]
+    parsed = read_export(FIXTURES / "system" / name)
+    assert parsed.unparsed == [] and parsed.format == fmt
+    assert_accounted(parsed)
+    assert sum(1 for m in parsed.messages if m.speaker) == n_messages == parsed.line_kinds["message"]
+    assert parsed.system_kinds == kinds and parsed.line_kinds["system"] == sum(kinds.values())
+
+
+def test_system_fixtures_are_all_listed() -> None:
+    assert set(SYSTEM_FIXTURES) == {p.name for p in (FIXTURES / "system").iterdir()}
+
+
+@pytest.mark.parametrize("stamp, text, ts", [
+    ("2023년 1월 5일 오후 8:48", "엄마님이 아빠님, 김 민수♡님과 누나 님님을 초대했습니다.", datetime(2023, 1, 5, 20, 48)),
+    ("8:48pm, January 5, 2023", "Mina invited Woojin and Alex.", datetime(2023, 1, 5, 20, 48)),
+    ("8:48PM, January 5, 2023", "Alex left this chatroom.", datetime(2023, 1, 5, 20, 48)),
+])
+def test_comma_system_lines_keep_their_time_and_text(stamp: str, text: str, ts: datetime) -> None:
+    parsed = parse_text(f"{stamp}, {text}\n{stamp}, 민수 : 응\n", "x.txt")
+    assert [(m.ts, m.speaker, m.text) for m in parsed.messages] == [(ts, "", text), (ts, "민수", "응")]
+
+
+def test_a_comma_line_that_is_no_system_line_stays_unparsed() -> None:
+    text = "2023년 1월 5일 오전 8:48, 민수 : 안녕\n2023년 1월 5일 오전 8:49, 뭔지 모를 줄\n"
+    parsed = parse_text(text, "x.txt")
+    assert parsed.unparsed == [(2, "2023년 1월 5일 오전 8:49, 뭔지 모를 줄")]
+
+
+def test_time_only_records_take_the_day_of_the_last_day_line() -> None:
+    text = ("2021년 12월 29일 수요일\n오후 8:36, 민수 : 안녕\n오후 11:59, 지은 : 잘 자\n"
+            "2021년 12월 30일 목요일\n오전 12:00, 민수 : 자정\n2021년 12월 32일 금요일\n")
+    parsed = parse_text(text, "x.txt")
+    assert [m.ts for m in parsed.messages] == [datetime(2021, 12, 29, 20, 36), datetime(2021, 12, 29, 23, 59),
+                                               datetime(2021, 12, 30, 0, 0)]
+    assert parsed.format == "kakao_ios" and [n for n, _ in parsed.unparsed] == [6]
+
+
+@pytest.mark.parametrize("line, fmt", [
+    ("May 5, 2023 at 8:34\u202fpm, 민수 : 안녕", "kakao_android"),  # Android 2023+: lower-case pm
+    ("May 5, 2023 at 8:34\u202fPM, 민수 : 안녕", "kakao_ios"),
+    ("May 5, 2023, 8:34 PM, 민수 : 안녕", "kakao_android"),
+    ("June 5, 2023 at 8:34 PM, 민수 : 안녕", "kakao_android"),  # the full month name decides
+    ("Jun 5, 2023 8:34 PM, 민수 : 안녕", "kakao_ios"),
+])
+def test_english_android_and_ios_are_told_apart(line: str, fmt: str) -> None:
+    parsed = parse_text(line + "\n", "x.txt")
+    assert parsed.format == fmt and parsed.messages[0].ts == datetime(2023, 5 if "May" in line else 6, 5, 20, 34)
 
 
 def test_message_line_numbers_point_at_the_header_line() -> None:
@@ -138,6 +213,16 @@ def test_garbage_lines_are_counted_and_listed() -> None:
     assert parsed.unparsed == [(1, "이 파일은 백업입니다"), (4, "[철수] [오후 27:15] 시계가 고장난 줄"),
                                (5, "[철수] [어제 3:15] 이것도")]
     assert_accounted(parsed)
+
+
+def test_stamped_records_with_an_impossible_date_or_clock_are_unparsed() -> None:
+    """The fast path looks date and clock up apart: a known clock on an impossible date is no record."""
+    text = ("2024년 2월 28일 오후 3:15, 민수 : 안녕\n2024년 2월 30일 오후 3:15, 민수 : 없는 날\n"
+            "2024년 2월 28일 오후 13:15, 민수 : 없는 시각\n2024년 2월 29일 오후 3:15, 민수 : 윤일\n")
+    parsed = parse_text(text, "x.txt")
+    assert [(m.ts, m.text) for m in parsed.messages] == [(datetime(2024, 2, 28, 15, 15), "안녕"),
+                                                         (datetime(2024, 2, 29, 15, 15), "윤일")]
+    assert [n for n, _ in parsed.unparsed] == [2, 3]
 
 
 def test_jsonl_bad_lines_are_listed() -> None:

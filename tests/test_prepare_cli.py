@@ -93,6 +93,11 @@ def test_fixture_exports(fixture, tmp_path, capsys):
     assert set(stats["speakers"]) == {"나", "친구1", "친구2"}  # 민수 and 지은🌸 pseudonymised
     assert sum(stats["dropped"].values()) == stats["messages"]["parsed"] - stats["messages"]["kept"]
     assert "지은" not in all_output_bytes(out).decode("utf-8", "ignore")
+    # every line accounted for; the join and leave lines counted by kind, in stats.json and report.md
+    assert stats["files"][0]["unparsed_lines"] == 0
+    assert stats["system_lines"] == stats["files"][0]["system_kinds"] == {"join": 1, "leave": 1}
+    report = (out / "report.md").read_text(encoding="utf-8")
+    assert "## System lines (by kind)\n| kind | count |\n|---|---|\n| join | 1 |\n| leave | 1 |\n" in report
 
 
 def test_list_speakers_and_unknown_persona(export, tmp_path, capsys):

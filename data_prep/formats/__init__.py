@@ -2,11 +2,12 @@
 
 ``read_export(path)`` decodes the file (:mod:`data_prep.encoding`), sniffs the
 format from its first non-blank lines, parses it, and accounts for every
-physical line (``line_kinds``) so nothing is dropped silently::
+physical line (``line_kinds``) so nothing is dropped silently, and the
+system lines by kind (``system_kinds``: join, leave, invite...)::
 
     from data_prep.formats import read_export
     parsed = read_export("KakaoTalk_20240502.txt")
-    parsed.format, len(parsed.messages), parsed.line_kinds["unparsed"]
+    parsed.format, len(parsed.messages), parsed.line_kinds["unparsed"], parsed.system_kinds
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from pathlib import Path
 from data_prep.encoding import decode_file, split_lines
 from data_prep.errors import ParseError
 from data_prep.formats import generic_csv, generic_jsonl, kakao_android, kakao_ios, kakao_macos, kakao_windows
-from data_prep.formats._common import KINDS, Format, Progress
+from data_prep.formats._common import KINDS, OTHER_SYSTEM, SYSTEM_KINDS, Format, Progress, system_kind
 from data_prep.records import Message
 
 # Order matters only where two formats could claim the same head: the KakaoTalk
@@ -37,7 +38,11 @@ HEAD_SCAN = 2000  # physical lines scanned to find them (leading blank runs)
 
 @dataclass(frozen=True)
 class ParsedFile:
-    """One parsed export. ``line_kinds`` values sum to ``lines``; ``unparsed`` lists (line number, raw line)."""
+    """One parsed export. ``line_kinds`` values sum to ``lines``; ``unparsed`` lists (line number, raw line).
+
+    ``system_kinds``: the system messages (speaker "") by kind, a key of
+    SYSTEM_KINDS or "other"; its values sum to the number of system messages.
+    """
 
     path: str
     format: str
@@ -46,6 +51,16 @@ class ParsedFile:
     messages: list[Message]
     line_kinds: dict[str, int]
     unparsed: list[tuple[int, str]]
+    system_kinds: dict[str, int]
+
+
+def count_system_kinds(messages: list[Message]) -> dict[str, int]:
+    """System messages (speaker "") by kind, in SYSTEM_KINDS order, "other" last; kinds with none left out."""
+    counts = dict.fromkeys((*SYSTEM_KINDS, OTHER_SYSTEM), 0)
+    for m in messages:
+        if not m.speaker:
+            counts[system_kind(m.text) or OTHER_SYSTEM] += 1
+    return {k: n for k, n in counts.items() if n}
 
 
 def head_lines(lines: list[str], n: int = HEAD_LINES) -> list[str]:
@@ -106,7 +121,7 @@ def parse_text(text: str, source: str, encoding: str = "utf-8", strict: bool = F
         line_no = unparsed[0][0]  # not its text: an error message must not carry names or numbers
         raise ParseError(source, f"unparsed line ({len(unparsed)} in all, strict mode); open the file at this "
                                  "line, or run without --strict to have such lines counted and reported", line_no)
-    return ParsedFile(source, fmt.name, encoding, len(lines), messages, kinds, unparsed)
+    return ParsedFile(source, fmt.name, encoding, len(lines), messages, kinds, unparsed, count_system_kinds(messages))
 
 
 def read_export(path: str | Path, strict: bool = False, progress: Progress | None = None) -> ParsedFile:
@@ -135,4 +150,5 @@ def read_export(path: str | Path, strict: bool = False, progress: Progress | Non
     return parsed
 
 
-__all__ = ["Format", "PARSERS", "ParsedFile", "read_export", "parse_text", "detect_format", "head_lines", "KINDS"]
+__all__ = ["Format", "PARSERS", "ParsedFile", "read_export", "parse_text", "detect_format", "head_lines", "KINDS",
+           "SYSTEM_KINDS", "count_system_kinds"]

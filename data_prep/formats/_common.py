@@ -39,13 +39,28 @@ WEEKDAYS_EN = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday
 WEEKDAYS_KO = ("월요일", "화요일", "수요일", "목요일", "금요일", "토요일", "일요일")
 
 # Lines that start an export: the title and the save date. They may repeat
-# mid-file when several exports were pasted together.
-_TITLE_ENDS = ("카카오톡 대화", "카카오톡 대화방")
-_TITLE_STARTS = ("Talk with ", "KakaoTalk Chats with ", "Chat with ", "KakaoTalk Chat with ")
-_SAVED_STARTS = ("저장한 날짜", "Date Saved", "Date saved")
+# mid-file when several exports were pasted together. Titles seen: "ROOM 님과 카카오톡 대화",
+# "KakaoTalk Chats with ROOM", "KakaoTalk Chats ROOM (24)", "ROOM with KakaoTalk Chats" (PC), "Talk with ROOM".
+_TITLE_ENDS = ("카카오톡 대화", "카카오톡 대화방", "KakaoTalk Chats")
+_TITLE_STARTS = ("Talk with ", "KakaoTalk Chats ", "Chat with ", "KakaoTalk Chat with ")
+_SAVED_STARTS = ("저장한 날짜", "Date Saved", "Date saved", "Saved Date")
 _FILE_NAME = re.compile(r"^\S.*\.(?:txt|csv)$", re.I)
 
-# Join/leave/invite/kick lines that carry no timestamp (Windows PC export).
+# System lines by kind, Korean and English UI: the text after the timestamp (or the
+# whole line where the export prints none). Names may hold spaces, commas, ♡ and 님.
+SYSTEM_KINDS: dict[str, str] = {
+    "invite": r".+님이 .+님을 초대(?:했|하였)습니다\.|.+ invited .+\.",
+    "join": r".+님이 들어왔습니다\.|.+ joined (?:this|the) chatroom\.",
+    "leave": r".+님이 나갔습니다\.|.+ left (?:this|the) chatroom\.",
+    "kick": r".+님을 내보냈습니다\.|.+ (?:has been|was) (?:removed|kicked) from (?:this|the) chatroom\.",
+    "hidden": r"채팅방 관리자가 메시지를 가렸습니다\.|This message has been hidden by the chatroom managers?\.",
+    # the report-abuse notice Android English prints (older builds: "from using the service")
+    "notice": r"You may temporarily be banned from using (?:KakaoTalk|the service) .+",
+}
+OTHER_SYSTEM = "other"  # a system line of no known kind (iOS/Android ``time: text`` lines, CSV rows without user)
+_SYSTEM_KIND = re.compile("|".join(f"(?P<{k}>{p})" for k, p in SYSTEM_KINDS.items()), re.DOTALL)
+# Lines without timestamp taken as system lines (Windows PC join/leave lines, the notice).
+# Narrower than SYSTEM_KINDS: an untimed "I invited A and B." is more likely body text.
 SYSTEM_TEXT = re.compile(
     r"^(?:.+님(?:이|을)? .*(?:들어왔습니다|나갔습니다|초대했습니다|초대하였습니다|내보냈습니다)\."
     r"|.+ (?:joined|left) this chatroom\."
@@ -53,6 +68,13 @@ SYSTEM_TEXT = re.compile(
     r"|.+ (?:has been|was) (?:removed|kicked) from this chatroom\."
     r"|채팅방 관리자가 메시지를 가렸습니다\.)$"
 )
+NOTICE = re.compile(f"^(?:{SYSTEM_KINDS['notice']})$")
+
+
+def system_kind(text: str) -> str | None:
+    """The kind of a system line's text (SYSTEM_KINDS), None when it is none of them."""
+    m = _SYSTEM_KIND.fullmatch(text)
+    return m.lastgroup if m else None
 
 
 def hour24(ampm: str | None, hour: int) -> int:
@@ -71,7 +93,9 @@ def hour24(ampm: str | None, hour: int) -> int:
 
 
 def is_system_text(line: str) -> bool:
-    """A join/leave/invite line without timestamp (cheap suffix test first)."""
+    """A join/leave/invite line or the report-abuse notice without timestamp (cheap tests first)."""
+    if line.startswith("You may"):
+        return NOTICE.match(line) is not None
     return line.endswith(".") and SYSTEM_TEXT.match(line) is not None
 
 
@@ -126,6 +150,10 @@ class FastPath:
     # date], set by classify at each date line. Then ``cache`` holds offsets from it,
     # filled by ``timestamp`` itself, and the loop adds them (no per-day cache to refill).
     day: list | None = None
+    # Formats whose records print date and time (Android, iOS), where nearly every minute is
+    # new: ``groups[0]`` is then the clock text, ``cache`` clock text -> offset from midnight
+    # and ``dates`` (group number, date text -> midnight), both filled by ``timestamp``.
+    dates: tuple[int, dict] | None = None
 
 
 def parse_lines(lines: list[str], source: str, classify: Classify, fast: FastPath | None = None,
@@ -215,6 +243,8 @@ def parse_lines(lines: list[str], source: str, classify: Classify, fast: FastPat
     else:
         (g_time, g_name, g_text), cache, timestamp, day = fast.groups, fast.cache, fast.timestamp, fast.day
         cache_get = cache.get
+        g_date, dates_get = (fast.dates[0], fast.dates[1].get) if fast.dates else (0, None)
+        keep = day is None and dates_get is None  # ``cache`` maps the key to the whole timestamp
         # Message(...) minus the NamedTuple's Python-level __new__ (nothing to check): 0.2 vs 0.35 us
         new_tuple = tuple.__new__
         # split_lines keeps the text it split (data_prep.encoding.Lines): no second join
@@ -230,6 +260,12 @@ def parse_lines(lines: list[str], source: str, classify: Classify, fast: FastPat
             pos = end + 1
             key, name, body_text = m.group(g_time, g_name, g_text)
             ts = cache_get(key)
+            if ts is not None and not keep:  # an offset: add the day's midnight
+                if day is not None:
+                    ts = day[0] + ts
+                else:
+                    midnight = dates_get(m.group(g_date))
+                    ts = None if midnight is None else midnight + ts
             if ts is None:
                 try:
                     ts = timestamp(m)
@@ -237,10 +273,8 @@ def parse_lines(lines: list[str], source: str, classify: Classify, fast: FastPat
                     other(i, lines[i], _BAD_REC)
                     i += 1
                     continue
-                if ts is not None and day is None:
+                if ts is not None and keep:
                     cache[key] = ts
-            elif day is not None:
-                ts = day[0] + ts
             if cur is not None:
                 if body is None and not blanks:  # the common case, inlined
                     append(new_tuple(Message, (cur[1], cur[2], cur[3], source, cur_line)))

@@ -1,31 +1,38 @@
 """Exports whose every record starts with a full date+time (Android and iOS).
 
-A record is ``<timestamp>, <name> : <text>`` (a message) or ``<timestamp>: <text>``
-(a system line: invites, leaves, kicks). Only the timestamp syntax differs
+A record is ``<timestamp>, <name> : <text>`` (a message), ``<timestamp>: <text>``
+(a system line: invites, leaves, kicks) or ``<timestamp>, <text>`` where the text
+is a known system line (newer Android: ``…, A님이 B님, C님과 D님을 초대했습니다.``;
+anything else in that shape is unparsed). Only the timestamp syntax differs
 between platforms and UI languages, so each is a :class:`Variant` and one
 classifier tries them. Timestamps are cached by their exact text, and a new
 minute reuses the already parsed day and clock text (two dict lookups).
+
+iOS Korean also prints time-only records (``오후 8:36, name : text``) under a
+``2021년 12월 29일 수요일`` line: such a variant has no date in its timestamp and
+takes the day from the last date line, like the Windows PC export.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Callable
 
 from data_prep.formats._common import (
     BAD, DATE, MESSAGE, MONTH_FULL, MONTH_RE, MONTHS, SYSTEM, WEEKDAYS_EN, WEEKDAYS_KO,
-    Classify, FastPath, ParseResult, Progress, hour24, parse_lines,
+    Classify, FastPath, ParseResult, Progress, hour24, is_system_text, parse_lines, system_kind,
 )
 from data_prep.records import Message
 
 HEAD_SCAN = 500  # lines searched for the first record, to pick the fast-path variant
 
-_AMPM = r"AM|PM|am|pm"
-# Newer iOS builds put a narrow no-break space before AM/PM.
-_SP = "[ \u202f]"
-# After the timestamp: ", name : text" (name lazy: bodies may contain " : ") or ": system text".
-_REST = r"(?:, (?P<name>.+?) :(?: |$)(?P<text>.*)|: (?P<sys>.*))$"
+_AMPM = r"AM|PM|am|pm|a\.m\.|p\.m\."
+# Newer iOS and Android builds put a narrow no-break space (U+202F) before AM/PM.
+_SP = "[ \u202f\u00a0]"
+# After the timestamp: ", name : text" (name lazy: bodies may contain " : "), ": system text"
+# or ", system text" (checked against SYSTEM_KINDS: not every such line is one).
+_REST = r"(?:, (?P<name>.+?) :(?: |$)(?P<text>.*)|: (?P<sys>.*)|, (?P<csys>.+))$"
 _MESSAGE_REST = r", (?P<name>.+?) :(?: |$)(?P<text>.*)$"
 _WD_EN = "|".join(WEEKDAYS_EN)
 _WD_KO = "|".join(WEEKDAYS_KO)
@@ -38,7 +45,7 @@ class Variant:
     """One timestamp syntax: the record regex, date-line regexes, and the chars a record can start with."""
 
     name: str
-    record: re.Pattern  # groups: ts (date, time), y, mo|mon, d, ap|ap2, h, mi, name, text, sys
+    record: re.Pattern  # groups: ts (date, time), y, mo|mon, d, ap|ap2, h, mi, name, text, sys, csys
     dates: tuple[re.Pattern, ...]  # lines that only mark a new day
     shape: re.Pattern  # a timestamp at line start: not a record -> unparsed, not body text
     first: frozenset[str]
@@ -54,6 +61,7 @@ def _variant(name: str, ts: str, dates: tuple[str, ...], first: frozenset[str]) 
 _TIME12_KO = r"(?P<time>(?:(?P<ap>오전|오후) )?(?P<h>\d{1,2}):(?P<mi>\d{2}))"
 _TIME_EN = rf"(?P<time>(?P<h>\d{{1,2}}):(?P<mi>\d{{2}})(?:{_SP}(?P<ap2>{_AMPM}))?)"
 _KO_DATE = r"\d{4}년 \d{1,2}월 \d{1,2}일"
+_KO_DAY_LINE = rf"(?P<y>\d{{4}})년 (?P<mo>\d{{1,2}})월 (?P<d>\d{{1,2}})일 (?:{_WD_KO})"
 
 ANDROID_KO = _variant(
     "ko",
@@ -67,13 +75,29 @@ IOS_KO = _variant(
     (rf"{_KO_DATE}(?: (?:{_WD_KO}))?", r"\d{4}\. \d{1,2}\. \d{1,2}\.(?: (?:" + _WD_KO + "))?"),
     _DIGITS,
 )
-# "February 10, 2016, 2:33 AM" (Android) / "Jul 9, 2015, 8:34 PM" or "Jul 9, 2015 at 8:34 PM" (iOS)
+# iOS Korean, time only: "오후 8:36, name : text" under "2021년 12월 29일 수요일"
+IOS_KO_TIME = _variant(
+    "ko-time",
+    r"(?P<time>(?P<ap>오전|오후) (?P<h>\d{1,2}):(?P<mi>\d{2}))",
+    (_KO_DAY_LINE,),
+    frozenset("오"),
+)
+# "February 10, 2016, 2:33 AM" and, 2023+, "June 3, 2024 at 8:34\u202fpm" (Android);
+# "Jul 9, 2015, 8:34 PM", "Oct 19, 2022 2:18 AM", "Sep 21, 2026 at 12:42\u202fAM", "Feb 1, 2026 at 20:35" (iOS)
 ENGLISH_MDY = _variant(
     "en",
-    rf"(?P<date>(?P<mon>{MONTH_RE}) (?P<d>\d{{1,2}}), (?P<y>\d{{4}}))(?:,| at) {_TIME_EN}",
+    rf"(?P<date>(?P<mon>{MONTH_RE}) (?P<d>\d{{1,2}}), (?P<y>\d{{4}}))(?:,| at)? {_TIME_EN}",
     (rf"(?:(?:{_WD_EN}), )?(?:{MONTH_RE}) \d{{1,2}}, \d{{4}}",
-     rf"(?:{MONTH_RE}) \d{{1,2}}, \d{{4}}(?:,| at) \d{{1,2}}:\d{{2}}(?:{_SP}(?:{_AMPM}))?"),
+     rf"(?:{MONTH_RE}) \d{{1,2}}, \d{{4}}(?:,| at)? \d{{1,2}}:\d{{2}}(?:{_SP}(?:{_AMPM}))?"),
     _LETTERS,
+)
+# Android English 2013-2015, time first: "8:34pm, July 9, 2015, name : text", day lines "8:34pm, July 9, 2015"
+ENGLISH_TIME_FIRST = _variant(
+    "en-time-first",
+    rf"(?P<time>(?P<h>\d{{1,2}}):(?P<mi>\d{{2}}) ?(?P<ap2>{_AMPM})), "
+    rf"(?P<date>(?P<mon>{MONTH_RE}) (?P<d>\d{{1,2}}), (?P<y>\d{{4}}))",
+    (rf"\d{{1,2}}:\d{{2}} ?(?:{_AMPM}), (?:{MONTH_RE}) \d{{1,2}}, \d{{4}}",),
+    _DIGITS,
 )
 # "10 February 2016, 14:33" (day-month-year locales, 12 or 24 hour)
 ENGLISH_DMY = _variant(
@@ -84,6 +108,7 @@ ENGLISH_DMY = _variant(
 )
 
 _MISS = object()
+_DAY_LINE = re.compile(f"^{_KO_DAY_LINE}$")  # sets the day of time-only records
 _DATE_REC = (DATE,)
 _BAD_REC = (BAD,)
 
@@ -102,31 +127,58 @@ def _hour_minute(m: re.Match) -> tuple[int, int]:
 
 
 def _timestamp_maker():
-    """``timestamp(match)``: a new minute costs two dict lookups; a new day or clock text is parsed once."""
-    dates: dict[str, date] = {}
-    times: dict[str, tuple[int, int]] = {}
+    """``(timestamp(match), days, times)``: a day or clock text is parsed once, then looked up.
+
+    ``days`` maps date text to its midnight and ``times`` clock text to the
+    time since midnight; a new minute is two lookups and an addition.
+    """
+    days: dict[str, datetime] = {}
+    times: dict[str, timedelta] = {}
 
     def timestamp(m: re.Match) -> datetime:
         date_text, time_text = m.group("date", "time")
-        d = dates.get(date_text) or dates.setdefault(date_text, _date(m))
-        hm = times.get(time_text) or times.setdefault(time_text, _hour_minute(m))
-        return datetime(d.year, d.month, d.day, *hm)
+        midnight = days.get(date_text)
+        if midnight is None:
+            d = _date(m)
+            midnight = datetime(d.year, d.month, d.day)
+        offset = times.get(time_text)
+        if offset is None:
+            h, mi = _hour_minute(m)
+            offset = times[time_text] = timedelta(hours=h, minutes=mi)
+        days[date_text] = midnight  # only once both parts are valid (the fast path trusts these)
+        return midnight + offset
 
-    return timestamp
+    return timestamp, days, times
 
 
-def make_classifier(variants: tuple[Variant, ...]) -> tuple[Classify, dict, Callable[[re.Match], datetime]]:
-    """``(classify(line), timestamp cache, timestamp(match))`` for :func:`parse_lines` over ``variants``.
+def make_classifier(variants: tuple[Variant, ...]) -> tuple[Classify, Callable[[Variant], FastPath]]:
+    """``(classify(line), fast_path(variant))`` for :func:`parse_lines` over ``variants``.
 
     The variant that matched last is tried first with one regex call; the
     others (and date lines) only when it fails.
     """
     cache: dict[str, datetime | None] = {}
     primary = [variants[0].record.match]
-    _timestamp = _timestamp_maker()
+    _timestamp, days, times = _timestamp_maker()
+    time_only = {v.record for v in variants if "date" not in v.record.groupindex}
+    # time-only records: midnight of the last day line (once set, never None again) and
+    # clock text -> time since midnight, filled only once a day is known (FastPath.day)
+    day: list[datetime | None] = [None]
+    offsets: dict[str, timedelta] = {}
 
-    def record(m: re.Match):
-        key, name, text, sys_text = m.group(1, "name", "text", "sys")
+    def clock(m: re.Match) -> datetime | None:
+        """A time-only record's time on the last day line's date (None before any day line)."""
+        midnight = day[0]
+        if midnight is None:
+            return None
+        offset = offsets.get(m.group(1))
+        if offset is None:
+            h, mi = _hour_minute(m)
+            offset = offsets[m.group(1)] = timedelta(hours=h, minutes=mi)
+        return midnight + offset
+
+    def stamp(m: re.Match):
+        key = m.group(1)
         ts = cache.get(key, _MISS)
         if ts is _MISS:
             try:
@@ -134,11 +186,31 @@ def make_classifier(variants: tuple[Variant, ...]) -> tuple[Classify, dict, Call
             except ValueError:  # 오후 13:00, 2월 30일 ... looks like a record, is not one
                 ts = None
             cache[key] = ts
-        if ts is None:
+        return _MISS if ts is None else ts
+
+    def record(m: re.Match):
+        if m.re in time_only:
+            try:
+                ts = clock(m)
+            except ValueError:
+                return _BAD_REC
+        elif (ts := stamp(m)) is _MISS:
             return _BAD_REC
+        name, text, sys_text, csys = m.group("name", "text", "sys", "csys")
         if name is not None:
             return (MESSAGE, ts, name, text)
-        return (SYSTEM, ts, sys_text)
+        if sys_text is not None:
+            return (SYSTEM, ts, sys_text)
+        return (SYSTEM, ts, csys) if system_kind(csys) else _BAD_REC
+
+    def date_line(line: str):
+        m = _DAY_LINE.match(line)
+        if m is not None:
+            try:
+                day[0] = datetime(int(m.group("y")), int(m.group("mo")), int(m.group("d")))
+            except ValueError:  # 2월 30일
+                return _BAD_REC
+        return _DATE_REC
 
     def classify(line: str):
         m = primary[0](line)
@@ -153,26 +225,31 @@ def make_classifier(variants: tuple[Variant, ...]) -> tuple[Classify, dict, Call
                 primary[0] = v.record.match
                 return record(m)
             if any(d.match(line) for d in v.dates):
-                return _DATE_REC
+                return date_line(line)
             if v.shape.match(line):
                 return _BAD_REC
+        if c == "Y" and is_system_text(line):  # the report-abuse notice, printed without time
+            return (SYSTEM, None, line)
         return None
 
-    return classify, cache, _timestamp
+    def fast_path(v: Variant) -> FastPath:
+        index = v.multiline.groupindex
+        groups = (index["ts"], index["name"], index["text"])
+        if v.record in time_only:
+            return FastPath(v.multiline, groups, offsets, clock, day)
+        # date and clock looked up apart: nearly every record starts a new minute
+        return FastPath(v.multiline, (index["time"], *groups[1:]), times, _timestamp, dates=(index["date"], days))
+
+    return classify, fast_path
 
 
 def parse_stamped(lines: list[str], source: str, variants: tuple[Variant, ...],
                   progress: Progress | None = None) -> ParseResult:
     """:func:`parse_lines` with the fast path on the variant of the first record line."""
-    classify, cache, timestamp = make_classifier(variants)
+    classify, fast_path = make_classifier(variants)
     head = lines[:HEAD_SCAN]
     primary = next((v for line in head for v in variants if v.record.match(line)), None)
-    fast = None
-    if primary is not None:
-        index = primary.multiline.groupindex
-        groups = (index["ts"], index["name"], index["text"])
-        fast = FastPath(primary.multiline, groups, cache, timestamp)
-    return parse_lines(lines, source, classify, fast, progress)
+    return parse_lines(lines, source, classify, fast_path(primary) if primary else None, progress)
 
 
 def detect_any(head: list[str], variants: tuple[Variant, ...]) -> bool:
@@ -181,14 +258,20 @@ def detect_any(head: list[str], variants: tuple[Variant, ...]) -> bool:
 
 
 def english_months(head: list[str]) -> str | None:
-    """"full" (Android: February) or "abbr" (iOS: Feb, or "... at 8:34 PM") for English heads."""
-    for line in head:
-        m = ENGLISH_MDY.record.match(line)
-        if m and (" at " in m.group("ts") or m.group("mon") not in MONTH_FULL):
-            return "abbr"
-        if m and m.group("mon") != "May":
-            return "full"
-    return "full" if any(ENGLISH_MDY.record.match(line) for line in head) else None
+    """"full" (Android: February) or "abbr" (iOS: Feb) for English month-first heads, else None.
+
+    "at" before the time no longer tells them apart (Android 2023+ prints it
+    too): the month does. A head whose only month is May: lower-case am/pm is
+    Android, "at" is iOS.
+    """
+    matches = [m for m in map(ENGLISH_MDY.record.match, head) if m]
+    for m in matches:
+        if m.group("mon") != "May":
+            return "full" if m.group("mon") in MONTH_FULL else "abbr"
+    if not matches:
+        return None
+    ts = matches[0].group("ts")
+    return "abbr" if " at " in ts and not ts.endswith(("am", "pm")) else "full"
 
 
 def write_stamped(messages: list[Message], stamp: Callable[[datetime], str], day_line: Callable[[date], str],

@@ -32,10 +32,12 @@ def parse_timestamp(value, cache: dict) -> datetime:
     """
     ts = cache.get(value)
     if ts is None:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, str):
+            ts = datetime.fromisoformat(value.strip())
+            if ts.tzinfo is not None:  # replace() costs as much as the parse: only when needed
+                ts = ts.replace(tzinfo=None)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
             ts = datetime.fromtimestamp(value, tz=timezone.utc).replace(tzinfo=None)
-        elif isinstance(value, str):
-            ts = datetime.fromisoformat(value.strip()).replace(tzinfo=None)
         else:
             raise ValueError(f"not a timestamp: {value!r}")
         cache[value] = ts
@@ -66,9 +68,11 @@ def csv_rows(lines: list[str]) -> Iterator[tuple[int, int, list[str] | None]]:
             start += done + bad
 
 
-def parse_csv(lines: list[str], source: str, roles: Callable[[list[str]], tuple[int, int, int] | None]) -> ParseResult:
+def parse_csv(lines: list[str], source: str, roles: Callable[[list[str]], tuple[int, int, int] | None],
+              headerless: tuple[int, int, int] | None = None) -> ParseResult:
     """Parse a CSV export; ``roles(header) -> (time, speaker, text) column indexes``.
 
+    ``headerless``: the file has no header row; these are the columns.
     Quoted bodies may span lines: those physical lines count as continuation.
     A repeated header row (exports pasted together) counts as header; a row
     with an empty speaker is a system line.
@@ -76,7 +80,7 @@ def parse_csv(lines: list[str], source: str, roles: Callable[[list[str]], tuple[
     kinds = dict.fromkeys(KINDS, 0)
     messages: list[Message] = []
     unparsed: list[tuple[int, str]] = []
-    cols, header, cache = None, None, {}
+    cols, header, cache = _with_max(headerless), None, {}
     for start, n, row in csv_rows(lines):
         if row is not None and cols is not None and len(row) > cols[3] and row != header:
             ts = cache.get(row[cols[0]]) or _timestamp_or_none(row[cols[0]], cache)

@@ -7,8 +7,11 @@
     2016년 2월 5일 오전 1:33, 민수 : 안녕
     2016년 2월 5일 오전 1:40: 철수님이 나갔습니다.
 
-English UI: ``February 10, 2016, 2:33 AM, name : text``; day-month-year
-locales: ``10 February 2016, 14:33, name : text`` (12 or 24 hour).
+Newer builds print system lines after a comma: ``2023년 1월 5일 오전 8:48,
+A님이 B님, C님과 D님을 초대했습니다.``. English UI: ``February 10, 2016, 2:33 AM,
+name : text``, 2023+ ``June 3, 2024 at 8:34\u202fpm, name : text``, and 2013-2015
+time first: ``8:34pm, July 9, 2015, name : text`` under ``8:34pm, July 9, 2015``
+day lines; day-month-year locales: ``10 February 2016, 14:33, name : text`` (12 or 24 hour).
 """
 from __future__ import annotations
 
@@ -16,15 +19,15 @@ from datetime import datetime
 
 from data_prep.formats._common import MONTH_FULL, WEEKDAYS_EN, WEEKDAYS_KO, Format, ParseResult, Progress
 from data_prep.formats._stamped import (
-    ANDROID_KO, ENGLISH_DMY, ENGLISH_MDY, detect_any, english_months, parse_stamped, write_stamped,
+    ANDROID_KO, ENGLISH_DMY, ENGLISH_MDY, ENGLISH_TIME_FIRST, detect_any, english_months, parse_stamped, write_stamped,
 )
 from data_prep.records import Message
 
-VARIANTS = (ANDROID_KO, ENGLISH_MDY, ENGLISH_DMY)
+VARIANTS = (ANDROID_KO, ENGLISH_MDY, ENGLISH_DMY, ENGLISH_TIME_FIRST)
 
 
 def detect(head: list[str]) -> bool:
-    return detect_any(head, (ANDROID_KO, ENGLISH_DMY)) or english_months(head) == "full"
+    return detect_any(head, (ANDROID_KO, ENGLISH_DMY, ENGLISH_TIME_FIRST)) or english_months(head) == "full"
 
 
 def parse(lines: list[str], source: str, progress: Progress | None = None) -> ParseResult:

@@ -8,8 +8,10 @@
     2023. 5. 2. 오후 8:06, 민수 : 안녕
     2023. 5. 2. 오후 8:07: 철수님이 나갔습니다.
 
-24-hour UI: ``2023. 5. 2. 20:06, name : text``. English UI:
-``Jul 9, 2015, 8:34 PM, name : text`` or ``Jul 9, 2015 at 8:34 PM, name : text``.
+24-hour UI: ``2023. 5. 2. 20:06, name : text``; some builds print only the
+time, ``오후 8:36, name : text``, under ``2021년 12월 29일 수요일`` day lines. English UI:
+``Jul 9, 2015, 8:34 PM, name : text``, ``Oct 19, 2022 2:18 AM, name : text``,
+``Sep 21, 2026 at 12:42\u202fAM, name : text`` or 24-hour ``Feb 1, 2026 at 20:35, name : text``.
 """
 from __future__ import annotations
 
@@ -17,15 +19,15 @@ from datetime import datetime
 
 from data_prep.formats._common import MONTH_FULL, WEEKDAYS_EN, WEEKDAYS_KO, Format, ParseResult, Progress
 from data_prep.formats._stamped import (
-    ENGLISH_MDY, IOS_KO, detect_any, english_months, parse_stamped, write_stamped,
+    ENGLISH_MDY, IOS_KO, IOS_KO_TIME, detect_any, english_months, parse_stamped, write_stamped,
 )
 from data_prep.records import Message
 
-VARIANTS = (IOS_KO, ENGLISH_MDY)
+VARIANTS = (IOS_KO, IOS_KO_TIME, ENGLISH_MDY)
 
 
 def detect(head: list[str]) -> bool:
-    return detect_any(head, (IOS_KO,)) or english_months(head) == "abbr"
+    return detect_any(head, (IOS_KO, IOS_KO_TIME)) or english_months(head) == "abbr"
 
 
 def parse(lines: list[str], source: str, progress: Progress | None = None) -> ParseResult:
