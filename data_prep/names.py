@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
-from typing import Iterable
+from typing import Iterable, Iterator
 
 # ------------------------------------------------------------------ Latin spellings of a Hangul name
 _INITIAL = ["g|k", "kk|gg|k", "n", "d|t", "tt|dd", "r|l", "m", "b|p", "pp|bb", "s|sh", "ss|s", "", "j|ch",
@@ -89,6 +89,7 @@ _CANDIDATE = re.compile(
     rf"(?<![가-힣])(?:(?P<given>[{GIVEN}]{{2}})(?=(?:{_AFTER_GIVEN})(?![가-힣]))"
     rf"|(?P<full>[{SURNAMES}][{GIVEN}]{{2}})(?=(?:{_AFTER_FULL})?(?![가-힣])))")
 may_hold_name = _CANDIDATE.search
+_PLACE_ENDINGS = "도시군구역산"  # 강원도, 부산: a three-syllable proper noun ending so is a place
 OOV_SCORE = -18.0  # kiwi scores a word it cannot analyse (a guessed noun lump) below this; known words above
 _NAME_AFTER = re.compile(r"[가-힣]*")
 
@@ -100,18 +101,27 @@ def _kiwi():
     return Kiwi(num_workers=1)
 
 
-def _is_name(tokens, length: int, full: bool) -> bool:
-    """Whether kiwi's analysis ``tokens`` of a word says its first ``length`` syllables are a name."""
+def _fragments(tokens, length: int) -> bool:
+    """Whether kiwi split the first ``length`` syllables into one-syllable nouns (it does not know the word)."""
+    head = [t for t in tokens if t.start < length]
+    return bool(head) and all(t.tag.startswith("NN") and t.len == 1 for t in head) and head[-1].start + head[-1].len == length
+
+
+def _is_name(tokens, length: int, full: bool, word_len: int) -> bool:
+    """Whether kiwi's analysis ``tokens`` of a word (``word_len`` syllables) says its first ``length``
+    syllables are a name; ``full``: surname + given name."""
     t0 = tokens[0]
     if t0.start != 0:
         return False
-    if t0.tag == "NNP" or (t0.tag.startswith("NN") and t0.score < OOV_SCORE):
+    if t0.tag == "NNP":  # exactly the name (지영, 김철수), or a surname and fragments (박/서/준)
+        return t0.len == length or (t0.len == 1 and _fragments(tokens[1:], length))
+    if not full and t0.tag.startswith("NN") and t0.score < OOV_SCORE and t0.len == word_len:
+        return True  # 하은아: a word kiwi cannot analyse at all, ending in a vocative or 호칭
+    if _fragments(tokens, length):
         return True
-    head = [t for t in tokens if t.start < length]
-    if all(t.tag.startswith("NN") and t.len == 1 for t in head) and head[-1].start + head[-1].len == length:
-        return True  # single-syllable fragments: kiwi does not know the word
     if not full and t0.tag == "NNG" and t0.len == length and len(tokens) > 1:
-        return tokens[1].tag in ("JKV", "XSN", "NNB")  # 지원아, 서진이한테, 하준씨: a vocative or 호칭
+        nxt = tokens[1]  # 서진이한테, 하준씨: the hypocoristic 이 or 씨 (not 님: 주인님, 선생님)
+        return (nxt.tag, nxt.form) in (("XSN", "이"), ("NNB", "씨"))
     return False
 
 
@@ -121,7 +131,8 @@ def classify_words(words: Iterable[tuple[str, int, bool]]) -> dict[str, bool]:
     if not words:
         return {}
     results = _kiwi().tokenize([w for w, _, _ in words])
-    return {w: bool(toks) and _is_name(toks, n, full) for (w, n, full), toks in zip(words, results)}
+    return {w: bool(toks) and not (full and w[n - 1] in _PLACE_ENDINGS) and _is_name(toks, n, full, len(w))
+            for (w, n, full), toks in zip(words, results)}
 
 
 class PersonNames:
@@ -164,6 +175,10 @@ class PersonNames:
             return
         alts = "|".join(map(re.escape, sorted(self.mapping, key=len, reverse=True)))
         self._pattern = re.compile(rf"(?<![가-힣])(?:{alts})(?=(?:{_AFTER_FULL})?(?![가-힣]))")
+
+    def finditer(self, text: str) -> Iterator[re.Match]:
+        """Every mention of a known name in ``text``."""
+        return iter(()) if self._pattern is None else self._pattern.finditer(text)
 
     def replace(self, text: str) -> tuple[str, int]:
         """``text`` with every known name replaced; the number of replacements."""
