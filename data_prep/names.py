@@ -96,9 +96,11 @@ _NAME_AFTER = re.compile(r"[가-힣]*")
 
 @lru_cache(maxsize=1)
 def _kiwi():
-    from kiwipiepy import Kiwi  # about 2 s to load its model: only when a name-shaped word turns up
+    from kiwipiepy import Kiwi  # its model costs ~0.6 CPU-s to load: only once a name-shaped word turns up
 
-    return Kiwi(num_workers=1)
+    # words are analysed one at a time in this thread (num_workers=0); the typo, multi-word and
+    # user-word dictionaries cost 1.5 CPU-s more to load and change no verdict measured here
+    return Kiwi(num_workers=0, load_default_dict=False, load_typo_dict=False, load_multi_dict=False)
 
 
 def _fragments(tokens, length: int) -> bool:
@@ -126,11 +128,12 @@ def _is_name(tokens, length: int, full: bool, word_len: int) -> bool:
 
 
 def classify_words(words: Iterable[tuple[str, int, bool]]) -> dict[str, bool]:
-    """{word: is a name} for (word, name length, full name?) triples; one kiwi batch call."""
+    """{word: is a name} for (word, name length, full name?) triples, each distinct word analysed once."""
     words = list(dict.fromkeys(words))
     if not words:
         return {}
-    results = _kiwi().tokenize([w for w, _, _ in words])
+    kiwi = _kiwi()
+    results = [kiwi.tokenize(w) for w, _, _ in words]
     return {w: bool(toks) and not (full and w[n - 1] in _PLACE_ENDINGS) and _is_name(toks, n, full, len(w))
             for (w, n, full), toks in zip(words, results)}
 
@@ -144,6 +147,7 @@ class PersonNames:
         self.prefix = prefix
         self.mapping: dict[str, str] = {}  # spelling (given or full name) -> pseudonym
         self._pattern: re.Pattern | None = None
+        self.search = lambda _: None
 
     def learn(self, texts: Iterable[str]) -> None:
         """Find the names in ``texts`` (only texts the cheap regex flags reach the analyser)."""
@@ -171,10 +175,11 @@ class PersonNames:
 
     def _compile(self) -> None:
         if not self.mapping:
-            self._pattern = None
+            self._pattern, self.search = None, lambda _: None
             return
         alts = "|".join(map(re.escape, sorted(self.mapping, key=len, reverse=True)))
         self._pattern = re.compile(rf"(?<![가-힣])(?:{alts})(?=(?:{_AFTER_FULL})?(?![가-힣]))")
+        self.search = self._pattern.search  # whether replace() would change a text
 
     def finditer(self, text: str) -> Iterator[re.Match]:
         """Every mention of a known name in ``text``."""

@@ -34,7 +34,7 @@ __all__ = ["PLACEHOLDERS", "PIIConfig", "Pseudonymizer", "redact_text", "remove_
 _HANGUL = re.compile(r"[가-힣]+")
 _SYMBOLS = re.compile(r"[^\w\s]+")
 _may_hold_pii = may_hold  # whether redact_text could change a text: a superset, never less
-_LATIN = re.compile(r"[A-Za-z]").search
+_LATIN = re.compile(r"[A-Za-z]{2}").search  # a Latin name has two letters at least
 
 
 @dataclass(frozen=True)
@@ -108,8 +108,17 @@ class Pseudonymizer:
                  if v not in protected]
         latin = [(src, p) for src, p in dict(latin).items() if src]
         self._latin_names = [p for _, p in latin]
-        self._latin = re.compile("|".join(f"(?P<n{i}>(?<![A-Za-z]){src}(?![A-Za-z]))" for i, (src, _) in
-                                          enumerate(latin)), re.IGNORECASE) if latin else None
+        # one lookbehind in front: positions inside a word fail before any alternative is tried
+        alts = "|".join(f"(?P<n{i}>{src})(?![A-Za-z])" for i, (src, _) in enumerate(latin))
+        self._latin = re.compile(f"(?<![A-Za-z])(?=[A-Za-z]{{2}})(?:{alts})", re.IGNORECASE) if latin else None
+        # whether text() could change a text: a Hangul spelling (case-sensitive literals: the
+        # cheapest search), or a Latin letter when some spelling has one
+        hangul = [re.escape(v) for v in sorted(variants, key=len, reverse=True) if _HANGUL.search(v)]
+        hangul_search = re.compile("|".join(hangul)).search if hangul else (lambda _: None)
+        if latin or len(hangul) < len(variants):
+            self.may_name = lambda text: hangul_search(text) or _LATIN(text)
+        else:
+            self.may_name = hangul_search
 
     @staticmethod
     def _compile(variants: dict[str, str]) -> re.Pattern | None:
@@ -123,11 +132,6 @@ class Pseudonymizer:
 
     def speaker(self, name: str) -> str:
         return self.mapping.get(name, name)
-
-    def may_name(self, text: str) -> bool:
-        """Cheap test: False means :meth:`text` would return ``text`` unchanged."""
-        return bool((self._pattern is not None and self._pattern.search(text))
-                    or (self._latin is not None and _LATIN(text)))
 
     def text(self, text: str, counts: Counter) -> str:
         """Replace every hidden name in ``text``; counts them as ``name`` (``listed`` for the user's terms)."""
@@ -185,16 +189,15 @@ def _redact_bursts(messages: list[Message], counts: Counter) -> None:
     """Numbers typed over consecutive messages of one speaker (010 / 1234 / 5678): found in the
     joined text, hidden in every piece (in place). Only chains whose pieces end and start with a
     digit or a separator are joined."""
-    i, n = 0, len(messages)
-    while i < n - 1:
-        j = i
-        while (j + 1 < n and messages[j + 1].speaker == messages[j].speaker
-               and messages[j + 1].source == messages[j].source
-               and messages[j].text[-1:] in _NUMERIC_EDGE and messages[j + 1].text[:1] in _NUMERIC_EDGE):
-            j += 1
-        if j > i:
-            _redact_chain(messages, i, j, counts)
-        i = j + 1
+    edge = _NUMERIC_EDGE
+    links = [i for i, (a, b) in enumerate(zip(messages, messages[1:]))
+             if a.text[-1:] in edge and b.text[:1] in edge and a.speaker == b.speaker and a.source == b.source]
+    start = None
+    for i, nxt in itertools.zip_longest(links, links[1:]):
+        start = i if start is None else start
+        if nxt != i + 1:  # the chain start..i+1 ends here
+            _redact_chain(messages, start, i + 1, counts)
+            start = None
 
 
 def _redact_chain(messages: list[Message], i: int, j: int, counts: Counter) -> None:
@@ -222,10 +225,10 @@ def _person_names(messages: list[Message], pseudo: Pseudonymizer, cfg: PIIConfig
     people.learn(m.text for m in messages)
     if not people.mapping:
         return messages
-    out = []
+    out, search = [], people.search
     for m in messages:
-        text, n = people.replace(m.text)
-        if n:
+        if search(m.text):
+            text, n = people.replace(m.text)
             counts["person"] += n
             m = m.with_text(text)
         out.append(m)

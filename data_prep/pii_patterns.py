@@ -36,7 +36,7 @@ _WIDE.update({0xFF41 + i: ord("a") + i for i in range(26)})
 _HANGUL_DIGITS = str.maketrans("공영일이삼사오육륙칠팔구", "001234566789")
 # a spelled number starts with 0 (phones do: 공일공, 영일영, 공이 for Seoul) and has 8+ digits in all
 _HANGUL_NUMBER = re.compile(r"[공영](?:[ \t\-.–—]*[0-9공영일이삼사오육륙칠팔구]){7,}")
-_HANGUL_START = re.compile(r"[공영][일이삼사오육칠팔구공영]").search
+_HANGUL_START = re.compile(r"[공영][일이삼사오육칠팔구공영][ \-일이삼사오육칠팔구공영]").search
 
 
 def shadow(text: str) -> str:
@@ -58,9 +58,9 @@ _URL = re.compile(
     rf"|(?<![{_AN}@./_-])(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?\.)+(?:{_TLD})(?:\.[a-z]{{2}})?/[^\s<>\"']*",
     re.IGNORECASE)
 _MAIL_DOMAIN = r"(?:[A-Za-z0-9-]+(?:[ \t]*(?:\.|닷|점)[ \t]*[A-Za-z]{2,})+|네이버|다음|한메일|지메일|구글|카카오|네이트|핫메일)"
-_EMAIL = re.compile(
-    r"(?<![\w.+-])[\w.+-]+@[\w-]+(?:\.[\w-]+)+"
-    rf"|(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]+[ \t]*골뱅이?[ \t]*{_MAIL_DOMAIN}(?:[ \t]*(?:닷컴|닷넷|\.com|\.net))?")
+_EMAIL = re.compile(r"(?<![\w.+-])[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+_SPELLED_EMAIL = re.compile(  # kimyh 골뱅이 naver.com, kimyh골뱅이네이버
+    rf"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]+[ \t]*골뱅이?[ \t]*{_MAIL_DOMAIN}(?:[ \t]*(?:닷컴|닷넷|\.com|\.net))?")
 # @handle (after e-mails are gone), or an ID named as such: 카톡 아이디 kimyh99, 인스타 kim_yh
 _ID = re.compile(
     r"(?<![\w.@])@(?=[A-Za-z0-9_.]*[A-Za-z0-9])[A-Za-z0-9_][A-Za-z0-9_.]{1,29}"
@@ -176,15 +176,26 @@ def _rule(pattern: re.Pattern, kind: str) -> Callable[[str], Iterator[Span]]:
     return spans
 
 
-# order matters: a span overlapping an earlier one is dropped (an e-mail's digits are not an account)
-_TEXT_RULES = (_rule(_URL, "url"), _rule(_EMAIL, "email"), _rule(_ID, "id"))
-_NUMBER_RULES = (_rule(_RRN, "rrn"), _rule(_PASSPORT, "passport"), _rule(_IP, "ip"), _runs,
-                 _rule(_PLATE, "plate"), _rule(_ADDRESS, "address"))
+_has_digit = re.compile(r"[0-9]").search
+# (gate, rule): a rule runs only when its gate finds what every match of it needs (most texts
+# that reach find() hold a digit or a Latin letter and nothing more). Order matters: a span
+# overlapping an earlier one is dropped (an e-mail's digits are not an account).
+_RULES = (
+    (re.compile(r"/|[wW]{3}\.").search, _rule(_URL, "url")),
+    (re.compile(r"@").search, _rule(_EMAIL, "email")),
+    (re.compile(r"골뱅").search, _rule(_SPELLED_EMAIL, "email")),
+    (re.compile(r"@|[iI][dD]|카톡|카카오톡|아이디|아디|인스타|트위터|틱톡|페북|페이스북|디스코드|텔레그램|스냅챗").search,
+     _rule(_ID, "id")),
+    (re.compile(r"\d{6}").search, _rule(_RRN, "rrn")),
+    (re.compile(r"[A-Za-z]\d{3}").search, _rule(_PASSPORT, "passport")),
+    (re.compile(r"\d\.\d{1,3}\.\d").search, _rule(_IP, "ip")),
+    (re.compile(rf"\d[\d\s\-.–—/()+]{{{_MIN_RUN_DIGITS - 2},}}\d").search, _runs),
+    (re.compile(r"\d{4}").search, _rule(_PLATE, "plate")),
+    (re.compile(r"[로길동리가][ \t]?\d").search, _rule(_ADDRESS, "address")),
+)
 # Whether find could return a span: a digit, a Latin letter or @ (all text rules need one), or a
 # spelled digit run. A superset, never less; most Korean chat messages fail it at C speed.
-may_hold = re.compile(r"[0-9A-Za-z@＠０-９Ａ-Ｚａ-ｚ]|[공영][일이삼사오육칠팔구공영]").search
-_has_digit = re.compile(r"[0-9]").search
-_has_text = re.compile(r"[A-Za-z@]").search
+may_hold = re.compile(r"[0-9A-Za-z@＠０-９Ａ-Ｚａ-ｚ]|[공영][일이삼사오육칠팔구공영][ \-일이삼사오육칠팔구공영]").search
 
 
 def find(text: str) -> list[Span]:
@@ -192,12 +203,12 @@ def find(text: str) -> list[Span]:
     if not may_hold(text):
         return []
     s = shadow(text)
-    rules = (_TEXT_RULES if _has_text(s) else ()) + (_NUMBER_RULES if _has_digit(s) else ())
     spans: list[Span] = []
-    for rule in rules:
-        for sp in rule(s):
-            if not any(sp[0] < e and b < sp[1] for b, e, _ in spans):
-                spans.append(sp)
+    for gate, rule in _RULES:
+        if gate(s):
+            for sp in rule(s):
+                if not any(sp[0] < e and b < sp[1] for b, e, _ in spans):
+                    spans.append(sp)
     return sorted(spans)
 
 
