@@ -10,8 +10,8 @@ analyse it as known words (an out-of-vocabulary lump or single-syllable
 fragments), and drops ordinary words (강아지, 진짜야, 최고야, 괜찮아).
 Every name found gets one pseudonym for the whole run (사람1, 사람2... in
 order of first appearance; 서준 and 박서준 are the same person), and every
-later mention of it at the start of a word, alone or before a particle, is
-replaced too.
+mention of it at the start of a word (with or without a surname), alone or
+before a particle, is replaced.
 
 Latin spellings (:func:`latin_pattern`): 김지영 -> Jiyoung Kim, Kim Ji-young,
 JIYEONG: a regex from the name's syllables with the usual romanisations of each.
@@ -98,9 +98,9 @@ _NAME_AFTER = re.compile(r"[가-힣]*")
 def _kiwi():
     from kiwipiepy import Kiwi  # its model costs ~0.6 CPU-s to load: only once a name-shaped word turns up
 
-    # words are analysed one at a time in this thread (num_workers=0); the typo, multi-word and
+    # words are analysed one at a time (a single worker); the typo, multi-word and
     # user-word dictionaries cost 1.5 CPU-s more to load and change no verdict measured here
-    return Kiwi(num_workers=0, load_default_dict=False, load_typo_dict=False, load_multi_dict=False)
+    return Kiwi(num_workers=1, load_default_dict=False, load_typo_dict=False, load_multi_dict=False)
 
 
 def _fragments(tokens, length: int) -> bool:
@@ -177,7 +177,10 @@ class PersonNames:
         if not self.mapping:
             self._pattern, self.search = None, lambda _: None
             return
-        alts = "|".join(map(re.escape, sorted(self.mapping, key=len, reverse=True)))
+        names = sorted(self.mapping, key=len, reverse=True)
+        given = "|".join(re.escape(n) for n in names if len(n) == 2)
+        alts = "|".join([re.escape(n) for n in names if len(n) != 2] + ([f"[{SURNAMES}]?(?:{given})"] if given else []))
+        # a known given name also with a surname in front (하은 -> 김하은), alone or before a particle
         self._pattern = re.compile(rf"(?<![가-힣])(?:{alts})(?=(?:{_AFTER_FULL})?(?![가-힣]))")
         self.search = self._pattern.search  # whether replace() would change a text
 
@@ -189,4 +192,4 @@ class PersonNames:
         """``text`` with every known name replaced; the number of replacements."""
         if self._pattern is None:
             return text, 0
-        return self._pattern.subn(lambda m: self.mapping[m.group()], text)
+        return self._pattern.subn(lambda m: self.mapping.get(m.group()) or self.mapping[m.group()[1:]], text)
