@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from data_prep.formats import PARSERS
+from data_prep.pii_patterns import PLACEHOLDERS
 from pipeline.audit import main as audit_main
 from pipeline.cli import run_cli
 from pipeline.prepare import main as prepare_main
@@ -96,6 +97,7 @@ def test_every_planted_item_is_gone_from_every_output(fmt, tmp_path, capsys):
     assert kinds <= set(stats["redactions"]), kinds - set(stats["redactions"])
     report = (out / "report.md").read_text(encoding="utf-8")
     for kind in kinds:
-        assert f"| {kind} | {stats['redactions'][kind]} |" in report, kind
+        shown = {"name": "친구N (speakers)", "person": "사람N (other people)"}.get(kind) or PLACEHOLDERS[kind]
+        assert f"| {kind} | {shown} | {stats['redactions'][kind]} |" in report, kind
     assert "3시 30분에 봐" in blob and "그래 2시간 뒤" in blob  # ordinary numbers survive
     assert run_cli(audit_main, [str(out)]) == 0
