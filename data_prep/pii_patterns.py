@@ -139,7 +139,9 @@ def _runs(text: str) -> Iterator[Span]:
         base, raw, plus = run.start(), run.group(), run.group().startswith("+")
         i = 0
         while i < len(groups):
-            best = _best_piece(raw, groups, i, plus and i == 0)
+            # digits right after a bare decimal point (8.01831421460003) are a fraction, not a number
+            fraction = i > 0 and raw[groups[i - 1].end():groups[i].start()] == "."
+            best = None if fraction else _best_piece(raw, groups, i, plus and i == 0)
             if best is None:
                 i += 1
                 continue

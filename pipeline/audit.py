@@ -25,8 +25,9 @@ from data_prep.pii_patterns import LISTED, find, terms_pattern
 from pipeline.cli import parser as make_parser, run_cli
 
 TEXT_SUFFIXES = {".jsonl", ".json", ".md", ".yaml", ".yml", ".txt", ".csv", ".arrow"}
-# machine-written files holding no chat text (vocabularies are full of digit pieces)
-SKIPPED = ("tokenizer", "special_tokens_map", "vocab", "merges", "adapter_config", "generation_config")
+# machine-written files holding no chat text: vocabularies (full of digit pieces), PEFT's
+# model-card template README.md (links to papers)
+SKIPPED = ("tokenizer", "special_tokens_map", "vocab", "merges", "adapter_config", "generation_config", "README")
 _JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
 
 
