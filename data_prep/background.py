@@ -60,6 +60,18 @@ class BackgroundWriter:
         else:
             self._jobs.append(self._pool.submit(fn, *args))
 
+    @property
+    def forked(self) -> bool:
+        """Whether jobs run in a worker process (False: inline at submit)."""
+        return self._pool is not None
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)``'s result: computed in the worker after the jobs queued before it (a job
+        there can have loaded what ``fn`` needs), or inline when disabled."""
+        if self._pool is None:
+            return fn(*args)
+        return self._pool.submit(fn, *args).result()
+
     def wait(self) -> None:
         """Block until every job is done; the first failure is raised here."""
         jobs, self._jobs = self._jobs, []

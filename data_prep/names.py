@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 # ------------------------------------------------------------------ Latin spellings of a Hangul name
 _INITIAL = ["g|k", "kk|gg|k", "n", "d|t", "tt|dd", "r|l", "m", "b|p", "pp|bb", "s|sh", "ss|s", "", "j|ch",
@@ -94,6 +94,9 @@ OOV_SCORE = -18.0  # kiwi scores a word it cannot analyse (a guessed noun lump) 
 _NAME_AFTER = re.compile(r"[가-힣]*")
 
 
+Classifier = Callable[[list[tuple[str, int, bool]]], dict[str, bool]] | None
+
+
 @lru_cache(maxsize=1)
 def _kiwi():
     from kiwipiepy import Kiwi  # its model costs ~0.6 CPU-s to load: only once a name-shaped word turns up
@@ -101,6 +104,11 @@ def _kiwi():
     # words are analysed one at a time (a single worker); the typo, multi-word and
     # user-word dictionaries cost 1.5 CPU-s more to load and change no verdict measured here
     return Kiwi(num_workers=1, load_default_dict=False, load_typo_dict=False, load_multi_dict=False)
+
+
+def warm_up() -> None:
+    """Load the analyser and pay its first-call set-up (prepare runs this in its worker process)."""
+    _kiwi().tokenize("서준이가")
 
 
 def _fragments(tokens, length: int) -> bool:
@@ -149,8 +157,9 @@ class PersonNames:
         self._pattern: re.Pattern | None = None
         self.search = lambda _: None
 
-    def learn(self, texts: Iterable[str]) -> None:
-        """Find the names in ``texts`` (only texts the cheap regex flags reach the analyser)."""
+    def learn(self, texts: Iterable[str], classify: Classifier = None) -> None:
+        """Find the names in ``texts`` (only texts the cheap regex flags reach the analyser).
+        ``classify``: :func:`classify_words` or a stand-in for it (prepare runs it in its worker)."""
         found: list[tuple[str, str, int, bool]] = []  # (word, name, length, full)
         for text in texts:
             if not may_hold_name(text):
@@ -159,7 +168,8 @@ class PersonNames:
                 name = m.group()
                 word = name + _NAME_AFTER.match(text, m.end()).group()
                 found.append((word, name, len(name), m.lastgroup == "full"))
-        verdict = classify_words((w, n, f) for w, _, n, f in found)
+        words = list(dict.fromkeys((w, n, f) for w, _, n, f in found))
+        verdict = (classify or classify_words)(words) if words else {}
         for word, name, _, full in found:
             if verdict[word]:
                 self._add(name[1:] if full else name, name if full else None)

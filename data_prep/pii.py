@@ -26,7 +26,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Sequence
 
-from data_prep.names import PersonNames, latin_pattern
+from data_prep.names import Classifier, PersonNames, latin_pattern
 from data_prep.pii_patterns import LISTED, PLACEHOLDERS, find, may_hold, replace
 from data_prep.records import Message
 
@@ -155,8 +155,10 @@ def scrub(text: str, pseudo: Pseudonymizer, counts: Counter) -> str:
     return pseudo.text(redact_text(text, counts), counts)
 
 
-def remove_pii(messages: list[Message], pseudo: Pseudonymizer, cfg: PIIConfig) -> tuple[list[Message], Counter]:
-    """Stage: typed placeholders for numbers/addresses and pseudonyms for names; counts per kind."""
+def remove_pii(messages: list[Message], pseudo: Pseudonymizer, cfg: PIIConfig,
+               classify: Classifier = None) -> tuple[list[Message], Counter]:
+    """Stage: typed placeholders for numbers/addresses and pseudonyms for names; counts per kind.
+    ``classify``: runs :func:`data_prep.names.classify_words` (default: here)."""
     counts: Counter = Counter()
     if not cfg.enabled:
         return messages, counts
@@ -178,7 +180,7 @@ def remove_pii(messages: list[Message], pseudo: Pseudonymizer, cfg: PIIConfig) -
         append(m)
     _redact_bursts(out, counts)
     if cfg.person_names:
-        out = _person_names(out, pseudo, cfg, counts)
+        out = _person_names(out, pseudo, cfg, counts, classify)
     return out, counts
 
 
@@ -217,12 +219,13 @@ def _redact_chain(messages: list[Message], i: int, j: int, counts: Counter) -> N
             messages[i + k] = m.with_text(replace(m.text, spans))
 
 
-def _person_names(messages: list[Message], pseudo: Pseudonymizer, cfg: PIIConfig, counts: Counter) -> list[Message]:
+def _person_names(messages: list[Message], pseudo: Pseudonymizer, cfg: PIIConfig, counts: Counter,
+                  classify: Classifier) -> list[Message]:
     """Non-speakers' names -> 사람N (data_prep.names), consistently over all messages; the personas'
     and the exporter's names are never taken for one."""
     keep = {v for p in pseudo.protected for v in name_variants(p)} | set(pseudo.mapping.values())
     people = PersonNames(keep, cfg.person_prefix)
-    people.learn(m.text for m in messages)
+    people.learn((m.text for m in messages), classify)
     if not people.mapping:
         return messages
     out, search = [], people.search

@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterator, Sequence
 from data_prep.background import BackgroundWriter
 from data_prep.conversations import TurnConfig, merge_bursts, reply_counts, split_conversations
 from data_prep.errors import ParseError, UserError
+from data_prep import names
 from data_prep.filters import drop_non_speech
 from data_prep.normalize import NormalizeConfig, canonical_speaker, normalize
 from data_prep.pairs import (
@@ -157,6 +158,8 @@ def run(cfg: PrepareConfig, timer: Timer | None = None, background: bool | None 
     t = timer or Timer()
     big = sum(Path(p).stat().st_size for p in cfg.inputs) >= BIG_INPUT_BYTES
     bg = BackgroundWriter(enabled=big and not cfg.list_speakers if background is None else background)
+    if bg.forked and not cfg.keep_pii:
+        bg.submit(names.warm_up)  # the name analyser loads there while this process parses
     if t.bar is None and big:
         from tqdm import tqdm
 
@@ -198,7 +201,9 @@ def _stages(cfg: PrepareConfig, t: Timer, bg: BackgroundWriter) -> Result:
     pseudo = Pseudonymizer([s for s, _ in speakers.most_common()], set(personas), cfg.pseudonym_prefix,
                            keep={cfg.self_alias}, redact=terms)
     with t("remove_pii"):
-        messages, redactions = remove_pii(messages, pseudo, cfg.pii)
+        # names are classified where the analyser was loaded: the worker, when there is one
+        classify = lambda words: bg.call(names.classify_words, words)  # noqa: E731
+        messages, redactions = remove_pii(messages, pseudo, cfg.pii, classify)
     with t("merge_bursts"):
         turns = merge_bursts(messages, cfg.burst_gap_s)
     with t("split_conversations"):
