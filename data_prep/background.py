@@ -39,7 +39,8 @@ def warm_up() -> None:
 class BackgroundWriter:
     """One forked worker process for the write jobs, in submit order; inline when disabled."""
 
-    def __init__(self, enabled: bool = True):
+    def __init__(self, enabled: bool = True, first: tuple[Callable[[], Any], ...] = ()):
+        """``first``: warm-up jobs the worker runs before its own (what the caller needs soonest)."""
         self._pool: ProcessPoolExecutor | None = None
         self._jobs: list[Future] = []
         if not enabled:
@@ -51,7 +52,7 @@ class BackgroundWriter:
         # __main__, as spawn would do); forked before any progress-bar thread exists
         if "fork" in multiprocessing.get_all_start_methods():
             self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"))
-            self._jobs.append(self._pool.submit(warm_up))
+            self._jobs += [self._pool.submit(fn) for fn in (*first, warm_up)]
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> None:
         """Queue ``fn(*args)`` (arguments are pickled) or, when disabled, run it now."""
@@ -59,11 +60,6 @@ class BackgroundWriter:
             fn(*args)
         else:
             self._jobs.append(self._pool.submit(fn, *args))
-
-    @property
-    def forked(self) -> bool:
-        """Whether jobs run in a worker process (False: inline at submit)."""
-        return self._pool is not None
 
     def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(*args)``'s result: computed in the worker after the jobs queued before it (a job

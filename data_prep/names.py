@@ -114,7 +114,9 @@ def warm_up() -> None:
 def _fragments(tokens, length: int) -> bool:
     """Whether kiwi split the first ``length`` syllables into one-syllable nouns (it does not know the word)."""
     head = [t for t in tokens if t.start < length]
-    return bool(head) and all(t.tag.startswith("NN") and t.len == 1 for t in head) and head[-1].start + head[-1].len == length
+    if not head or head[-1].start + head[-1].len != length:
+        return False
+    return all(t.tag.startswith("NN") and t.len == 1 for t in head)
 
 
 def _is_name(tokens, length: int, full: bool, word_len: int) -> bool:
@@ -178,7 +180,8 @@ class PersonNames:
     def _add(self, given: str, full: str | None) -> None:
         if given in self.protected or (full and full in self.protected) or given.startswith(self.prefix):
             return
-        pseudo = self.mapping.get(given) or self.mapping.get(full or "") or f"{self.prefix}{len(set(self.mapping.values())) + 1}"
+        pseudo = (self.mapping.get(given) or self.mapping.get(full or "")
+                  or f"{self.prefix}{len(set(self.mapping.values())) + 1}")
         self.mapping.setdefault(given, pseudo)
         if full:
             self.mapping.setdefault(full, pseudo)

@@ -157,9 +157,9 @@ def run(cfg: PrepareConfig, timer: Timer | None = None, background: bool | None 
     cfg.validate()
     t = timer or Timer()
     big = sum(Path(p).stat().st_size for p in cfg.inputs) >= BIG_INPUT_BYTES
-    bg = BackgroundWriter(enabled=big and not cfg.list_speakers if background is None else background)
-    if bg.forked and not cfg.keep_pii:
-        bg.submit(names.warm_up)  # the name analyser loads there while this process parses
+    # the worker loads the name analyser first (remove_pii needs it soon) while this process parses
+    bg = BackgroundWriter(enabled=big and not cfg.list_speakers if background is None else background,
+                          first=() if cfg.keep_pii else (names.warm_up,))
     if t.bar is None and big:
         from tqdm import tqdm
 

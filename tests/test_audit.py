@@ -38,7 +38,8 @@ def test_each_leftover_is_listed_with_file_line_and_kind_and_exits_1(tmp_path, c
     terms.write_text("콩떡이\n", encoding="utf-8")
     (data / "report.md").write_text("콩떡이\n", encoding="utf-8")
     assert run_cli(main, [str(data), "--redact-list", str(terms)]) == 1
-    assert capsys.readouterr().out.splitlines() == [f"{data / 'report.md'}:1: listed", f"{data / 'train.jsonl'}:2: phone"]
+    want = [f"{data / 'report.md'}:1: listed", f"{data / 'train.jsonl'}:2: phone"]
+    assert capsys.readouterr().out.splitlines() == want
     assert run_cli(main, [str(adapter)]) == 1
     out = capsys.readouterr().out
     assert out == f"{adapter / 'eval.md'}:3: email\n" and "kim@" not in out
