@@ -35,7 +35,7 @@ _WIDE.update({0xFF21 + i: ord("A") + i for i in range(26)})
 _WIDE.update({0xFF41 + i: ord("a") + i for i in range(26)})
 _HANGUL_DIGITS = str.maketrans("공영일이삼사오육륙칠팔구", "001234566789")
 # a spelled number starts with 0 (phones do: 공일공, 영일영, 공이 for Seoul) and has 8+ digits in all
-_HANGUL_NUMBER = re.compile(r"[공영](?:[ \t\-.–—]*[0-9공영일이삼사오육륙칠팔구]){7,}")
+_HANGUL_NUMBER = re.compile(r"[공영](?:[ \t\n\-.–—]*[0-9공영일이삼사오육륙칠팔구]){7,}")
 _HANGUL_START = re.compile(r"[공영][일이삼사오육칠팔구공영][ \-일이삼사오육칠팔구공영]").search
 
 

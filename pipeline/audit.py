@@ -13,9 +13,11 @@ Not looked for: names of people (pseudonyms cannot be told from names by a patte
 """
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import sys
+from bisect import bisect_right
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -25,6 +27,7 @@ from data_prep.pii_patterns import LISTED, find, terms_pattern
 from pipeline.cli import parser as make_parser, run_cli
 
 TEXT_SUFFIXES = {".jsonl", ".json", ".md", ".yaml", ".yml", ".txt", ".csv", ".arrow"}
+PROSE_SUFFIXES = {".md", ".yaml", ".yml", ".txt"}
 # machine-written files holding no chat text: vocabularies (full of digit pieces), PEFT's
 # model-card template README.md (links to papers)
 SKIPPED = ("tokenizer", "special_tokens_map", "vocab", "merges", "adapter_config", "generation_config", "README")
@@ -50,26 +53,27 @@ def _strings(line: str, suffix: str) -> list[str]:
     return out or [line]
 
 
+def _matches(text: str, terms: re.Pattern | None) -> Iterator[tuple[int, str]]:
+    """(offset, kind) of every pattern match and every listed term in ``text``."""
+    yield from ((begin, kind) for begin, _, kind in find(text))
+    if terms is not None:
+        yield from ((m.start(), LISTED) for m in terms.finditer(text))
+
+
 def scan_text(text: str, suffix: str, terms: re.Pattern | None = None) -> Iterator[tuple[int, str]]:
-    """(line number, kind) of every match in ``text``; a match over a line break counts at its first line."""
-    lines = text.split("\n")
-    starts = [0]
-    for line in lines:
-        starts.append(starts[-1] + len(line) + 1)
-    whole = [] if suffix in (".json", ".jsonl") else [(0, text)]
-    per_line = [(i, s) for i, line in enumerate(lines) for s in _strings(line, suffix)] if not whole else []
-    for start_line, chunk in per_line or whole:
-        for begin, _, kind in find(chunk):
-            yield (start_line + 1 if per_line else _line_of(starts, begin)), kind
-        if terms is not None:
-            for m in terms.finditer(chunk):
-                yield (start_line + 1 if per_line else _line_of(starts, m.start())), LISTED
+    """(line number, kind) of every match in ``text``, a file's content with that ``suffix``.
 
-
-def _line_of(starts: list[int], offset: int) -> int:
-    from bisect import bisect_right
-
-    return bisect_right(starts, offset)
+    Prose files are scanned whole (a number broken over a line break is still found, at its
+    first line); data files, which can be big, line by line, JSON strings decoded (their
+    escaped line breaks join a number again).
+    """
+    if suffix in PROSE_SUFFIXES:
+        starts = list(itertools.accumulate((len(line) + 1 for line in text.split("\n")), initial=0))
+        yield from ((bisect_right(starts, begin), kind) for begin, kind in _matches(text, terms))
+        return
+    for number, line in enumerate(text.split("\n"), 1):
+        for chunk in _strings(line, suffix):
+            yield from ((number, kind) for _, kind in _matches(chunk, terms))
 
 
 def audit(folder: Path, terms: Sequence[str] = ()) -> list[tuple[Path, int, str]]:

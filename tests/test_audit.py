@@ -32,7 +32,8 @@ def test_each_leftover_is_listed_with_file_line_and_kind_and_exits_1(tmp_path, c
     data = _prepared(tmp_path / "data", "번호 010-4471-\n6620 이야")  # split by a line break: JSON's \n
     adapter = tmp_path / "adapter"
     adapter.mkdir()
-    (adapter / "eval.md").write_text("# eval\n\n| 민수 | 메일 kim@naver.com |\n", encoding="utf-8")
+    (adapter / "eval.md").write_text("# eval\n\n| 민수 | 메일 kim@naver.com |\n| 민수 | 010-4471-\n6620 |\n",
+                                     encoding="utf-8")
     (adapter / "tokenizer.json").write_text('{"vocab": {"01012345678": 5}}', encoding="utf-8")  # not chat text
     terms = tmp_path / "mine.txt"
     terms.write_text("콩떡이\n", encoding="utf-8")
@@ -42,7 +43,7 @@ def test_each_leftover_is_listed_with_file_line_and_kind_and_exits_1(tmp_path, c
     assert capsys.readouterr().out.splitlines() == want
     assert run_cli(main, [str(adapter)]) == 1
     out = capsys.readouterr().out
-    assert out == f"{adapter / 'eval.md'}:3: email\n" and "kim@" not in out
+    assert out == f"{adapter / 'eval.md'}:3: email\n{adapter / 'eval.md'}:4: phone\n" and "kim@" not in out
 
 
 def test_bad_input_exits_2(tmp_path, capsys):

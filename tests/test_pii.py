@@ -131,6 +131,9 @@ def test_number_over_a_burst_of_messages_is_hidden_in_every_piece():
     out, c = remove_pii(msgs, pseudo, PIIConfig(person_names=False))
     assert [m.text for m in out] == ["내 번호", "<전화번호>", "<전화번호>", "<전화번호>", "3", "4"]
     assert c["phone"] == 1
+    spelled = [Message(T, "영희", "공일공"), Message(T, "영희", "팔팔이일"), Message(T, "영희", "삼사오육")]
+    out, c = remove_pii(spelled, pseudo, PIIConfig(person_names=False))
+    assert [m.text for m in out] == ["<전화번호>"] * 3 and c == {"phone": 1}
 
 
 def test_redact_list_and_latin_spelling_of_a_speaker():
