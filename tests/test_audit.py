@@ -4,6 +4,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
+from data_prep.errors import UserError
 from pipeline import prepare
 from pipeline.audit import main
 from pipeline.cli import run_cli
@@ -83,3 +86,17 @@ class _Reached(Exception):
 
 def _stop_here(cfg):
     raise _Reached
+
+
+def test_run_passes_the_redact_list_to_prepare_and_fingerprints_it(tmp_path):
+    from pipeline.run import build_parser, config_from_args, prepare_stage
+
+    terms, export = tmp_path / "mine.txt", tmp_path / "chat.txt"
+    terms.write_text("콩떡이\n", encoding="utf-8")
+    export.write_text("x", encoding="utf-8")
+    cfg = config_from_args(build_parser().parse_args([str(export), "--persona", "민수", "--redact-list", str(terms)]))
+    stage = prepare_stage(cfg)
+    assert stage.argv[-2:] == ("--redact-list", str(terms)) and terms in stage.inputs
+    missing = config_from_args(build_parser().parse_args([str(export), "--persona", "민수", "--redact-list", "nope"]))
+    with pytest.raises(UserError, match="--redact-list nope: no such file"):
+        missing.validate()
