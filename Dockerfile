@@ -58,5 +58,5 @@ VOLUME ["/adapters"]
 EXPOSE 7860
 
 # 0.0.0.0 inside the container: the port is reachable only where `docker run -p` publishes it.
-# Add --auth USER:PASSWORD (override the command) before publishing it beyond your machine.
+# The chat refuses to listen beyond loopback without a login: docker run -e KAKAO_PERSONA_AUTH=user:password ...
 CMD ["python", "-m", "chatbot", "--adapters", "/adapters", "--host", "0.0.0.0", "--port", "7860"]

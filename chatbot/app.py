@@ -3,12 +3,18 @@
 Started by ``python -m chatbot --adapters adapters/`` (see :mod:`chatbot.__main__`).
 Each browser session keeps its own persona (the dropdown's value) and its own history
 (``gr.State``: the plain turns fed to the engine; the chat display may also hold notices
-such as "message too long" that are never sent to the model).
+such as "message too long" that are never sent to the model). The history is capped
+(MAX_HISTORY), a session gets one reply at a time (a second send while one is streaming
+is refused, so one client cannot fill the queue), and every message is shown as plain
+text: Gradio's Chatbot inserts messages as (sanitised) HTML even with render_markdown=False,
+so a reply holding <img src=...> or a link would render; it is HTML-escaped for display.
 """
 from __future__ import annotations
 
+import html
 import logging
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from chatbot.engine import MAX_MESSAGE_CHARS, MAX_NEW_TOKENS_CAP, Engine, GenerationParams, MessageTooLong
@@ -19,7 +25,9 @@ BASE_CHOICE = "__base__"  # dropdown value for the bare base model
 BASE_LABEL = "기본 모델 (페르소나 없음) · base model, no persona"
 TOO_LONG = f"⚠️ 메시지가 너무 깁니다 (최대 {MAX_MESSAGE_CHARS}자). Message too long."
 FAILED = "⚠️ 답변을 만들지 못했습니다 (generation failed): "
+BUSY = "⚠️ 이전 답장을 만드는 중입니다 (one reply at a time per session)."
 DEFAULTS = GenerationParams()
+MAX_HISTORY = 40  # messages (user + assistant) a session keeps; older ones are dropped
 
 
 def persona_choices(engine: Engine) -> list[tuple[str, str]]:
@@ -42,30 +50,51 @@ class Callbacks:
 
     engine: Engine
     seed: int | None = None  # fixed seed for every reply (tests); None = random
+    _busy: set = field(default_factory=set)  # sessions with a reply streaming now
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def respond(self, message: str, history: list, chat: list, persona: str, *knobs) -> Iterator[tuple]:
-        """Send ``message``; yields (textbox, chat display, history) as the reply streams."""
+    def respond(self, message: str, history: list, chat: list, persona: str, *knobs,
+                session: str | None = None) -> Iterator[tuple]:
+        """Send ``message``; yields (textbox, chat display, history) as the reply streams.
+        ``session``: the browser session (one reply at a time each)."""
         message = (message or "").strip()
         if not message:
             yield "", chat, history
             return
-        chat = list(chat or []) + [{"role": "user", "content": message}]
+        chat = _capped(list(chat or [])) + [{"role": "user", "content": shown(message)}]
         if len(message) > MAX_MESSAGE_CHARS:
             yield "", chat + [{"role": "assistant", "content": TOO_LONG}], history
             return
-        history = list(history or []) + [{"role": "user", "content": message}]
-        yield from self._stream(history, chat, persona, knobs)
+        before = _capped(list(history or []))
+        yield from self._one_at_a_time(session, before + [{"role": "user", "content": message}], chat, persona,
+                                       knobs, before)
 
-    def regenerate(self, history: list, chat: list, persona: str, *knobs) -> Iterator[tuple]:
+    def regenerate(self, history: list, chat: list, persona: str, *knobs,
+                   session: str | None = None) -> Iterator[tuple]:
         """Replace the last reply with a new one (from the current persona and settings)."""
-        history = list(history or [])
-        if history and history[-1]["role"] == "assistant":
-            history.pop()
+        before = list(history or [])
+        history = before[:-1] if before and before[-1]["role"] == "assistant" else before
         if not history:
             yield "", chat, history
             return
-        chat = _display(history)
-        yield from self._stream(history, chat, persona, knobs)
+        yield from self._one_at_a_time(session, history, _display(history), persona, knobs, before)
+
+    def _one_at_a_time(self, session: str | None, history: list, chat: list, persona: str,
+                       knobs: tuple, before: list) -> Iterator[tuple]:
+        """Stream a reply unless ``session`` has one streaming already (then a notice; the history
+        stays ``before``)."""
+        with self._lock:
+            busy = session is not None and session in self._busy
+            if not busy and session is not None:
+                self._busy.add(session)
+        if busy:
+            yield "", chat + [{"role": "assistant", "content": BUSY}], before
+            return
+        try:
+            yield from self._stream(history, chat, persona, knobs)
+        finally:
+            with self._lock:
+                self._busy.discard(session)
 
     @staticmethod
     def clear() -> tuple[str, list, list]:
@@ -73,7 +102,7 @@ class Callbacks:
 
     def _stream(self, history: list, chat: list, persona: str, knobs: tuple) -> Iterator[tuple]:
         name = None if persona in (None, "", BASE_CHOICE) else persona
-        bot = lambda text: chat + [{"role": "assistant", "content": text}]  # noqa: E731 (a fresh list per yield)
+        bot = lambda text: chat + [{"role": "assistant", "content": shown(text)}]  # noqa: E731 (a fresh list per yield)
         reply = ""
         yield "", bot(""), history
         try:
@@ -97,8 +126,23 @@ def params_from(temperature=None, top_p=None, top_k=None, repetition_penalty=Non
     return GenerationParams(**{k: v for k, v in given.items() if v is not None}).clamped()
 
 
+def shown(text: str) -> str:
+    """``text`` as the chat display gets it: HTML-escaped, so that it shows as typed (no tag renders)."""
+    return html.escape(text, quote=False)
+
+
+def _capped(messages: list) -> list:
+    """The last MAX_HISTORY - 1 messages (room for the one being added), starting at a user turn."""
+    if len(messages) < MAX_HISTORY:
+        return messages
+    kept = messages[-(MAX_HISTORY - 1):]
+    while kept and kept[0]["role"] != "user":
+        kept = kept[1:]
+    return kept
+
+
 def _display(history: list) -> list:
-    return [{"role": m["role"], "content": m["content"]} for m in history]
+    return [{"role": m["role"], "content": shown(m["content"])} for m in history]
 
 
 def build_app(engine: Engine, seed: int | None = None) -> Any:
@@ -132,9 +176,18 @@ def build_app(engine: Engine, seed: int | None = None) -> Any:
                 gr.Slider(8, MAX_NEW_TOKENS_CAP, DEFAULTS.max_new_tokens, step=8, label="max new tokens"),
             ]
         outputs = [box, chat, history]
+
+        def respond(request: gr.Request, *args):  # Gradio passes the request to a parameter so annotated
+            yield from cb.respond(*args, session=request.session_hash if request else None)
+
+        def regenerate(request: gr.Request, *args):
+            yield from cb.regenerate(*args, session=request.session_hash if request else None)
+
+        # this module's annotations are strings (__future__): give Gradio the class itself
+        respond.__annotations__["request"] = regenerate.__annotations__["request"] = gr.Request
         for event in (box.submit, send.click):
-            event(cb.respond, [box, history, chat, persona, *knobs], outputs)
-        regen.click(cb.regenerate, [history, chat, persona, *knobs], outputs)
+            event(respond, [box, history, chat, persona, *knobs], outputs)
+        regen.click(regenerate, [history, chat, persona, *knobs], outputs)
         clear.click(cb.clear, None, outputs)
     return demo
 

@@ -38,7 +38,8 @@ def warm_up() -> None:
 class BackgroundWriter:
     """One forked worker process for the write jobs, in submit order; inline when disabled."""
 
-    def __init__(self, enabled: bool = True):
+    def __init__(self, enabled: bool = True, first: tuple[Callable[[], Any], ...] = ()):
+        """``first``: warm-up jobs the worker runs before its own (what the caller needs soonest)."""
         self._pool: ProcessPoolExecutor | None = None
         self._jobs: list[Future] = []
         if not enabled:
@@ -50,7 +51,7 @@ class BackgroundWriter:
         # __main__, as spawn would do); forked before any progress-bar thread exists
         if "fork" in multiprocessing.get_all_start_methods():
             self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"))
-            self._jobs.append(self._pool.submit(warm_up))
+            self._jobs += [self._pool.submit(fn) for fn in (*first, warm_up)]
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> None:
         """Queue ``fn(*args)`` (arguments are pickled) or, when disabled, run it now."""
@@ -58,6 +59,13 @@ class BackgroundWriter:
             fn(*args)
         else:
             self._jobs.append(self._pool.submit(fn, *args))
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)``'s result: computed in the worker after the jobs queued before it (a job
+        there can have loaded what ``fn`` needs), or inline when disabled."""
+        if self._pool is None:
+            return fn(*args)
+        return self._pool.submit(fn, *args).result()
 
     def wait(self) -> None:
         """Block until every job is done; the first failure is raised here."""

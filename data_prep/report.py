@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from data_prep.pii_patterns import PLACEHOLDERS
+
+SHOWN_AS = {"name": "친구N (speakers)", "person": "사람N (other people)"}  # kinds that get pseudonyms
 KOREAN_FONTS = ("NanumGothic", "NanumBarunGothic", "Noto Sans CJK KR", "Noto Sans KR", "Malgun Gothic",
                 "AppleGothic", "Apple SD Gothic Neo", "UnDotum", "Baekmuk Gulim")
 
@@ -132,7 +135,8 @@ def render_report(stats: dict[str, Any], chart_name: str, korean_font: bool) -> 
     out += ["## Speakers", _table(rows, ("", "speaker", "messages")), ""]
     out += ["## System lines (by kind)", _table(list(stats["system_lines"].items()), ("kind", "count")), ""]
     out += ["## Dropped (not speech)", _table(sorted(stats["dropped"].items()), ("reason", "count")), ""]
-    out += ["## Redacted", _table(sorted(stats["redactions"].items()), ("kind", "count")), ""]
+    redacted = [(k, SHOWN_AS.get(k, PLACEHOLDERS.get(k, "")), n) for k, n in sorted(stats["redactions"].items())]
+    out += ["## Redacted", _table(redacted, ("kind", "replaced by", "count")), ""]
     out += ["## Cleaning", _table(sorted(stats["cleaning"].items()), ("what", "count")), ""]
     out += [f"Conversations: {stats['conversations']}", ""]
     pairs = [(p, c["train"], c["validation"]) for p, c in stats["pairs"].items()]

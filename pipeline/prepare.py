@@ -36,6 +36,7 @@ from core.errors import UserError
 from core.files import atomic_dir
 from data_prep.background import BackgroundWriter
 from data_prep.conversations import TurnConfig, merge_bursts, reply_counts, split_conversations
+from data_prep import names
 from data_prep.errors import ParseError
 from data_prep.filters import drop_non_speech
 from data_prep.normalize import NormalizeConfig, canonical_speaker, normalize
@@ -51,7 +52,7 @@ from data_prep.pairs import (
     write_pairs,
 )
 from data_prep.persona_card import build_card, card_path, resolve_card
-from data_prep.pii import PIIConfig, Pseudonymizer, redact_text, remove_pii, scrub
+from data_prep.pii import PIIConfig, Pseudonymizer, read_redact_list, redact_text, remove_pii, scrub
 from data_prep.records import Conversation, Message, Pair
 from data_prep.report import FileInfo, build_stats, file_stats, write_report, write_stats
 from data_prep.sentences import SentenceConfig, split_long_turns
@@ -84,6 +85,7 @@ class PrepareConfig:
     val_ratio: float = _PAIRS.val_ratio  # share of conversations held out for validation
     seed: int = _PAIRS.seed  # seeds the conversation split
     keep_pii: bool = False  # True: no placeholders, no pseudonyms
+    redact_list: str = ""  # file of the user's own terms (one a line) replaced by <이름> everywhere
     pseudonym_prefix: str = _PII.pseudonym_prefix  # other speakers become 친구1, 친구2...
     strict: bool = False  # any unparsed line is an error
     exports: tuple[str, ...] = ()  # extra shapes: "alpaca", "messages"
@@ -114,6 +116,8 @@ class PrepareConfig:
     def validate(self) -> None:
         """Raise one UserError listing every problem, each naming the flag or file to fix."""
         problems = [f"{p}: no such file" for p in self.inputs if not Path(p).is_file()]
+        if self.redact_list and not Path(self.redact_list).is_file():
+            problems.append(f"--redact-list {self.redact_list}: no such file")
         if not self.inputs:
             problems.append("FILES: give at least one chat export")
         if not self.out and not self.list_speakers:
@@ -168,7 +172,9 @@ def run(cfg: PrepareConfig, timer: Timer | None = None, background: bool | None 
     cfg.validate()
     t = timer or Timer()
     big = sum(Path(p).stat().st_size for p in cfg.inputs) >= BIG_INPUT_BYTES
-    bg = BackgroundWriter(enabled=big and not cfg.list_speakers if background is None else background)
+    # the worker loads the name analyser first (remove_pii needs it soon) while this process parses
+    bg = BackgroundWriter(enabled=big and not cfg.list_speakers if background is None else background,
+                          first=() if cfg.keep_pii else (names.warm_up,))
     if t.bar is None and big:
         from tqdm import tqdm
 
@@ -202,14 +208,17 @@ def _stages(cfg: PrepareConfig, t: Timer, bg: BackgroundWriter) -> Result:
     if cfg.list_speakers:
         print_speakers(speakers, reply_counts(messages, cfg.conversation_gap_s))
         return Result({}, t.seconds)
-    if cfg.strict:
-        hide = Pseudonymizer(list(speakers), set(cfg.personas))  # even with --keep-pii: errors carry no PII
+    terms = read_redact_list(cfg.redact_list) if cfg.redact_list else ()
+    if cfg.strict:  # even with --keep-pii: errors carry no PII
+        hide = Pseudonymizer(list(speakers), set(cfg.personas), redact=terms)
         check_strict(files, lambda s: scrub(s, hide, Counter()))
     personas = choose_personas(cfg, speakers, messages)
     pseudo = Pseudonymizer([s for s, _ in speakers.most_common()], set(personas), cfg.pseudonym_prefix,
-                           keep={cfg.self_alias})
+                           keep={cfg.self_alias}, redact=terms)
     with t("remove_pii"):
-        messages, redactions = remove_pii(messages, pseudo, cfg.pii)
+        # names are classified where the analyser was loaded: the worker, when there is one
+        classify = lambda words: bg.call(names.classify_words, words)  # noqa: E731
+        messages, redactions = remove_pii(messages, pseudo, cfg.pii, classify)
     with t("merge_bursts"):
         turns = merge_bursts(messages, cfg.burst_gap_s)
     with t("split_conversations"):
@@ -416,6 +425,9 @@ def build_parser():
     a("--seed", type=int, default=d.seed, help=f"seed of the train/validation split (default {d.seed})")
     a("--keep-pii", action="store_true",
       help="keep phone numbers, e-mails, card/account/resident numbers, URLs and names (default: replace them)")
+    a("--redact-list", default="", metavar="FILE",
+      help="file of your own terms to hide, one a line (your real name, nicknames, school, workplace): "
+           "each becomes <이름> everywhere")
     a("--pseudonym-prefix", default=d.pseudonym_prefix,
       help=f"other speakers become PREFIX1, PREFIX2... (default {d.pseudonym_prefix})")
     a("--strict", action="store_true", help="any line that cannot be parsed is an error")
@@ -434,7 +446,7 @@ def config_from_args(a) -> PrepareConfig:
         inputs=tuple(a.inputs), out=a.out, personas=tuple(a.persona), min_replies=a.min_replies,
         context_turns=a.context_turns, burst_gap_s=a.burst_gap, conversation_gap_s=a.conversation_gap,
         max_turn_chars=a.max_turn_chars, cap_laughter=a.cap_laughter, val_ratio=a.val_ratio, seed=a.seed,
-        keep_pii=a.keep_pii, pseudonym_prefix=a.pseudonym_prefix, strict=a.strict,
+        keep_pii=a.keep_pii, redact_list=a.redact_list, pseudonym_prefix=a.pseudonym_prefix, strict=a.strict,
         exports=tuple(dict.fromkeys(a.export)), self_alias=a.self_alias, kss_backend=a.kss_backend,
         list_speakers=a.list_speakers,
     )

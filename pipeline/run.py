@@ -4,6 +4,9 @@
     python -m pipeline.run chat1.txt chat2.txt --persona 민수 --persona 지은 --max-steps 300 --chat
     python -m pipeline.run chat.txt --persona 민수 --base-model ~/models/kogpt2 --out runs/kogpt2
 
+After prepare, python -m pipeline.audit checks the prepared folder; anything personal left
+stops the run (--keep-pii: no redaction and no stop).
+
 Layout (OUT defaults to runs/NAME, NAME = the first --persona):
   OUT/data                      prepare output (train.jsonl, validation.jsonl, stats.json, personas/)
   OUT/adapters/PERSONA          one adapter per persona (--adapters-dir to put them elsewhere)
@@ -53,9 +56,13 @@ class RunConfig:
     evaluate: bool = True  # --no-eval turns it off
     chat: bool = False  # --chat: open the chat at the end
     force: bool = False  # --force: ignore the state file
+    keep_pii: bool = False  # --keep-pii: prepare keeps personal data, and the audit does not stop the run
+    redact_list: Path | None = None  # --redact-list: the user's own terms (prepare replaces, the audit checks)
 
     def validate(self) -> None:
         problems = [f"{p}: no such file" for p in self.inputs if not p.is_file()]
+        if self.redact_list and not self.redact_list.is_file():
+            problems.append(f"--redact-list {self.redact_list}: no such file")
         if not self.personas:
             problems.append("--persona is required (python -m pipeline.prepare FILES --list-speakers lists them)")
         bad = [p for p in self.personas if not p.strip() or "/" in p or p in (".", "..")]
@@ -113,7 +120,31 @@ def prepare_stage(cfg: RunConfig) -> Stage:
     argv = [*map(str, cfg.inputs), "--out", str(data), *[a for p in cfg.personas for a in ("--persona", p)],
             *cfg.prepare_args]
     outputs = (data / "train.jsonl", data / "validation.jsonl")
-    return Stage("prepare", tuple(argv), cfg.inputs, outputs, lambda: _call(prepare.main, argv))
+    inputs = cfg.inputs + ((cfg.redact_list,) if cfg.redact_list else ())
+
+    def action() -> None:
+        _call(prepare.main, argv)
+        audit_prepared(cfg)
+
+    return Stage("prepare", tuple(argv), inputs, outputs, action)
+
+
+def audit_prepared(cfg: RunConfig, log: Callable[[str], None] = print) -> None:
+    """python -m pipeline.audit on the prepared folder: a finding stops the run unless --keep-pii."""
+    from data_prep.pii import read_redact_list
+    from pipeline.audit import audit
+
+    data = cfg.out / "data"
+    if cfg.keep_pii:
+        log("audit: skipped (--keep-pii)")
+        return
+    found = audit(data, read_redact_list(str(cfg.redact_list)) if cfg.redact_list else ())
+    if found:
+        kinds = ", ".join(sorted({k for _, _, k in found}))
+        raise UserError(f"audit: {len(found)} possible personal data item(s) left in {data} ({kinds}); "
+                        f"python -m pipeline.audit {data} lists them; add terms to --redact-list, "
+                        "or pass --keep-pii to train on them anyway")
+    log(f"audit: {data} clean")
 
 
 def extend_stage(cfg: RunConfig) -> Stage:
@@ -235,7 +266,10 @@ def build_parser():
     p.add_argument("--cache-dir", type=Path, help="extended-base cache (default $KAKAO_PERSONA_CACHE or "
                    "~/.cache/kakao-persona)")
     p.add_argument("--seed", type=int, help="seed of the split (prepare), training and evaluation")
-    p.add_argument("--keep-pii", action="store_true", help="prepare: keep phone numbers, e-mails, names")
+    p.add_argument("--keep-pii", action="store_true",
+                   help="prepare: keep phone numbers, e-mails, names...; the audit after prepare does not stop the run")
+    p.add_argument("--redact-list", type=Path, metavar="FILE",
+                   help="passed to prepare: your own terms to hide, one a line (the audit checks them too)")
     p.add_argument("--threads", type=int, help="torch CPU threads for train and evaluate (default: all CPUs)")
     for stage, flags, source in _stage_flags():
         for flag in flags:
@@ -262,9 +296,10 @@ def config_from_args(a) -> RunConfig:
     return RunConfig(
         inputs=tuple(a.inputs), personas=tuple(a.persona), out=out, adapters_dir=a.adapters_dir or out / "adapters",
         base_model=a.base_model, cache_dir=a.cache_dir,
-        prepare_args=_passed(a, PREPARE_FLAGS) + seed + (("--keep-pii",) if a.keep_pii else ()),
+        prepare_args=_passed(a, PREPARE_FLAGS) + seed + (("--keep-pii",) if a.keep_pii else ())
+        + (("--redact-list", str(a.redact_list)) if a.redact_list else ()),
         train_args=_passed(a, TRAIN_FLAGS) + seed + threads, eval_args=_passed(a, EVAL_FLAGS) + seed + threads,
-        evaluate=not a.no_eval, chat=a.chat, force=a.force,
+        evaluate=not a.no_eval, chat=a.chat, force=a.force, keep_pii=a.keep_pii, redact_list=a.redact_list,
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from chatbot import app
-from chatbot.__main__ import is_loopback, main, parse_auth
+from chatbot.__main__ import AUTH_ENV, is_loopback, main, parse_auth, resolve_auth
 from chatbot.engine import GenerationParams
 from core.cli import run_cli
 from core.errors import UserError
@@ -79,3 +79,82 @@ def test_server_flags(tmp_path, capsys):
         parse_auth(":x")
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.0.3")
+
+
+def test_network_without_a_login_is_refused(tmp_path, capsys, monkeypatch):
+    """Listening beyond loopback, or --share, needs a login; the refusal is one line, before any model loads."""
+    monkeypatch.delenv(AUTH_ENV, raising=False)
+    missing = str(tmp_path / "missing")  # reaching the --adapters check means the login check passed
+    for flags in (["--host", "0.0.0.0"], ["--host", "192.168.0.3"], ["--share"]):
+        assert run_cli(main, ["--adapters", missing, *flags]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and err.startswith(f"error: {flags[0]}") and "--auth" in err, err
+    login = tmp_path / "login"
+    login.write_text("me:secret\n", encoding="utf-8")
+    for flags in (["--host", "0.0.0.0", "--auth", "me:secret"], ["--share", "--auth-file", str(login)],
+                  ["--host", "0.0.0.0", "--no-auth"], ["--host", "::1"]):
+        assert run_cli(main, ["--adapters", missing, *flags]) == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: --adapters"), flags
+    monkeypatch.setenv(AUTH_ENV, "me:secret")
+    assert resolve_auth(None, None) == ("me", "secret")
+    assert run_cli(main, ["--adapters", missing, "--host", "0.0.0.0"]) == 2
+    assert capsys.readouterr().err.strip().startswith("error: --adapters")
+    monkeypatch.setenv(AUTH_ENV, "nopassword")
+    with pytest.raises(UserError, match=AUTH_ENV):
+        resolve_auth(None, None)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("", encoding="utf-8")
+    with pytest.raises(UserError, match="empty"):
+        resolve_auth(None, str(empty))
+
+
+class ScriptedEngine:
+    """Streams a fixed reply in two pieces; records the history it was given."""
+
+    def __init__(self, reply: str):
+        self.reply, self.seen = reply, []
+
+    def generate(self, history, persona, params, seed=None):
+        self.seen.append(list(history))
+        yield self.reply[: len(self.reply) // 2]
+        yield self.reply
+
+
+def test_replies_show_as_plain_text_not_html():
+    reply = '<img src=x onerror="alert(1)"> <a href="http://evil.example">클릭</a> & [링크](http://x.example)'
+    cb = app.Callbacks(ScriptedEngine(reply))
+    _, (_, chat, history) = _last(cb.respond("<b>안녕</b>", [], [], "minji", *KNOBS))
+    assert history[-1]["content"] == reply and history[0]["content"] == "<b>안녕</b>"  # the model sees the text
+    shown = chat[-1]["content"]
+    assert "<" not in shown and shown.startswith("&lt;img src=x") and "&amp;" in shown
+    assert chat[0]["content"] == "&lt;b&gt;안녕&lt;/b&gt;"
+    # what the Chatbot sends to the page: no tag survives
+    import gradio as gr
+
+    sent = gr.Chatbot(render_markdown=False).postprocess(chat)
+    assert all("<" not in str(m.content) for m in sent.root)
+    _, (_, chat2, _) = _last(cb.regenerate(history, chat, "minji", *KNOBS))
+    assert chat2 == chat
+
+
+def test_history_kept_per_session_is_capped():
+    engine = ScriptedEngine("응")
+    cb = app.Callbacks(engine)
+    long = [{"role": r, "content": str(i)} for i in range(60) for r in ("user", "assistant")]
+    _, (_, chat, history) = _last(cb.respond("또", long, long, "minji", *KNOBS))
+    assert len(history) <= app.MAX_HISTORY and len(chat) <= app.MAX_HISTORY
+    assert len(engine.seen[-1]) < app.MAX_HISTORY and engine.seen[-1][0]["role"] == "user"
+    assert history[-2:] == [{"role": "user", "content": "또"}, {"role": "assistant", "content": "응"}]
+
+
+def test_one_reply_at_a_time_per_session():
+    cb = app.Callbacks(ScriptedEngine("천천히 답할게"))
+    first = cb.respond("하나", [], [], "minji", *KNOBS, session="a")
+    next(first), next(first)  # streaming now
+    _, (_, chat, history) = _last(cb.respond("둘", [], [], "minji", *KNOBS, session="a"))
+    assert chat[-1]["content"] == app.BUSY and history == []
+    _, (_, _, other) = _last(cb.respond("셋", [], [], "minji", *KNOBS, session="b"))  # another session is served
+    assert other[-1]["content"] == "천천히 답할게"
+    list(first)  # the first reply ends: the session may send again
+    _, (_, _, again) = _last(cb.respond("넷", [], [], "minji", *KNOBS, session="a"))
+    assert again[-1]["content"] == "천천히 답할게"
