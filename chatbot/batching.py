@@ -27,6 +27,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Iterator, Sequence
 
 from chatbot.engine import Engine, GenerationParams
@@ -126,47 +127,51 @@ class RowSampler:
 
         self.rows, self.stop_ids, self.pad_id = list(rows), set(stop_ids), pad_id
         self.gens = [torch.Generator().manual_seed(r.seed) for r in rows]
-        self.seen = [set(r.ids) for r in rows]  # repetition penalty covers prompt and reply, as in transformers
+        self.penalty = torch.tensor([[r.params.repetition_penalty] for r in rows])
+        self.seen = None  # [rows, vocab] bool: prompt and reply tokens, penalised as in transformers
 
     def __call__(self, input_ids, scores):
         import torch
 
+        scores = scores.float()
+        if self.seen is None:
+            self.seen = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
+            for i, row in enumerate(self.rows):
+                self.seen[i, row.ids] = True
+            self.penalty = self.penalty.to(scores.device)
+        # elementwise and per-row operations only, so a row's numbers do not depend on the batch
+        penalised = torch.where(scores < 0, scores * self.penalty, scores / self.penalty)
+        scores = torch.where(self.seen, penalised, scores)
+        choice = torch.argmax(scores, dim=-1)
         out = torch.full_like(scores, float("-inf"))
         for i, row in enumerate(self.rows):
             if row.finish_reason is not None:
                 out[i, self.pad_id] = 0.0
                 continue
-            tok = self._choose(i, scores[i].float(), row.params)
+            tok = int(choice[i]) if row.params.temperature <= 0 else self._sample(i, scores[i], row.params)
             out[i, tok] = 0.0
-            self._record(i, row, tok)
+            self.seen[i, tok] = True
+            self._record(row, tok)
         return out
 
-    def _choose(self, i: int, logits, p: GenerationParams) -> int:
+    def _sample(self, i: int, logits, p: GenerationParams) -> int:
+        """Temperature, then top-k, then top-p (nucleus), then one draw from the row's generator."""
         import torch
 
-        if p.repetition_penalty != 1.0 and self.seen[i]:
-            idx = torch.tensor(sorted(self.seen[i]), device=logits.device)
-            s = logits[idx]
-            logits = logits.clone()
-            logits[idx] = torch.where(s < 0, s * p.repetition_penalty, s / p.repetition_penalty)
-        if p.temperature <= 0:
-            return int(torch.argmax(logits))
         logits = logits / p.temperature
         if 0 < p.top_k < logits.numel():
-            kth = torch.topk(logits, p.top_k).values[-1]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
+            vals, idx = torch.topk(logits, p.top_k)  # sorted, descending
+        else:
+            vals, idx = torch.sort(logits, descending=True)
         if p.top_p < 1.0:
-            sorted_logits, order = torch.sort(logits, descending=False)
-            cum = sorted_logits.softmax(-1).cumsum(-1)
-            remove = cum <= 1 - p.top_p
-            remove[-1] = False  # keep at least the likeliest token
-            logits = logits.masked_fill(remove.scatter(0, order, remove), float("-inf"))
-        probs = logits.softmax(-1).cpu()
-        return int(torch.multinomial(probs, 1, generator=self.gens[i]))
+            probs = vals.softmax(-1)
+            keep = (probs.cumsum(-1) - probs) < p.top_p  # the likeliest tokens until top_p of the mass
+            vals = vals.masked_fill(~keep, float("-inf"))
+        k = torch.multinomial(vals.softmax(-1).cpu(), 1, generator=self.gens[i])
+        return int(idx[int(k)])
 
-    def _record(self, i: int, row: _Row, tok: int) -> None:
+    def _record(self, row: _Row, tok: int) -> None:
         row.tokens.append(tok)
-        self.seen[i].add(tok)
         row.events.put(tok)
         if tok in self.stop_ids:
             row.end("stop")
@@ -194,55 +199,51 @@ def _route_lora(model, adapter_names: list[str]) -> list:
     return [m.register_forward_pre_hook(inject, with_kwargs=True) for m in model.modules() if isinstance(m, LoraLayer)]
 
 
+def _row_values(layer: Any, adapter_names: list[str]):
+    """(new-token ids, per-row values [rows, ids, width]) of a TrainableTokens layer for this batch."""
+    import torch
+
+    names = [n for n in layer.token_indices]
+    ids = layer.token_indices[names[0]]
+    if any(layer.token_indices[n] != ids for n in names):
+        raise ValueError("persona adapters with different new-token ids cannot share a batch")
+    table = {BASE_ADAPTER: layer.trainable_tokens_original[names[0]]}
+    table.update({n: layer.trainable_tokens_delta[n] for n in names})
+    return ids, torch.stack([table[n] for n in adapter_names])
+
+
 def _route_token_rows(layers: Sequence[Any], adapter_names: list[str]) -> list:
     """Forward hooks writing each row's persona's new-token rows (embedding) or columns (output layer)."""
     import torch
 
-    groups: dict[str, list[int]] = {}
-    for i, name in enumerate(adapter_names):
-        groups.setdefault(name, []).append(i)
-
-    def rows_of(layer, name: str):
-        if name == BASE_ADAPTER:
-            name = next(iter(layer.trainable_tokens_original.keys()))
-            return layer.token_indices[name], layer.trainable_tokens_original[name]
-        return layer.token_indices[name], layer.trainable_tokens_delta[name]
-
-    def embedding_hook(layer, args, output):
-        ids, scale = args[0], layer._get_embed_scale()
-        for name, rows in groups.items():
-            token_ids, values = rows_of(layer, name)
-            values = values.to(output.dtype) * (scale.to(output.dtype) if scale is not None else 1)
-            for k, t in enumerate(token_ids):
-                hit = ids[rows] == t
-                if bool(hit.any()):
-                    sub = output[rows]
-                    sub[hit] = values[k]
-                    output[rows] = sub
+    def embedding_hook(ids_t, values, layer, args, output):
+        hit = args[0].unsqueeze(-1) == ids_t  # [rows, positions, new ids]
+        if bool(hit.any()):
+            scale = layer._get_embed_scale()
+            rows = torch.einsum("btk,bkh->bth", hit.to(values), values)
+            rows = rows * scale.to(rows) if scale is not None else rows
+            output = torch.where(hit.any(-1, keepdim=True), rows.to(output.dtype), output)
         return output
 
-    def output_hook(layer, args, output):
-        hidden = args[0]
-        for name, rows in groups.items():
-            token_ids, values = rows_of(layer, name)
-            sub = output[rows]
-            sub[..., torch.tensor(token_ids, device=output.device)] = (hidden[rows] @ values.to(hidden).T).to(sub)
-            output[rows] = sub
+    def output_hook(ids_t, values, layer, args, output):
+        output[..., ids_t] = torch.einsum("bth,bkh->btk", args[0], values.to(args[0])).to(output.dtype)
         return output
 
     hooks = []
     for layer in layers:
+        ids, values = _row_values(layer, adapter_names)
+        ids_t = torch.tensor(ids, device=values.device)
         if isinstance(layer.base_layer, torch.nn.Embedding):
-            hooks.append(layer.register_forward_hook(embedding_hook))
+            hooks.append(layer.register_forward_hook(partial(embedding_hook, ids_t, values)))
         elif isinstance(layer.base_layer, torch.nn.Linear):
-            hooks.append(layer.register_forward_hook(output_hook))
+            hooks.append(layer.register_forward_hook(partial(output_hook, ids_t, values)))
     return hooks
 
 
 class Batcher:
     """A request queue and one worker thread running mixed-persona batched ``generate`` calls."""
 
-    def __init__(self, engine: Engine, max_batch: int = 8, window_s: float = 0.02):
+    def __init__(self, engine: Engine, max_batch: int = 8, window_s: float = 0.05):
         self.engine, self.max_batch, self.window_s = engine, max(1, int(max_batch)), window_s
         self.batch_sizes: list[int] = []  # rows per generate call, for tests and benches
         self._queue: queue.Queue = queue.Queue()
