@@ -21,6 +21,7 @@ Concurrent requests are generated together, one forward pass over a mixed-person
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import sys
@@ -35,6 +36,8 @@ from fastapi import Request  # at module level: FastAPI resolves the handlers' a
 
 from data_prep.errors import UserError
 from pipeline.cli import parser, run_cli, setup_logging
+
+log = logging.getLogger(__name__)
 
 API_KEY_ENV = "KAKAO_PERSONA_API_KEY"
 BASE_MODEL_ID = "base"  # the model id of the bare base model (adapters off)
@@ -318,6 +321,12 @@ def create_app(service: PersonaService):
     async def http_error(request: Request, e: HTTPException):
         code = "not_found" if e.status_code == 404 else None
         return JSONResponse(ApiError(e.status_code, str(e.detail), code=code).body(), status_code=e.status_code)
+
+    @app.exception_handler(Exception)
+    async def server_error(request: Request, e: Exception):
+        log.exception("request failed")
+        body = ApiError(500, f"generation failed: {type(e).__name__}", kind="server_error").body()
+        return JSONResponse(body, status_code=500)
 
     @app.get("/v1/models")
     async def models(request: Request):

@@ -119,6 +119,7 @@ def test_unknown_model_is_404(client):
     dict(messages=[]),
     dict(messages=HELLO, max_tokens="lots"),
     dict(messages=[{"role": "tool", "content": "x"}]),
+    dict(messages=[{"role": "user", "content": "가" * 1001}]),  # over the chat's message limit
 ])
 def test_bad_requests_are_400(client, bad):
     with pytest.raises(openai.BadRequestError):
