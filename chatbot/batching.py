@@ -257,7 +257,8 @@ class Batcher:
         if self._closed:
             raise RuntimeError("batcher is closed")
         ids, params = self.engine.prepare(history, persona, params)
-        row = _Row(ids, persona, params, secrets.randbits(63) if seed is None else int(seed))
+        # any int is a valid seed; masked into torch.Generator's range so one request cannot fail a batch
+        row = _Row(ids, persona, params, secrets.randbits(63) if seed is None else int(seed) & (2**63 - 1))
         self._queue.put(row)
         return Stream(row, self.engine.tokenizer, self.engine.stop_ids)
 

@@ -177,3 +177,10 @@ def test_api_key_sources(tmp_path):
     assert resolve_api_key(None, None, {}) is None
     with pytest.raises(UserError):
         resolve_api_key(None, str(tmp_path / "missing"), {})
+
+
+def test_any_integer_seed_is_accepted(client):
+    for seed in (-5, 10**30):
+        kw = dict(model="junho", messages=HELLO, temperature=1.0, max_tokens=6, seed=seed)
+        first = client.chat.completions.create(**kw).choices[0].message.content
+        assert first == client.chat.completions.create(**kw).choices[0].message.content
