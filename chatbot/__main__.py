@@ -17,14 +17,12 @@ Terminal chat instead (over SSH): python -m chatbot.cli --adapters adapters/ --p
 """
 from __future__ import annotations
 
-import ipaddress
-import os
 import sys
-from pathlib import Path
 from typing import Sequence
 
 from core.cli import parser, run_cli, setup_logging
 from core.errors import UserError
+from chatbot.access import is_loopback, read_secret
 
 AUTH_ENV = "KAKAO_PERSONA_AUTH"  # USER:PASSWORD, read when neither --auth nor --auth-file is given
 
@@ -50,18 +48,8 @@ def _args(argv: Sequence[str] | None):
 
 def resolve_auth(flag: str | None, auth_file: str | None, env: dict | None = None) -> tuple[str, str] | None:
     """The login from --auth, else --auth-file's first line, else $KAKAO_PERSONA_AUTH; None when none."""
-    if flag is not None and auth_file is not None:
-        raise UserError("--auth and --auth-file: give one")
-    if auth_file is not None:
-        try:
-            lines = Path(auth_file).read_text(encoding="utf-8").splitlines()
-        except OSError as e:
-            raise UserError(f"--auth-file {auth_file}: {e.strerror or e}") from e
-        if not lines:
-            raise UserError(f"--auth-file {auth_file}: empty (write USER:PASSWORD on its first line)")
-        return parse_auth(lines[0].strip(), f"--auth-file {auth_file}")
-    value = flag if flag is not None else (env if env is not None else os.environ).get(AUTH_ENV) or None
-    return parse_auth(value, "--auth" if flag is not None else f"${AUTH_ENV}")
+    value, where = read_secret(flag, "--auth", auth_file, AUTH_ENV, env)
+    return parse_auth(value, where)
 
 
 def check_exposure(host: str, share: bool, auth: tuple[str, str] | None, no_auth: bool) -> None:
@@ -84,15 +72,6 @@ def parse_auth(value: str | None, where: str = "--auth") -> tuple[str, str] | No
     if not sep or not user or not password:
         raise UserError(f"{where} must be USER:PASSWORD (both non-empty)")
     return user, password
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def main(argv: Sequence[str] | None = None) -> int:

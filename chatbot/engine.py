@@ -189,8 +189,9 @@ class Engine:
         info = self.persona(persona)
         instruction = info.instruction if info else ""
         user = (info.user_speaker if info else "") or BASE_USER_SPEAKER
+        # a user turn may name its speaker (the server's OpenAI ``name``); else the adapter's user
         context = [
-            {"speaker": _BOT if m["role"] == "assistant" else user, "text": str(m["content"])}
+            {"speaker": _BOT if m["role"] == "assistant" else (m.get("name") or user), "text": str(m["content"])}
             for m in history
         ]
         rendered = chat_format.render(
@@ -218,12 +219,27 @@ class Engine:
         ``persona`` None = the base model with adapters disabled. Raises KeyError for an
         unknown persona, :class:`MessageTooLong` for a message over the limit.
         """
+        ids, params = self.prepare(history, persona, params)
+        yield from self._stream(ids, persona, params, seed)
+
+    def prepare(
+        self, history: Sequence[dict], persona: str | None, params: GenerationParams | None = None,
+    ) -> tuple[list[int], GenerationParams]:
+        """(prompt ids, clamped params) for a reply: the checks :meth:`generate` makes before generating."""
         params = (params or GenerationParams()).clamped()
         if history and len(str(history[-1].get("content", ""))) > MAX_MESSAGE_CHARS:
             raise MessageTooLong(f"message longer than {MAX_MESSAGE_CHARS} characters")
         max_new = min(params.max_new_tokens, self.max_positions // 2)
-        ids = self.prompt_ids(history, persona, max_new)
-        yield from self._stream(ids, persona, replace(params, max_new_tokens=max_new), seed)
+        return self.prompt_ids(history, persona, max_new), replace(params, max_new_tokens=max_new)
+
+    @property
+    def token_layers(self) -> list:
+        """PEFT's TrainableTokens layers (the new-token rows of every adapter)."""
+        return self._token_layers
+
+    def exclusive(self) -> threading.Lock:
+        """The lock :meth:`generate` holds from persona swap to the end of a reply (``with engine.exclusive():``)."""
+        return self._lock
 
     def _stream(self, ids: list[int], persona: str | None, params: GenerationParams, seed: int | None):
         from transformers import TextIteratorStreamer

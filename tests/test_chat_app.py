@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 
 from chatbot import app
-from chatbot.__main__ import AUTH_ENV, is_loopback, main, parse_auth, resolve_auth
+from chatbot.__main__ import AUTH_ENV, main, parse_auth, resolve_auth
+from chatbot.access import is_loopback
 from chatbot.engine import GenerationParams
 from core.cli import run_cli
 from core.errors import UserError
