@@ -71,7 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
            "(default on)")
     a("--qlora", action="store_true", help="LoRA on a 4-bit base via bitsandbytes (CUDA only)")
     a("--threads", type=int, help="torch CPU threads (default: all CPUs available to this process)")
-    a("--resume", nargs="?", const="latest", help="continue from the newest checkpoint in --out (or the given one)")
+    a("--resume", nargs="?", const="latest",
+      help="continue from the newest readable checkpoint in --out (a damaged newest one is skipped, with a log "
+           "line) or from the given one")
     a("-v", "--verbose", action="store_true", help="debug logging")
     return ap
 

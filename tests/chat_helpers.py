@@ -33,6 +33,17 @@ def load_extended(ext_dir: Path):
 def make_adapter(ext_dir: Path, out_dir: Path, persona: str, user_speaker: str, seed: int,
                  base_spec: str | None = None, lora_std: float = 0.3) -> Path:
     """Save a random-but-seeded LoRA adapter + manifest on the extended base in ``ext_dir``."""
+    peft_model, tok, ext = random_lora(ext_dir, seed, lora_std)
+    out = Path(out_dir)
+    peft_model.save_pretrained(out, save_embedding_layers=False)
+    tok.save_pretrained(out)
+    manifest = adapter_manifest(ext, persona, user_speaker, seed, base_spec)
+    (out / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=1), encoding="utf-8")
+    return out
+
+
+def random_lora(ext_dir: Path, seed: int, lora_std: float = 0.3):
+    """(PEFT model, tokenizer, extended manifest): LoRA and new-token weights random but seeded."""
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -49,10 +60,12 @@ def make_adapter(ext_dir: Path, out_dir: Path, persona: str, user_speaker: str, 
             std = lora_std if "lora_B" in name else 0.02 if "trainable_tokens_delta" in name else None
             if std is not None:
                 p.add_(torch.randn(p.shape, generator=gen) * std)
-    out = Path(out_dir)
-    peft_model.save_pretrained(out, save_embedding_layers=False)
-    tok.save_pretrained(out)
-    manifest = {
+    return peft_model, tok, ext
+
+
+def adapter_manifest(ext: dict, persona: str, user_speaker: str, seed: int, base_spec: str | None = None) -> dict:
+    """The manifest of a :func:`random_lora` adapter (``config.seed`` tells adapters apart)."""
+    return {
         "persona": persona, "method": "lora", "base_model": base_spec,
         "extended_fingerprint": ext["fingerprint"], "data_hash": f"test-{seed}",
         "instruction": f"{persona}의 말투로 대화한다.", "user_speaker": user_speaker, "max_length": 256,
@@ -60,8 +73,6 @@ def make_adapter(ext_dir: Path, out_dir: Path, persona: str, user_speaker: str, 
                                               "val_ppl": 12.18, "rehearsal_val_loss": None},
         "versions": {},
     }
-    (out / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=1), encoding="utf-8")
-    return out
 
 
 def _has_embed_tokens(model) -> bool:

@@ -3,23 +3,30 @@
 A checkpoint holds the trainable weights (and the best ones so far), the
 optimizer and scheduler, the RNG states, the loop position and a fingerprint of
 what produced it (extended base, data hash, training config without fields that
-may change on resume). Files are written into a temporary directory that is then
-renamed, so an interrupted write never leaves a half checkpoint behind.
+may change on resume). Files are written into a temporary directory, flushed to disk
+and then renamed, so an interrupted write never leaves a half checkpoint behind;
+``state.json`` also records each file's sha256, and ``--resume latest`` passes over a
+newest checkpoint that the disk damaged (unreadable, truncated, altered) to the one before.
 Nothing is pickled: weights in safetensors, optimizer via ``torch.load(weights_only=True)``.
 """
 from __future__ import annotations
 
 import json
+import logging
 import random
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from core.errors import UserError
-from core.files import atomic_dir
+from core.files import atomic_dir, sha256_of
 
 CHECKPOINTS = "checkpoints"
+STATE = "state.json"
 _PREFIX = "step-"
+_META_KEYS = ("fingerprint", "loop", "scheduler", "python_rng")
+
+log = logging.getLogger("pipeline.train")
 
 
 @dataclass
@@ -89,8 +96,8 @@ def save_checkpoint(out: Path, model, optimizer, scheduler, state: LoopState, be
         rng_tensors, rng_py = _rng_state()
         save_file(rng_tensors, tmp / "rng.safetensors")
         meta = {"fingerprint": fingerprint, "loop": asdict(state), "scheduler": scheduler.state_dict(),
-                "python_rng": rng_py}
-        (tmp / "state.json").write_text(json.dumps(meta), encoding="utf-8")
+                "python_rng": rng_py, "files": {p.name: sha256_of(p) for p in sorted(tmp.iterdir())}}
+        (tmp / STATE).write_text(json.dumps(meta), encoding="utf-8")
     for old in list_checkpoints(out)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -101,26 +108,70 @@ def list_checkpoints(out: Path) -> list[Path]:
     root = Path(out) / CHECKPOINTS
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.name.startswith(_PREFIX) and (p / "state.json").is_file()]
+    found = [p for p in root.iterdir() if p.name.startswith(_PREFIX) and (p / STATE).is_file()]
     return sorted(found, key=lambda p: int(p.name[len(_PREFIX):]))
 
 
 def find_checkpoint(out: Path, resume: str) -> Path:
-    """``resume`` is ``latest`` (newest under ``out``) or a checkpoint directory."""
-    if resume == "latest":
-        found = list_checkpoints(out)
-        if not found:
-            raise UserError(f"--resume: no checkpoint under {Path(out) / CHECKPOINTS}")
-        return found[-1]
-    path = Path(resume)
-    if not (path / "state.json").is_file():
-        raise UserError(f"--resume {resume}: not a checkpoint directory (no state.json)")
-    return path
+    """``resume`` is ``latest`` (the newest readable one under ``out``) or a checkpoint directory."""
+    if resume != "latest":
+        path = Path(resume)
+        if not (path / STATE).is_file():
+            raise UserError(f"--resume {resume}: not a checkpoint directory (no {STATE})")
+        why = checkpoint_problem(path)
+        if why:
+            raise UserError(f"--resume {resume}: unreadable checkpoint ({why})")
+        return path
+    found = list_checkpoints(out)
+    if not found:
+        raise UserError(f"--resume: no checkpoint under {Path(out) / CHECKPOINTS}")
+    skipped = []
+    for ckpt in reversed(found):
+        why = checkpoint_problem(ckpt)
+        if why is None:
+            if skipped:
+                log.warning("--resume latest: %s unreadable; resuming from %s instead", "; ".join(skipped), ckpt.name)
+            return ckpt
+        skipped.append(f"{ckpt.name} ({why})")
+    raise UserError(f"--resume latest: no readable checkpoint under {Path(out) / CHECKPOINTS}: {'; '.join(skipped)}")
+
+
+def checkpoint_problem(ckpt: Path) -> str | None:
+    """Why ``ckpt`` cannot be resumed from (state.json unreadable, a file missing or not the one
+    written), or None."""
+    try:
+        meta = json.loads((ckpt / STATE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        return f"{STATE}: {type(e).__name__}"
+    if not isinstance(meta, dict) or any(k not in meta for k in _META_KEYS):
+        return f"{STATE} is incomplete"
+    names = meta.get("files") or {"trainable.safetensors": None, "optimizer.pt": None, "rng.safetensors": None}
+    for name, digest in names.items():
+        path = ckpt / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if digest is not None and sha256_of(path) != digest:
+            return f"{name} is damaged (sha256 differs from {STATE})"
+        if digest is None and name.endswith(".safetensors") and _safetensors_problem(path):
+            return f"{name} is not a whole safetensors file"
+    return None
+
+
+def _safetensors_problem(path: Path) -> bool:
+    from safetensors import safe_open
+
+    try:  # the header and every tensor: a truncated file fails here
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                f.get_tensor(key)
+    except Exception:  # safetensors raises its own error types for a garbled file
+        return True
+    return False
 
 
 def read_meta(ckpt: Path, fingerprint: str) -> dict:
     """The checkpoint's metadata; refuses one written for another base, data set or config."""
-    meta = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
+    meta = json.loads((ckpt / STATE).read_text(encoding="utf-8"))
     if meta.get("fingerprint") != fingerprint:
         raise UserError(
             f"--resume {ckpt}: the checkpoint was written for a different extended base, data or "

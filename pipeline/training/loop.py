@@ -15,6 +15,7 @@ raises :class:`KeyboardInterrupt` (the CLI exits 130 with a resume hint).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import signal
 import time
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from core.chat_format import Rendered
 from core.errors import UserError
+from core.files import atomic_write
 from pipeline.training import checkpoint as ckpt_io
 from pipeline.training import memory
 from pipeline.training.checkpoint import LoopState
@@ -50,19 +52,39 @@ class LoopResult:
     tokens_per_s: float
 
 
+def read_metrics(path: Path) -> list[dict]:
+    """The records of ``metrics.jsonl`` ([] when there is none). A last line that is not a whole
+    record (the process was killed while appending it) is dropped; a bad line before it is an error."""
+    if not path.is_file():
+        return []
+    lines = [line for line in path.read_text(encoding="utf-8", errors="replace").split("\n") if line.strip()]
+    records = []
+    for i, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+            if i == len(lines):
+                logging.getLogger("pipeline.train").info("%s: dropping a torn last line (an interrupted write)", path)
+                break
+            raise UserError(f"{path}: line {i} is not a metrics record; remove the file to start its log afresh")
+        records.append(record)
+    return records
+
+
 class MetricsLog:
     """``metrics.jsonl``: one JSON record per log line or evaluation (rank 0 only)."""
 
     def __init__(self, path: Path, enabled: bool, resume_step: int | None):
         self.path, self.enabled = path, enabled
         self.records: list[dict] = []
-        if enabled and resume_step is not None and path.is_file():
+        if enabled and resume_step is not None:
             # a crash may have logged past the checkpoint: drop what the resumed run will redo
-            lines = path.read_text(encoding="utf-8").splitlines()
-            self.records = [r for r in map(json.loads, filter(None, lines)) if r["step"] <= resume_step]
+            self.records = [r for r in read_metrics(path) if r["step"] <= resume_step]
         if enabled:
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text("".join(json.dumps(r) + "\n" for r in self.records), encoding="utf-8")
+            atomic_write(path, "".join(json.dumps(r) + "\n" for r in self.records))
 
     def write(self, record: dict) -> None:
         if self.enabled:

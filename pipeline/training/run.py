@@ -26,7 +26,7 @@ from pipeline.training import checkpoint as ckpt_io
 from pipeline.training import memory
 from pipeline.training.config import PersonaData, TrainConfig, load_persona_data
 from pipeline.training.data import read_rehearsal, rehearsal_split, render_pairs
-from pipeline.training.loop import LoopData, LoopResult
+from pipeline.training.loop import LoopData, LoopResult, read_metrics
 from pipeline.training.loop import run as run_loop
 from pipeline.training.methods import MethodSettings, apply_method, count_parameters
 
@@ -164,11 +164,14 @@ def finish(cfg: TrainConfig, pd: PersonaData, model, ext: tuple[Path, dict], res
         "instruction": pd.instruction, "user_speaker": pd.user_speaker, "max_length": cfg.max_length,
         "config": asdict(cfg), "metrics": _metrics(cfg, result, records, counts), "versions": _versions(),
     }
-    adapter_format.write_adapter(model, load_tokenizer(ext_path), out, manifest, pd.card)
-    problems = adapter_format.check_weights(out, bool(ext_manifest.get("new_token_ids")), ext_path)
-    if problems:
-        raise RuntimeError("saved adapter failed its checks: " + "; ".join(problems))
-    plot_loss(records, out / "loss.png", title=f"{cfg.method} r={cfg.lora_r}")
+
+    def check_and_plot(folder: Path) -> None:  # before the swap: a failed check keeps the old adapter
+        problems = adapter_format.check_weights(folder, bool(ext_manifest.get("new_token_ids")), ext_path)
+        if problems:
+            raise RuntimeError("saved adapter failed its checks: " + "; ".join(problems))
+        plot_loss(records, folder / "loss.png", title=f"{cfg.method} r={cfg.lora_r}")
+
+    manifest = adapter_format.write_adapter(model, load_tokenizer(ext_path), out, manifest, pd.card, check_and_plot)
     return TrainResult(out, manifest, model)
 
 
@@ -215,7 +218,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                     Path(cfg.out) / ckpt_io.CHECKPOINTS)
         raise
     ranks_agree(acc, model)
-    records = _read_records(Path(cfg.out) / "metrics.jsonl")
+    records = read_metrics(Path(cfg.out) / "metrics.jsonl")
     done = None
     if acc.is_main_process:
         done = finish(cfg, pd, model, (ext_path, ext_manifest), result, records, counts)
@@ -239,7 +242,3 @@ def ranks_agree(acc, model) -> None:
     log.info("all %d ranks agree (weight checksum %.6f)", acc.num_processes, float(sums[0]))
 
 
-def _read_records(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
