@@ -58,7 +58,7 @@ class EvalConfig:
     seed: int = 0  # --seed: example choice, few-shot choice and sampling
     cache_dir: Path | None = None  # --cache-dir: extended-base cache (default $KAKAO_PERSONA_CACHE)
     no_identification: bool = False  # --no-identification: skip SmileStyle persona identification
-    selection_items: int = 10  # --selection-items: next-reply selection items per item set (0: skip)
+    selection_items: int = 8  # --selection-items: next-reply selection items per item set (0: skip)
     qa: Path | None = None  # --qa: ChatbotData-format CSV (Q, A) for selection on general Q/A (held-out split)
     threads: int | None = None  # --threads: torch CPU threads (default: torch's choice)
 
@@ -122,10 +122,10 @@ def build_parser():
     p.add_argument("--cache-dir", type=Path, help="extended-base cache (default $KAKAO_PERSONA_CACHE or "
                    "~/.cache/kakao-persona)")
     p.add_argument("--no-identification", action="store_true", help="skip SmileStyle persona identification")
-    p.add_argument("--selection-items", type=int, default=10,
+    p.add_argument("--selection-items", type=int, default=8,
                    help="next-reply selection (Hits@1 of 20): items per set, the persona's held-out replies and "
                         "general Q/A; each costs about 1-2 s per system with the default model on 2 CPU cores "
-                        "(default 10; 0 skips)")
+                        "(default 8; 0 skips)")
     p.add_argument("--qa", type=Path, help="Q/A CSV with Q and A columns for selection on general Korean "
                    "(its fixed held-out split; default ../shared/data/chatbot_data/ChatbotData.csv when it exists)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: all CPUs available)")

@@ -16,22 +16,13 @@ from data_prep.chatbot_data import QA
 from data_prep.records import ContextTurn
 from pipeline.chat_format import render
 from pipeline.evaluation import attribution, selection
-from pipeline.evaluation.scoring import Example, ReplyScore, score_group
+from pipeline.evaluation.scoring import ReplyScore, score_group
+from tests.test_evaluate import one_thread  # noqa: F401  (autouse: tiny models run faster on one thread)
 
 PERSONA, USER = "봇", "친구"
 MESSAGES = ("오늘 날씨 좋다", "배고파 밥 먹자", "영화 보러 갈래", "숙제 다 했어?", "내일 시험이야",
             "고양이 귀여워", "커피 마실래", "주말에 뭐 해", "버스 놓쳤어", "노래 추천해 줘",
             "비 온다 우산 챙겨", "게임 한 판 할래", "피곤해서 잘래", "생일 축하해", "운동 가자")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

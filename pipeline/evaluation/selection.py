@@ -8,7 +8,8 @@ same context; a hit is the true reply ranked first (chance 1/20 = 0.05). Two ite
   held-out split is too small), so style cannot tell them apart, only the context can;
 - **qa**: general Korean Q/A that no training stage saw (ChatbotData's fixed held-out
   split, :func:`data_prep.chatbot_data.load_qa`), the question as the user's turn and
-  19 other held-out answers (different text) as distractors.
+  19 other held-out answers (different text; drawn from the other items' answers) as
+  distractors.
 
 Three scores rank the candidates (each is reported, see :data:`SCORES`):
 
@@ -41,7 +42,6 @@ from pipeline.evaluation.tasks import persona_pairs
 
 CANDIDATES = 20  # the true reply + 19 distractors (ConvAI2's Hits@1 of 20)
 SCORES = ("mean", "pmi", "pmi_mean")
-QA_POOL = 60  # Q/A distractors come from this many held-out answers (at least): their no-context scores are reused
 
 
 @dataclass(frozen=True)
@@ -116,23 +116,29 @@ def persona_items(data: Path, persona: str, instruction: str, n: int, seed: int,
 
 def qa_items(rows: Sequence[QA], n: int, seed: int, persona: str, user: str,
              candidates: int = CANDIDATES) -> list[SelectionItem]:
-    """``n`` Q/A rows with distinct answers (seeded); distractors are other answers of the same rows' pool."""
+    """``n`` Q/A rows with distinct answers (seeded); each item's distractors are answers of the other items.
+
+    With fewer than ``candidates`` items the pool is topped up to ``candidates`` answers, so every item
+    still gets its 19 distractors; the pool being small keeps the no-context scores few (one per answer).
+    """
     rng = random.Random(seed)
     unique = list({r.answer.strip(): r for r in rows}.values())  # one question per answer: one true reply
     rng.shuffle(unique)
-    pool = [r.answer for r in unique[:max(n, QA_POOL)]]
+    pool = [r.answer for r in unique[:max(n, candidates)]]
     return [SelectionItem(Example("", (ContextTurn(user, r.question),), persona, r.answer),
                           pick_distractors(r.answer, pool, candidates - 1, rng))
             for r in unique[:n]]
 
 
 def score_items(model, tokenizer, items: Sequence[SelectionItem], instruction: str, max_length: int | None,
-                share_prefix: bool = True, progress=None) -> list[Selected | None]:
+                share_prefix: bool = True, progress=None,
+                bare: dict[str, ReplyScore] | None = None) -> list[Selected | None]:
     """Score every item's candidates after ``instruction``, with and without the context.
 
-    None where the candidates do not fit ``max_length`` even with no context.
+    None where the candidates do not fit ``max_length`` even with no context. ``bare`` caches the
+    no-context score of each text: pass the same dict to calls with the same model and instruction.
     """
-    bare: dict[str, ReplyScore] = {}  # no-context score by text: the same instruction for every item
+    bare = {} if bare is None else bare
     out: list[Selected | None] = []
     for item in items:
         e = item.example
