@@ -54,6 +54,7 @@ def train_adapters(out: Path, a) -> tuple[list[Path], Path]:
     names = [smilestyle.PERSONA_NAMES[s] for s in STYLES]
     argv = [*map(str, exports), *[x for n in names for x in ("--persona", n)], "--out", str(out), "--no-eval"]
     argv += base_args(out, a) + (["--max-steps", str(a.max_steps)] if a.max_steps else [])
+    argv += ["--threads", str(a.threads)] if a.threads else []
     print("python -m pipeline.run " + " ".join(argv), flush=True)
     if run_main(argv):
         raise SystemExit("pipeline.run failed")
@@ -160,7 +161,7 @@ def main(argv=None) -> int:
     ap.add_argument("--limit", type=int, default=0, help="use only the first N SmileStyle dialogues (0: all)")
     ap.add_argument("--base-model", help="base model (default: the project's default model)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the item and distractor choice (default 0)")
-    ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--threads", type=int, help="torch CPU threads for training and evaluation (default: torch's choice)")
     ap.add_argument("--out", type=Path, help="run folder (default: ADAPTERS/.. with --adapters, else runs/bench_fidelity, "
                     "or a temp dir with --tiny); the report goes to OUT/conversation_eval")
     a = ap.parse_args(argv)

@@ -219,7 +219,8 @@ PREPARE_FLAGS = {"--context-turns": int, "--val-ratio": float, "--min-replies": 
                  "--burst-gap": float, "--conversation-gap": float}
 TRAIN_FLAGS = {"--method": str, "--max-steps": int, "--epochs": int, "--lr": float, "--lora-r": int,
                "--max-length": int, "--batch-size": int, "--eval-every": int, "--rehearsal": str}
-EVAL_FLAGS = {"--max-examples": int, "--samples": int, "--max-new-tokens": int, "--general": str}
+EVAL_FLAGS = {"--max-examples": int, "--samples": int, "--max-new-tokens": int, "--general": str,
+              "--selection-items": int}
 
 
 def build_parser():

@@ -1,8 +1,10 @@
 """The order of work for ``python -m pipeline.evaluate``: tasks -> base systems -> each adapter -> files.
 
 The base model is loaded once and runs the base and few-shot systems for every
-persona; each adapter is then loaded onto a fresh base (so adapters of different
-methods never mix) and freed before the next.
+persona (and, with several adapters, scores every held-out reply in each adapter's
+prompt: the attribution reference); each adapter is then loaded onto a fresh base (so
+adapters of different methods never mix), runs its system, scores every persona's
+held-out replies for speaker attribution, and is freed before the next.
 """
 from __future__ import annotations
 
