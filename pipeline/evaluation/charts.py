@@ -80,7 +80,8 @@ def identification_chart(path: Path, names: Sequence[str], results: Sequence[dic
 def confusion_chart(path: Path, conf: dict[str, Any], system: str) -> Path:
     """Heatmap: persona rows x style columns, share of replies where that style ranked first."""
     rows = [f"{label(p, i)} ({t})" for i, (p, t) in enumerate(zip(conf["personas"], conf["truth"]), 1)]
-    return heatmap(path, conf[system], rows, conf["styles"], f"identification: {system}")
+    return heatmap(path, conf[system], rows, conf["styles"], f"identification: {system}",
+                   ("style ranked first", "persona (style)"))
 
 
 def attribution_chart(path: Path, block: dict[str, Any]) -> Path:
@@ -88,12 +89,14 @@ def attribution_chart(path: Path, block: dict[str, Any]) -> Path:
     names = [label(p, i) for i, p in enumerate(block["personas"], 1)]
     primary = block["primary"]
     return heatmap(path, block[primary]["matrix"], names, names,
-                   f"attribution ({primary}): accuracy {block[primary]['accuracy'] or 0:.2f}")
+                   f"attribution ({primary}): accuracy {block[primary]['accuracy'] or 0:.2f}",
+                   ("adapter chosen", "true speaker"))
 
 
 def heatmap(path: Path, matrix: Sequence[Sequence[float]], rows: Sequence[str], cols: Sequence[str],
-            title: str) -> Path:
-    """Shares in [0, 1], one row per ``rows`` label and one column per ``cols`` label, values written in."""
+            title: str, axes: tuple[str, str]) -> Path:
+    """Shares in [0, 1], one row per ``rows`` label and one column per ``cols`` label, values written in;
+    ``axes`` = (x label, y label)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(0.55 * len(cols) + 2.5, 0.5 * len(rows) + 1.8))
     im = ax.imshow(matrix, vmin=0, vmax=1, cmap="Blues", aspect="auto")
@@ -105,6 +108,8 @@ def heatmap(path: Path, matrix: Sequence[Sequence[float]], rows: Sequence[str], 
                 ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6,
                         color="white" if v > 0.5 else "black")
     ax.set_title(title)
+    ax.set_xlabel(axes[0], fontsize=8)
+    ax.set_ylabel(axes[1], fontsize=8)
     fig.colorbar(im, ax=ax, fraction=0.03)
     return _save(fig, path)
 
