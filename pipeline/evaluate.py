@@ -21,7 +21,8 @@ several adapters are given (each held-out reply given to the adapter that scores
 chance 1/N; a confusion matrix); style statistics of sampled
 replies vs real ones (length, ㅋ/ㅎ/ㅠ, emoji, emoticons, endings, distinct-n); forgetting
 (perplexity of general Korean text not seen in training, base vs adapter); seeded samples.
-Defaults keep the default model at about 2-3 minutes on 2 CPU cores.
+Defaults keep the default model at about 2-3 minutes on 2 CPU cores, plus 1-2 for next-reply selection
+(--selection-items 0 skips it).
 """
 from __future__ import annotations
 
@@ -124,8 +125,8 @@ def build_parser():
     p.add_argument("--no-identification", action="store_true", help="skip SmileStyle persona identification")
     p.add_argument("--selection-items", type=int, default=8,
                    help="next-reply selection (Hits@1 of 20): items per set, the persona's held-out replies and "
-                        "general Q/A; each costs about 1-2 s per system with the default model on 2 CPU cores "
-                        "(default 8; 0 skips)")
+                        "general Q/A; an item costs about 2 CPU-seconds per system with the default model, so the "
+                        "default adds 1-2 minutes on 2 CPU cores (default 8; 0 skips)")
     p.add_argument("--qa", type=Path, help="Q/A CSV with Q and A columns for selection on general Korean "
                    "(its fixed held-out split; default ../shared/data/chatbot_data/ChatbotData.csv when it exists)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: all CPUs available)")
