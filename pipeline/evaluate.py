@@ -12,12 +12,17 @@ held-out replies (validation split) of its persona:
   few-shot  the same, with --shots real train replies added to the instruction (no training);
   adapter   the fine-tuned persona adapter.
 
-Measured: perplexity of held-out replies; persona identification when the data comes from
+Measured: perplexity of held-out replies; next-reply selection (the true held-out reply ranked
+among 20 candidates by mean log-prob and by PMI, on the persona's replies and on general Korean
+Q/A; Hits@1, chance 0.05); persona identification when the data comes from
 SmileStyle (each held-out reply's 17 style variants ranked by mean log-prob per token; chance
-1/17; a persona x style matrix when several adapters are given); style statistics of sampled
+1/17; a persona x style matrix when several adapters are given); speaker attribution when
+several adapters are given (each held-out reply given to the adapter that scores it highest;
+chance 1/N; a confusion matrix); style statistics of sampled
 replies vs real ones (length, ㅋ/ㅎ/ㅠ, emoji, emoticons, endings, distinct-n); forgetting
 (perplexity of general Korean text not seen in training, base vs adapter); seeded samples.
-Defaults keep the default model at about 2-3 minutes on 2 CPU cores.
+Defaults keep the default model at about 2-3 minutes on 2 CPU cores, plus 1-2 for next-reply selection
+(--selection-items 0 skips it).
 """
 from __future__ import annotations
 
@@ -55,6 +60,8 @@ class EvalConfig:
     seed: int = 0  # --seed: example choice, few-shot choice and sampling
     cache_dir: Path | None = None  # --cache-dir: extended-base cache (default $KAKAO_PERSONA_CACHE)
     no_identification: bool = False  # --no-identification: skip SmileStyle persona identification
+    selection_items: int = 8  # --selection-items: next-reply selection items per item set (0: skip)
+    qa: Path | None = None  # --qa: ChatbotData-format CSV (Q, A) for selection on general Q/A (held-out split)
     threads: int | None = None  # --threads: torch CPU threads (default: torch's choice)
 
     def validate(self) -> None:
@@ -64,13 +71,13 @@ class EvalConfig:
             problems.append("--adapter is required")
         if len(self.data) not in (1, len(self.adapters)):
             problems.append(f"--data: give one folder, or one per --adapter ({len(self.adapters)})")
-        for flag, path in (("--smilestyle", self.smilestyle), ("--general", self.general)):
+        for flag, path in (("--smilestyle", self.smilestyle), ("--general", self.general), ("--qa", self.qa)):
             if path is not None and not path.is_file():
                 problems.append(f"{flag} {path}: no such file")
         for flag, v, low in (("--max-examples", self.max_examples, 1), ("--general-lines", self.general_lines, 0),
                              ("--shots", self.shots, 0), ("--samples", self.samples, 0),
                              ("--generate", self.generate, 0), ("--max-new-tokens", self.max_new_tokens, 1),
-                             ("--threads", self.threads or 1, 1)):
+                             ("--threads", self.threads or 1, 1), ("--selection-items", self.selection_items, 0)):
             if v < low:
                 problems.append(f"{flag} must be >= {low}")
         if problems:
@@ -122,6 +129,12 @@ def build_parser():
     p.add_argument("--cache-dir", type=Path, help="extended-base cache (default $KAKAO_PERSONA_CACHE or "
                    "~/.cache/kakao-persona)")
     p.add_argument("--no-identification", action="store_true", help="skip SmileStyle persona identification")
+    p.add_argument("--selection-items", type=int, default=8,
+                   help="next-reply selection (Hits@1 of 20): items per set, the persona's held-out replies and "
+                        "general Q/A; an item costs about 2 CPU-seconds per system with the default model, so the "
+                        "default adds 1-2 minutes on 2 CPU cores (default 8; 0 skips)")
+    p.add_argument("--qa", type=Path, help="Q/A CSV with Q and A columns for selection on general Korean "
+                   "(its fixed held-out split; default ../shared/data/chatbot_data/ChatbotData.csv when it exists)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: all CPUs available)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
@@ -132,7 +145,7 @@ def config_from_args(a) -> EvalConfig:
         adapters=tuple(a.adapter), data=tuple(a.data), out=a.out, smilestyle=a.smilestyle, general=a.general,
         max_examples=a.max_examples, general_lines=a.general_lines, shots=a.shots, samples=a.samples,
         generate=a.generate, max_new_tokens=a.max_new_tokens, seed=a.seed, cache_dir=a.cache_dir,
-        no_identification=a.no_identification, threads=a.threads,
+        no_identification=a.no_identification, selection_items=a.selection_items, qa=a.qa, threads=a.threads,
     )
 
 

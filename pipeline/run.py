@@ -239,7 +239,7 @@ def chat_argv(cfg: RunConfig) -> list[str]:
 PREPARE_FLAGS = ("--context-turns", "--val-ratio", "--min-replies", "--self-alias", "--burst-gap", "--conversation-gap")
 TRAIN_FLAGS = ("--method", "--max-steps", "--epochs", "--lr", "--lora-r", "--max-length", "--batch-size",
                "--eval-every", "--rehearsal")
-EVAL_FLAGS = ("--max-examples", "--samples", "--max-new-tokens", "--general")
+EVAL_FLAGS = ("--max-examples", "--samples", "--max-new-tokens", "--general", "--selection-items")
 
 
 def _stage_flags() -> list[tuple[str, tuple[str, ...], argparse.ArgumentParser]]:

@@ -20,7 +20,7 @@ from data_prep.records import ContextTurn
 from pipeline.evaluation.identification import IdItem, rank_item
 from pipeline.evaluation.parallel import ParallelIndex
 from pipeline.evaluation.scoring import Example, _score_full, render_group, score_group
-from tests.tiny_models import SMILESTYLE_TSV
+from tests.tiny_models import CHATBOT_CSV, SMILESTYLE_TSV
 
 PERSONA, STYLE, PARTNER = "왕", "king", "친구"
 
@@ -44,17 +44,20 @@ def smilestyle_pairs(dialogues, persona=PERSONA, style=STYLE, prefix="c") -> lis
     return out
 
 
-def write_data(directory: Path, n_train: int = 12, n_val: int = 4) -> Path:
+def write_data(directory: Path, n_train: int = 12, n_val: int = 4,
+               speakers: tuple[tuple[str, str], ...] = ((PERSONA, STYLE),)) -> Path:
+    """train/validation.jsonl with the pairs of each (persona, style) of ``speakers``."""
     dialogues = smilestyle_dialogues(n_train + n_val)
     directory.mkdir(parents=True, exist_ok=True)
-    for name, rows in (("train", smilestyle_pairs(dialogues[:n_train], prefix="t")),
-                       ("validation", smilestyle_pairs(dialogues[n_train:], prefix="v"))):
+    for name, part, prefix in (("train", dialogues[:n_train], "t"), ("validation", dialogues[n_train:], "v")):
+        rows = [r for p, st in speakers for r in smilestyle_pairs(part, p, st, prefix)]
         (directory / f"{name}.jsonl").write_text(
             "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return directory
 
 
-def train_tiny_adapter(ext_dir: Path, base_spec: str, data: Path, out: Path, steps: int = 4) -> Path:
+def train_tiny_adapter(ext_dir: Path, base_spec: str, data: Path, out: Path, steps: int = 4,
+                       persona: str = PERSONA) -> Path:
     """A LoRA adapter in the adapter folder format, trained ``steps`` steps on render labels."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -66,7 +69,7 @@ def train_tiny_adapter(ext_dir: Path, base_spec: str, data: Path, out: Path, ste
     cfg = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
                      trainable_token_indices={"embed_tokens": ext["new_token_ids"]})
     model = get_peft_model(model, cfg)
-    pairs = read_pairs(data / "train.jsonl")
+    pairs = [p for p in read_pairs(data / "train.jsonl") if p.persona == persona]
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     torch.manual_seed(0)
     for step in range(steps):
@@ -78,7 +81,7 @@ def train_tiny_adapter(ext_dir: Path, base_spec: str, data: Path, out: Path, ste
         opt.zero_grad()
     model.save_pretrained(out, save_embedding_layers=False)
     tok.save_pretrained(out)
-    manifest = {"persona": PERSONA, "method": "lora", "base_model": base_spec,
+    manifest = {"persona": persona, "method": "lora", "base_model": base_spec,
                 "extended_fingerprint": ext["fingerprint"], "data_hash": "test", "instruction": pairs[0].instruction,
                 "user_speaker": PARTNER, "max_length": 256, "config": {}, "metrics": {"steps": steps}, "versions": {}}
     (out / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False), encoding="utf-8")
@@ -217,7 +220,8 @@ def test_evaluate_cli_writes_json_markdown_and_charts(adapter_and_data, cache_di
     out = tmp_path / "eval"
     argv = ["--adapter", str(adapter), "--data", str(data), "--out", str(out), "--cache-dir", str(cache_dir),
             "--max-examples", "3", "--general-lines", "3", "--generate", "2", "--samples", "2",
-            "--max-new-tokens", "4", "--shots", "2", "--smilestyle", str(SMILESTYLE_TSV)]
+            "--max-new-tokens", "4", "--shots", "2", "--smilestyle", str(SMILESTYLE_TSV),
+            "--selection-items", "2", "--qa", str(CHATBOT_CSV)]
     assert run_cli(main, argv) == 0
     assert "eval.md" in capsys.readouterr().out
     result = json.loads((out / "eval.json").read_text(encoding="utf-8"))
@@ -234,13 +238,47 @@ def test_evaluate_cli_writes_json_markdown_and_charts(adapter_and_data, cache_di
     confusion = result["confusion"]
     column = confusion["styles"].index(STYLE)
     assert confusion["adapter"][0][column] == pytest.approx(r["identification"]["adapter"]["top1"], abs=1e-3)
+    sel = r["selection"]
+    assert set(sel) == {"persona", "qa"} and set(sel["qa"]) == {"base", "few_shot", "adapter"}
+    for s in ("persona", "qa"):
+        got = sel[s]["adapter"]
+        assert got["n"] == 2 and got["chance"] == 0.05 and set(got) >= {"mean", "pmi", "pmi_mean"}
+        assert 1 <= got["pmi"]["mean_rank"] <= 20
+    assert result["attribution"] is None  # one adapter: nothing to attribute
     assert len(r["samples"]) == 2 and {"real", "base", "few_shot", "adapter"} <= set(r["samples"][0])
     assert set(r["style_distance"]["adapter"]) >= {"length", "laugh_k", "emoji", "endings", "distinct_2"}
     md = (out / "eval.md").read_text(encoding="utf-8")
-    assert "Persona identification" in md and "few-shot" in md
+    assert "Persona identification" in md and "few-shot" in md and "Next-reply selection" in md
     for png in ("perplexity.png", "style.png", "identification.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"({png})" in md
+
+
+def test_evaluate_cli_attributes_replies_to_speakers_of_one_chat(tiny_gemma_dir, extended, cache_dir, tmp_path):
+    """Two speakers of the same chat, an adapter each: every held-out reply is attributed, a 2x2 matrix."""
+    from pipeline.evaluate import main
+
+    data = write_data(tmp_path / "data", speakers=((PERSONA, STYLE), ("할배", "halbae")))
+    adapters = [train_tiny_adapter(extended[0], str(tiny_gemma_dir), data, tmp_path / "adapters" / p, persona=p)
+                for p in (PERSONA, "할배")]
+    out = tmp_path / "eval"
+    argv = [x for a in adapters for x in ("--adapter", str(a))] + [
+        "--data", str(data), "--out", str(out), "--cache-dir", str(cache_dir), "--max-examples", "3",
+        "--general-lines", "1", "--generate", "1", "--samples", "1", "--max-new-tokens", "2", "--shots", "1",
+        "--no-identification", "--selection-items", "0"]
+    assert run_cli(main, argv) == 0
+    result = json.loads((out / "eval.json").read_text(encoding="utf-8"))
+    block = result["attribution"]
+    assert block["personas"] == [PERSONA, "할배"] and block["n"] == {PERSONA: 3, "할배": 3}
+    for score in ("logprob", "gain"):
+        m = block[score]["matrix"]
+        assert len(m) == 2 and all(len(row) == 2 and sum(row) == pytest.approx(1) for row in m)
+        assert block[score]["n"] == 6 and block[score]["chance"] == 0.5
+        assert block[score]["accuracy"] == pytest.approx((m[0][0] + m[1][1]) / 2, abs=1e-3)
+    assert result["personas"][PERSONA]["selection"] is None  # --selection-items 0 skips selection
+    md = (out / "eval.md").read_text(encoding="utf-8")
+    assert "Speaker attribution" in md and "(attribution.png)" in md
+    assert (out / "attribution.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_evaluate_cli_bad_paths_exit_2_with_one_line(tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""PNG charts for eval.md: perplexity, style statistics, identification matrix (matplotlib, Agg).
+"""PNG charts for eval.md: perplexity, style statistics, identification and attribution matrices (matplotlib, Agg).
 
 Labels stay ASCII (no Hangul font is guaranteed on a user's machine): a persona
 whose name is not ASCII is shown as P1, P2... in the order of eval.md.
@@ -79,18 +79,37 @@ def identification_chart(path: Path, names: Sequence[str], results: Sequence[dic
 
 def confusion_chart(path: Path, conf: dict[str, Any], system: str) -> Path:
     """Heatmap: persona rows x style columns, share of replies where that style ranked first."""
+    rows = [f"{label(p, i)} ({t})" for i, (p, t) in enumerate(zip(conf["personas"], conf["truth"]), 1)]
+    return heatmap(path, conf[system], rows, conf["styles"], f"identification: {system}",
+                   ("style ranked first", "persona (style)"))
+
+
+def attribution_chart(path: Path, block: dict[str, Any]) -> Path:
+    """Heatmap: true speaker rows x chosen adapter columns (the primary score)."""
+    names = [label(p, i) for i, p in enumerate(block["personas"], 1)]
+    primary = block["primary"]
+    return heatmap(path, block[primary]["matrix"], names, names,
+                   f"attribution ({primary}): accuracy {block[primary]['accuracy'] or 0:.2f}",
+                   ("adapter chosen", "true speaker"))
+
+
+def heatmap(path: Path, matrix: Sequence[Sequence[float]], rows: Sequence[str], cols: Sequence[str],
+            title: str, axes: tuple[str, str]) -> Path:
+    """Shares in [0, 1], one row per ``rows`` label and one column per ``cols`` label, values written in;
+    ``axes`` = (x label, y label)."""
     plt = _plt()
-    rows = [label(p, i) for i, p in enumerate(conf["personas"], 1)]
-    fig, ax = plt.subplots(figsize=(0.55 * len(conf["styles"]) + 2, 0.5 * len(rows) + 1.8))
-    im = ax.imshow(conf[system], vmin=0, vmax=1, cmap="Blues", aspect="auto")
-    ax.set_xticks(range(len(conf["styles"])), conf["styles"], rotation=60, fontsize=8)
-    ax.set_yticks(range(len(rows)), [f"{p} ({t})" for p, t in zip(rows, conf["truth"])], fontsize=8)
-    for i, row in enumerate(conf[system]):
+    fig, ax = plt.subplots(figsize=(0.55 * len(cols) + 2.5, 0.5 * len(rows) + 1.8))
+    im = ax.imshow(matrix, vmin=0, vmax=1, cmap="Blues", aspect="auto")
+    ax.set_xticks(range(len(cols)), list(cols), rotation=60, fontsize=8)
+    ax.set_yticks(range(len(rows)), list(rows), fontsize=8)
+    for i, row in enumerate(matrix):
         for j, v in enumerate(row):
             if v:
                 ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6,
                         color="white" if v > 0.5 else "black")
-    ax.set_title(f"identification: {system}")
+    ax.set_title(title)
+    ax.set_xlabel(axes[0], fontsize=8)
+    ax.set_ylabel(axes[1], fontsize=8)
     fig.colorbar(im, ax=ax, fraction=0.03)
     return _save(fig, path)
 

@@ -1,8 +1,10 @@
 """The order of work for ``python -m pipeline.evaluate``: tasks -> base systems -> each adapter -> files.
 
 The base model is loaded once and runs the base and few-shot systems for every
-persona; each adapter is then loaded onto a fresh base (so adapters of different
-methods never mix) and freed before the next.
+persona (and, with several adapters, scores every held-out reply in each adapter's
+prompt: the attribution reference); each adapter is then loaded onto a fresh base (so
+adapters of different methods never mix), runs its system, scores every persona's
+held-out replies for speaker attribution, and is freed before the next.
 """
 from __future__ import annotations
 
@@ -10,12 +12,14 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
-from pipeline.evaluation import charts, report
+from data_prep.chatbot_data import load_qa
+from pipeline.evaluation import attribution, charts, report, selection
 from pipeline.evaluation.generation import SamplingConfig
 from pipeline.evaluation.parallel import DEFAULT_TSV, ParallelIndex
-from pipeline.evaluation.runner import SystemOutput, load_adapter, load_base, run_system, work_units
-from pipeline.evaluation.scoring import Example
-from pipeline.evaluation.tasks import PersonaTask, build_task, general_examples
+from pipeline.evaluation.runner import (SystemOutput, instruction_for, load_adapter, load_base, max_length_for,
+                                        run_system, work_units)
+from pipeline.evaluation.scoring import Example, ReplyScore
+from pipeline.evaluation.tasks import DEFAULT_CHATBOT_CSV, PersonaTask, build_task, general_examples
 
 log = logging.getLogger(__name__)
 
@@ -58,22 +62,75 @@ def _run(model, tok, cfg, task: PersonaTask, general: list[Example], system: str
         return run_system(model, tok, task, system, general, sampling, cfg.generate, progress=bar)
 
 
+Items = dict[str, list[selection.SelectionItem]]  # item set ("persona", "qa") -> items
+Selections = dict[str, dict[str, list[selection.Selected | None]]]  # system -> item set -> scored items
+
+
+def selection_items(cfg, task: PersonaTask) -> Items:
+    """The task's next-reply selection items: its own held-out replies, and held-out general Q/A when found."""
+    if not cfg.selection_items:
+        return {}
+    n, seed = cfg.selection_items, cfg.seed
+    items = {"persona": selection.persona_items(task.data, task.persona, task.manifest["instruction"], n, seed)}
+    qa = cfg.qa or (DEFAULT_CHATBOT_CSV if DEFAULT_CHATBOT_CSV.is_file() else None)
+    if qa is not None:
+        user = task.manifest.get("user_speaker") or "친구"
+        items["qa"] = selection.qa_items(load_qa(qa, split="heldout"), n, seed, task.persona, user)
+    return items
+
+
+def _select(model, tok, task: PersonaTask, items: Items,
+            system: str) -> dict[str, list[selection.Selected | None]]:
+    """Every item set scored by one system, in that system's prompt (instruction and max_length)."""
+    instruction, max_len = instruction_for(task, system), max_length_for(tok, task, system)
+    with _bar(sum(map(len, items.values())), f"{task.persona}: {system} selection") as bar:
+        return {name: selection.score_items(model, tok, its, instruction, max_len, progress=bar)
+                for name, its in items.items()}
+
+
+def _attribution_scores(model, tok, tasks: Sequence[PersonaTask],
+                        speakers: Sequence[PersonaTask]) -> dict[str, list[ReplyScore | None]]:
+    """Every task's held-out replies scored as each of ``speakers``' personas would say them."""
+    replies = [e for t in tasks for e in t.held_out]
+    with _bar(len(replies) * len(speakers), "attribution") as bar:
+        return {s.persona: attribution.score_as(model, tok, replies, s.persona, s.manifest["instruction"],
+                                                s.max_length, progress=bar) for s in speakers}
+
+
+def _attributes(tasks: Sequence[PersonaTask]) -> bool:
+    """Speaker attribution needs several adapters of distinct personas."""
+    return len(tasks) > 1 and len({t.persona for t in tasks}) == len(tasks)
+
+
 def run_all(cfg, tasks: Sequence[PersonaTask]) -> dict[str, Any]:
     """Every system on every task; returns the eval.json data (without config)."""
     outputs: list[dict[str, SystemOutput]] = [{} for _ in tasks]
+    selections: list[Selections] = [{} for _ in tasks]
     general = [_general(cfg, t) for t in tasks]
+    items = [selection_items(cfg, t) for t in tasks]
+    attributing = _attributes(tasks)
+    reference: dict[str, list[ReplyScore | None]] = {}  # the base model in each adapter's prompt
+    adapted: dict[str, list[ReplyScore | None]] = {}
     model, tok, _ = load_base(tasks[0].manifest.get("base_model"), cfg.cache_dir)
-    for task, out, (gen, _) in zip(tasks, outputs, general):
+    for task, out, sel, its, (gen, _) in zip(tasks, outputs, selections, items, general):
         for system in ("base", "few_shot"):
             out[system] = _run(model, tok, cfg, task, gen, system)
+            sel[system] = _select(model, tok, task, its, system)
+    if attributing:
+        reference = _attribution_scores(model, tok, tasks, tasks)
     del model
-    for task, out, (gen, _) in zip(tasks, outputs, general):
+    for task, out, sel, its, (gen, _) in zip(tasks, outputs, selections, items, general):
         model, tok = load_adapter(task, cfg.cache_dir)
         out["adapter"] = _run(model, tok, cfg, task, gen, "adapter")
+        sel["adapter"] = _select(model, tok, task, its, "adapter")
+        if attributing:
+            adapted.update(_attribution_scores(model, tok, tasks, [task]))
         del model
-    personas = {t.persona: report.persona_results(t, o, cfg.samples, source)
-                for t, o, (_, source) in zip(tasks, outputs, general)}
-    return {"personas": personas, "confusion": report.confusion_block(tasks, outputs)}
+    personas = {t.persona: report.persona_results(t, o, cfg.samples, source, s)
+                for t, o, s, (_, source) in zip(tasks, outputs, selections, general)}
+    truths = [t.persona for t in tasks for _ in t.held_out]
+    return {"personas": personas, "confusion": report.confusion_block(tasks, outputs),
+            "attribution": attribution.results(truths, adapted, reference) if attributing else None}
 
 
 def write_outputs(out: Path, data: dict[str, Any]) -> dict[str, dict[str, str]]:
@@ -99,6 +156,8 @@ def write_outputs(out: Path, data: dict[str, Any]) -> dict[str, dict[str, str]]:
         for system in ("base", "adapter"):
             if system in conf:
                 shared[f"confusion {system}"] = charts.confusion_chart(out / f"confusion_{system}.png", conf, system).name
+    if data.get("attribution"):
+        shared["attribution"] = charts.attribution_chart(out / "attribution.png", data["attribution"]).name
     if len(names) == 1:
         files[names[0]].update(shared)
     else:

@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from pipeline.evaluation import selection
+from pipeline.evaluation.attribution import SCORES as ATTRIBUTION_SCORES
 from pipeline.evaluation.identification import confusion, summarize
 from pipeline.evaluation.runner import SYSTEMS, SystemOutput
 from pipeline.evaluation.scoring import perplexity
@@ -28,8 +30,8 @@ def _context_tail(task: PersonaTask, i: int, turns: int = 2) -> list[dict[str, s
 
 
 def persona_results(task: PersonaTask, out: Mapping[str, SystemOutput], samples: int,
-                    general_source: str) -> dict[str, Any]:
-    """Everything measured for one persona, as JSON-able data."""
+                    general_source: str, selected: Mapping[str, Mapping[str, Sequence]] | None = None) -> dict[str, Any]:
+    """Everything measured for one persona, as JSON-able data (``selected``: system -> item set -> scored items)."""
     real = style_stats(task.real_replies)
     style = {s: style_stats([g for g in o.generated if g]) for s, o in out.items()}
     dist = {s: style_distances(real, st) for s, st in style.items()}
@@ -44,6 +46,7 @@ def persona_results(task: PersonaTask, out: Mapping[str, SystemOutput], samples:
             "style": task.style_match.style, "matched": task.style_match.matched,
             "total": task.style_match.total},
         "identification": {s: _summary(o) for s, o in out.items()} if task.id_items else None,
+        "selection": _selection(selected or {}),
         "style": {"real": real, **style},
         "style_distance": dist,
         "style_mean_distance": {s: round(mean_distance(d), 4) for s, d in dist.items()},
@@ -57,8 +60,22 @@ def persona_results(task: PersonaTask, out: Mapping[str, SystemOutput], samples:
 
 
 def _summary(o: SystemOutput) -> dict[str, Any]:
-    s = summarize(o.rankings)
-    return {k: (_r(v) if isinstance(v, float) else v) for k, v in s.items()}
+    return _rounded(summarize(o.rankings))
+
+
+def _rounded(d: Any) -> Any:
+    if isinstance(d, dict):
+        return {k: _rounded(v) for k, v in d.items()}
+    return _r(d) if isinstance(d, float) else d
+
+
+def _selection(selected: Mapping[str, Mapping[str, Sequence]]) -> dict[str, Any] | None:
+    """Item set -> system -> Hits@1 / mean rank under each score (None when selection was skipped)."""
+    sets = {name for per in selected.values() for name in per}
+    if not sets:
+        return None
+    return {name: {system: _rounded(selection.summarize(per[name])) for system, per in selected.items() if name in per}
+            for name in sorted(sets)}
 
 
 def _forgetting(out: Mapping[str, SystemOutput], source: str) -> dict[str, Any]:
@@ -117,6 +134,8 @@ def _persona_md(name: str, r: dict[str, Any], charts: Mapping[str, str]) -> list
                      [[SYSTEM_LABELS[s], v["top1"], v["mean_rank"], v["chance"], v["n"]]
                       for s, v in r["identification"].items()])
         md.append("")
+    if r.get("selection"):
+        md += _selection_md(r["selection"])
     md += ["### Style of generated replies vs the persona's real replies (distance; 0 = same)", ""]
     stats = list(r["style_distance"][systems[0]])
     md += _table(["statistic", "real"] + [SYSTEM_LABELS[s] for s in systems],
@@ -132,6 +151,36 @@ def _persona_md(name: str, r: dict[str, Any], charts: Mapping[str, str]) -> list
         md += [f"{i}. context: {ctx}", f"   - real: {s['real']}"]
         md += [f"   - {SYSTEM_LABELS[k]}: {s.get(k, '')}" for k in systems]
     return md + [""]
+
+
+SELECTION_SETS = {"persona": "own held-out replies (distractors: the persona's replies in other conversations)",
+                  "qa": "general Korean Q/A not trained on (ChatbotData held-out split)"}
+SCORE_LABELS = {"mean": "mean log-prob", "pmi": "PMI", "pmi_mean": "PMI per token"}
+
+
+def _selection_md(sel: Mapping[str, Any]) -> list[str]:
+    md = ["### Next-reply selection (Hits@1: the true reply ranked first among the candidates)", ""]
+    for name, per in sel.items():
+        first = next(iter(per.values()))
+        md += [f"**{SELECTION_SETS.get(name, name)}**: {first['n']} items, chance {_fmt(first['chance'])}", ""]
+        md += _table(["system"] + [f"Hits@1 {SCORE_LABELS[k]}" for k in selection.SCORES] + ["mean rank (PMI)"],
+                     [[SYSTEM_LABELS[s]] + [v[k]["hits1"] for k in selection.SCORES] + [v["pmi"]["mean_rank"]]
+                      for s, v in per.items()])
+        md.append("")
+    return md
+
+
+def attribution_md(block: Mapping[str, Any], chart: str | None) -> list[str]:
+    """The speaker-attribution section: accuracy per score, chance, the confusion matrix of the primary score."""
+    personas, primary = block["personas"], block["primary"]
+    md = ["## Speaker attribution (each held-out reply given to the adapter that explains it best)", "",
+          f"Chance 1/{len(personas)} = {_fmt(1 / len(personas))}. Replies per speaker: "
+          + ", ".join(f"{p} {block['n'][p]}" for p in personas) + ".", ""]
+    md += _table(["score", "accuracy", "n"], [[k + (" (primary)" if k == primary else ""), block[k]["accuracy"],
+                                                block[k]["n"]] for k in ATTRIBUTION_SCORES])
+    md += ["", f"Confusion ({primary}; rows: true speaker, columns: adapter chosen, share of the row's replies):", ""]
+    md += _table(["speaker"] + personas, [[p] + row for p, row in zip(personas, block[primary]["matrix"])])
+    return md + ([""] + [f"![attribution]({chart})"] if chart else []) + [""]
 
 
 def _style_value(v: Any) -> str:
@@ -155,7 +204,9 @@ def render_markdown(data: dict[str, Any], charts: Mapping[str, Mapping[str, str]
                 md += _table(["persona (style)"] + conf["styles"],
                              [[f"{p} ({t})"] + row for p, t, row in zip(conf["personas"], conf["truth"], conf[system])])
                 md.append("")
-        md += [f"![{k}]({v})" for k, v in charts.get("", {}).items()]
+        md += [f"![{k}]({v})" for k, v in charts.get("", {}).items() if k != "attribution"]
+    if data.get("attribution"):
+        md += attribution_md(data["attribution"], charts.get("", {}).get("attribution"))
     md += ["", "## How these numbers are made", "", METHOD_NOTES]
     return "\n".join(md) + "\n"
 
@@ -168,6 +219,10 @@ def _headline(data: dict[str, Any]) -> str:
         if r["identification"]:
             bit += f", identification top-1 {_fmt(r['identification']['adapter']['top1'])}"
         bit += f", general Korean ppl x{_fmt(r['forgetting']['adapter_over_base'])}"
+        if r.get("selection") and "qa" in r["selection"]:
+            qa = r["selection"]["qa"]
+            bit += (f", Q/A Hits@1 (PMI) base {_fmt(qa['base']['pmi']['hits1'])} -> adapter "
+                    f"{_fmt(qa['adapter']['pmi']['hits1'])}")
         parts.append(bit)
     return "; ".join(parts) + "."
 
@@ -179,6 +234,14 @@ METHOD_NOTES = """\
 - Perplexity = exp(-sum log-prob / number of labelled tokens) over the held-out replies.
 - Identification ranks the style variants of one reply by **mean** log-prob per token: variants differ a
   lot in length, and a sum would prefer the shortest one whatever its style. Chance = 1/number of variants.
+- Next-reply selection ranks the true held-out reply among 19 others (the persona's own replies from other
+  conversations; or other held-out Q/A answers) in the same context, by three scores: mean log-prob per token
+  given the context; PMI = log p(reply | context) - log p(reply | same instruction, no context); and PMI per
+  token. PMI is the one to read: mean log-prob prefers short, generic replies that fit any message, while PMI
+  keeps only what the message adds. Chance = 1/20. Ties at the top count as a fair draw.
+- Speaker attribution (several adapters): each held-out reply is scored by every adapter as its persona's reply
+  (its instruction, its turns as the bot's) and given to the highest log-prob (the same reply tokens for every
+  adapter, so sum and mean agree); "gain" subtracts the base model's score in the same prompt. Chance = 1/N.
 - Few-shot = the base model with the persona instruction followed by real train replies (no training).
 - Forgetting = perplexity of general Korean replies (not in training) with an empty instruction, in the chat
   format. The base never saw the chat tokens, so its number is inflated: a ratio below 1 means no forgetting

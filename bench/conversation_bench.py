@@ -1,0 +1,190 @@
+"""Conversation bench: do the SmileStyle persona adapters pick the reply that answers the message?
+
+    python bench/conversation_bench.py                                   # train 4 adapters (as persona_fidelity), then measure
+    python bench/conversation_bench.py --adapters runs/bench_fidelity/adapters   # reuse trained adapters (no training)
+    python bench/conversation_bench.py --base-only --selection-items 100         # the base model on held-out Q/A only
+    python bench/conversation_bench.py --tiny                            # quick check on a tiny random model
+
+Next-reply selection, Hits@1 of 20 (chance 0.05), for each persona and each system
+(base, few-shot, adapter), on the persona's own held-out replies (distractors: its
+replies from other conversations) and on general Korean Q/A that no stage trained on
+(ChatbotData's fixed held-out split), under two scores: mean log-prob per token of the
+reply given the context, and PMI = log p(reply | context) - log p(reply | no context).
+Prints ONE table, then speaker attribution across the adapters (which adapter explains
+each held-out reply best; chance 1/4). The exports and adapters are those of
+bench/persona_fidelity.py (same personas, same run folder by default), so an adapter
+trained by either bench is reused by the other with ``--adapters``.
+
+Targets (issue #13): adapter Hits@1 on held-out Q/A >= 0.5; on its own replies well above
+base and above few-shot. ``--base-only`` measures the base model alone on held-out Q/A
+(empty instruction, the question as the user's turn): the baseline every stage is
+compared with.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.persona_fidelity import STYLES, write_exports  # noqa: E402
+from data_prep import smilestyle  # noqa: E402
+
+COLUMNS = (("persona", "mean"), ("persona", "pmi"), ("qa", "mean"), ("qa", "pmi"))
+SYSTEMS = ("base", "few_shot", "adapter")
+QA_TARGET = 0.5
+
+# Hook for the generated-reply statistics (share of empty replies, echoes, loops; length vs the persona's
+# real length): a function of one persona's eval.json entry returning {column name: value}; its columns are
+# printed after the selection table. None: no generated-reply statistics yet.
+REPLY_STATS: Callable[[dict], dict[str, float]] | None = None
+
+
+def train_adapters(out: Path, a) -> tuple[list[Path], Path]:
+    """SmileStyle exports -> pipeline.run (prepare, extend, train; no evaluation); returns (adapters, data)."""
+    from pipeline.run import main as run_main
+
+    exports = write_exports(out / "exports", STYLES, a.limit)
+    names = [smilestyle.PERSONA_NAMES[s] for s in STYLES]
+    argv = [*map(str, exports), *[x for n in names for x in ("--persona", n)], "--out", str(out), "--no-eval"]
+    argv += base_args(out, a) + (["--max-steps", str(a.max_steps)] if a.max_steps else [])
+    argv += ["--threads", str(a.threads)] if a.threads else []
+    print("python -m pipeline.run " + " ".join(argv), flush=True)
+    if run_main(argv):
+        raise SystemExit("pipeline.run failed")
+    return [out / "adapters" / n for n in names], out / "data"
+
+
+def base_args(out: Path, a) -> list[str]:
+    """--base-model / --cache-dir for pipeline.run (the tiny model with --tiny)."""
+    if a.tiny:
+        from tests.tiny_models import make_tiny_gemma
+
+        base = out / "tiny-base"
+        if not (base / "config.json").is_file():
+            make_tiny_gemma(base)
+        return ["--base-model", str(base), "--cache-dir", str(out / "cache")]
+    return ["--base-model", a.base_model] if a.base_model else []
+
+
+def reuse_adapters(folder: Path) -> list[Path]:
+    """The bench personas' adapter folders under ``folder`` (those that exist)."""
+    found = [folder / smilestyle.PERSONA_NAMES[s] for s in STYLES]
+    found = [p for p in found if (p / "manifest.json").is_file()]
+    if not found:
+        raise SystemExit(f"--adapters {folder}: no adapter of {[smilestyle.PERSONA_NAMES[s] for s in STYLES]}")
+    return found
+
+
+def evaluate(adapters: list[Path], data: Path, out: Path, a, extra: list[str]) -> dict:
+    """pipeline.evaluate on every adapter together; returns its eval.json."""
+    from pipeline.evaluate import main as evaluate_main
+
+    argv = [x for p in adapters for x in ("--adapter", str(p))] + [
+        "--data", str(data), "--out", str(out), "--selection-items", str(a.selection_items),
+        "--max-examples", str(a.max_examples), "--generate", str(a.generate), "--samples", "0",
+        "--general-lines", "0", "--no-identification", "--seed", str(a.seed), *extra]
+    print("python -m pipeline.evaluate " + " ".join(argv), flush=True)
+    if evaluate_main(argv):
+        raise SystemExit("pipeline.evaluate failed")
+    return json.loads((out / "eval.json").read_text(encoding="utf-8"))
+
+
+def print_table(result: dict) -> None:
+    """One row per persona: base / few-shot / adapter Hits@1 per item set and score (+ the hook's columns)."""
+    head = [f"{'own' if s == 'persona' else 'Q/A'} {'PMI' if k == 'pmi' else 'mean'}" for s, k in COLUMNS]
+    print("\nnext-reply selection, Hits@1 of 20 (chance 0.05); each cell: base / few-shot / adapter")
+    print(f"{'persona':10s}{'n':>4s}" + "".join(f"{h:>22s}" for h in head))
+    for name, r in result["personas"].items():
+        sel = r["selection"] or {}
+        cells = []
+        for item_set, score in COLUMNS:
+            per = sel.get(item_set) or {}
+            vals = [per.get(s, {}).get(score, {}).get("hits1") for s in SYSTEMS]
+            cells.append(" / ".join("  – " if v is None else f"{v:.2f}" for v in vals))
+        n = (sel.get("qa") or sel.get("persona") or {}).get("adapter", {}).get("n", 0)
+        extra = REPLY_STATS(r) if REPLY_STATS else {}
+        print(f"{name:10s}{n:4d}" + "".join(f"{c:>22s}" for c in cells)
+              + "".join(f"  {k} {v:.2f}" for k, v in extra.items()))
+    qa = [r["selection"]["qa"]["adapter"]["pmi"]["hits1"] for r in result["personas"].values()
+          if r["selection"] and "qa" in r["selection"]]
+    if qa:
+        met = all(v >= QA_TARGET for v in qa)
+        print(f"target adapter Q/A Hits@1 (PMI) >= {QA_TARGET} on every persona: {'MET' if met else 'NOT MET'}")
+    att = result.get("attribution")
+    if att:
+        p = att["primary"]
+        print(f"speaker attribution across {len(att['personas'])} adapters: accuracy {att[p]['accuracy']:.2f} ({p}), "
+              f"{att['gain']['accuracy']:.2f} (gain over base); chance {1 / len(att['personas']):.2f}")
+
+
+def base_only(a) -> None:
+    """The base model alone on held-out Q/A: empty instruction, the question as the user's turn."""
+    import torch
+
+    from data_prep.chatbot_data import load_qa
+    from pipeline.evaluation import selection
+    from pipeline.extension import load_base
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    model, tok, _ = load_base(a.base_model)
+    items = selection.qa_items(load_qa(split="heldout"), a.selection_items, a.seed, "봇", "친구")
+    scored: list = []
+    bare: dict = {}
+    for start in range(0, len(items), 10):  # a running figure every 10 items: long runs report as they go
+        scored += selection.score_items(model, tok, items[start:start + 10], "", None, bare=bare)
+        s = selection.summarize(scored)
+        print(f"base model, held-out ChatbotData Q/A, Hits@1 of 20 (chance {s['chance']:.2f}), n={s['n']}: "
+              + ", ".join(f"{k} {s[k]['hits1']:.3f} (mean rank {s[k]['mean_rank']:.1f})" for k in selection.SCORES),
+              flush=True)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--adapters", type=Path, help="reuse trained adapters: a folder holding the bench personas' "
+                    "adapter folders (e.g. runs/bench_fidelity/adapters); no training")
+    ap.add_argument("--data", type=Path, help="prepare output of those adapters (default: ADAPTERS/../data)")
+    ap.add_argument("--base-only", action="store_true", help="only the base model on held-out Q/A (no adapters)")
+    ap.add_argument("--tiny", action="store_true", help="tiny random base model and 40 dialogues: a quick check")
+    ap.add_argument("--selection-items", type=int, default=30, help="selection items per set and persona (default 30)")
+    ap.add_argument("--max-examples", type=int, default=30,
+                    help="held-out replies per persona for speaker attribution (default 30)")
+    ap.add_argument("--generate", type=int, default=12, help="replies sampled per system (default 12)")
+    ap.add_argument("--max-steps", type=int, help="training steps per persona (default: pipeline.train's)")
+    ap.add_argument("--limit", type=int, default=0, help="use only the first N SmileStyle dialogues (0: all)")
+    ap.add_argument("--base-model", help="base model (default: the project's default model)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the item and distractor choice (default 0)")
+    ap.add_argument("--threads", type=int, help="torch CPU threads for training and evaluation (default: torch's choice)")
+    ap.add_argument("--out", type=Path, help="run folder (default: ADAPTERS/.. with --adapters, else runs/bench_fidelity, "
+                    "or a temp dir with --tiny); the report goes to OUT/conversation_eval")
+    a = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    if a.base_only:
+        base_only(a)
+    else:
+        out = a.out or (a.adapters.parent if a.adapters else
+                        Path(tempfile.mkdtemp(prefix="conversation-")) if a.tiny else ROOT / "runs" / "bench_fidelity")
+        if a.tiny:
+            a.limit, a.max_steps = a.limit or 40, a.max_steps or 20
+        if a.adapters:
+            adapters, data = reuse_adapters(a.adapters), a.data or a.adapters.parent / "data"
+        else:
+            adapters, data = train_adapters(out, a)
+        extra = base_args(out, a)[2:] if a.tiny else []  # the tiny run's cache; the base comes from the manifests
+        extra += ["--max-new-tokens", "8"] if a.tiny else []
+        extra += ["--threads", str(a.threads)] if a.threads else []
+        print_table(evaluate(adapters, data, out / "conversation_eval", a, extra))
+        print(f"\nfull report: {out / 'conversation_eval' / 'eval.md'}")
+    print(f"total {(time.perf_counter() - t0) / 60:.1f} min")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""Next-reply selection: does the model pick the true reply out of 20 (Hits@1 of 20)?
+
+For a held-out (context, reply), the true reply is ranked among 19 distractors in the
+same context; a hit is the true reply ranked first (chance 1/20 = 0.05). Two item sets:
+
+- **persona**: the persona's held-out replies; distractors are the persona's own
+  replies from *other* conversations (held-out ones first, then train ones when the
+  held-out split is too small), so style cannot tell them apart, only the context can;
+- **qa**: general Korean Q/A that no training stage saw (ChatbotData's fixed held-out
+  split, :func:`data_prep.chatbot_data.load_qa`), the question as the user's turn and
+  19 other held-out answers (different text; drawn from the other items' answers) as
+  distractors.
+
+Three scores rank the candidates (each is reported, see :data:`SCORES`):
+
+- ``mean``: mean log-prob per token of the reply given the context;
+- ``pmi``: log p(reply | context) - log p(reply | no context), both summed over the
+  reply's tokens and EOT, the "no context" prompt being the same instruction with no
+  turns. A short generic reply ("ㅋㅋ 그치") is likely after any message and wins
+  under ``mean``; PMI cancels what the reply gets without the message and keeps only
+  what the message adds (the maximum-mutual-information criterion of Li et al. 2016);
+- ``pmi_mean``: PMI per reply token (PMI favours long replies, whose many tokens can
+  each gain a little from the context).
+
+Cost: each item is one shared-prefix pass (:func:`.scoring.score_group`: the context
+once, the 20 candidates as a batch of tails) plus the candidates' no-context scores,
+cached by text, since the candidates come from a small pool.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from core.chat_format import render
+from core.errors import UserError
+from data_prep.chatbot_data import QA
+from data_prep.records import ContextTurn
+from pipeline.evaluation.scoring import Example, ReplyScore, render_group, score_group
+from pipeline.evaluation.tasks import persona_pairs
+
+CANDIDATES = 20  # the true reply + 19 distractors (ConvAI2's Hits@1 of 20)
+SCORES = ("mean", "pmi", "pmi_mean")
+
+
+@dataclass(frozen=True)
+class SelectionItem:
+    """One held-out reply in its context, and the distractors it is ranked against."""
+
+    example: Example  # instruction, context, persona; ``response`` is the true reply
+    distractors: tuple[str, ...]
+
+    @property
+    def candidates(self) -> tuple[str, ...]:
+        """The true reply first, then the distractors."""
+        return (self.example.response or "",) + self.distractors
+
+
+@dataclass(frozen=True)
+class Selected:
+    """Scores of one item's candidates (true reply first) with and without the context."""
+
+    with_context: tuple[ReplyScore, ...]
+    without_context: tuple[ReplyScore, ...]
+
+    def values(self, score: str) -> list[float]:
+        """One value per candidate under ``score`` (one of :data:`SCORES`); higher = chosen."""
+        if score == "mean":
+            return [s.mean for s in self.with_context]
+        pmi = [c.logprob - n.logprob for c, n in zip(self.with_context, self.without_context)]
+        if score == "pmi":
+            return pmi
+        if score == "pmi_mean":
+            return [p / c.tokens for p, c in zip(pmi, self.with_context)]
+        raise ValueError(f"unknown score {score!r}; one of {SCORES}")
+
+    def hit(self, score: str) -> float:
+        """1 when the true reply alone scores highest; 1/k when it ties with k-1 others (a fair coin)."""
+        v = self.values(score)
+        top = max(v)
+        return 0.0 if v[0] < top else 1 / sum(x == top for x in v)
+
+    def rank(self, score: str) -> float:
+        """Rank of the true reply (1 = first); ties share the mean of their ranks."""
+        v = self.values(score)
+        return 1 + sum(x > v[0] for x in v[1:]) + sum(x == v[0] for x in v[1:]) / 2
+
+
+def pick_distractors(truth: str, pool: Sequence[str], k: int, rng: random.Random,
+                     taken: Sequence[str] = ()) -> tuple[str, ...]:
+    """Up to ``k`` distinct texts of ``pool``, none equal to ``truth`` or in ``taken``, seeded."""
+    skip = {truth.strip(), *(t.strip() for t in taken)}
+    options = [t for t in dict.fromkeys(p.strip() for p in pool) if t and t not in skip]
+    return tuple(rng.sample(options, min(k, len(options))))
+
+
+def persona_items(data: Path, persona: str, instruction: str, n: int, seed: int,
+                  candidates: int = CANDIDATES) -> list[SelectionItem]:
+    """``n`` held-out pairs of ``persona`` (seeded), each with replies of other conversations as distractors."""
+    val = persona_pairs(data, "validation", persona)
+    try:
+        train = persona_pairs(data, "train", persona)
+    except UserError:  # no train.jsonl or no train pair: held-out distractors only
+        train = []
+    rng = random.Random(seed)
+    items = []
+    for p in rng.sample(val, min(n, len(val))):
+        held = pick_distractors(p.response, [q.response for q in val if q.conversation_id != p.conversation_id],
+                                candidates - 1, rng)
+        seen = pick_distractors(p.response, [q.response for q in train if q.conversation_id != p.conversation_id],
+                                candidates - 1 - len(held), rng, held)
+        items.append(SelectionItem(Example(instruction, tuple(p.context), persona, p.response), held + seen))
+    return items
+
+
+def qa_items(rows: Sequence[QA], n: int, seed: int, persona: str, user: str,
+             candidates: int = CANDIDATES) -> list[SelectionItem]:
+    """``n`` Q/A rows with distinct answers (seeded); each item's distractors are answers of the other items.
+
+    With fewer than ``candidates`` items the pool is topped up to ``candidates`` answers, so every item
+    still gets its 19 distractors; the pool being small keeps the no-context scores few (one per answer).
+    """
+    rng = random.Random(seed)
+    unique = list({r.answer.strip(): r for r in rows}.values())  # one question per answer: one true reply
+    rng.shuffle(unique)
+    pool = [r.answer for r in unique[:max(n, candidates)]]
+    return [SelectionItem(Example("", (ContextTurn(user, r.question),), persona, r.answer),
+                          pick_distractors(r.answer, pool, candidates - 1, rng))
+            for r in unique[:n]]
+
+
+def score_items(model, tokenizer, items: Sequence[SelectionItem], instruction: str, max_length: int | None,
+                share_prefix: bool = True, progress=None,
+                bare: dict[str, ReplyScore] | None = None) -> list[Selected | None]:
+    """Score every item's candidates after ``instruction``, with and without the context.
+
+    None where the candidates do not fit ``max_length`` even with no context. ``bare`` caches the
+    no-context score of each text: pass the same dict to calls with the same model and instruction.
+    """
+    bare = {} if bare is None else bare
+    out: list[Selected | None] = []
+    for item in items:
+        e = item.example
+        renders = render_group(tokenizer, [Example(instruction, e.context, e.persona, c) for c in item.candidates],
+                               max_length)
+        if renders is None:
+            out.append(None)
+        else:
+            with_context = score_group(model, tokenizer, renders, share_prefix)
+            missing = [c for c in dict.fromkeys(item.candidates) if c not in bare]
+            if missing:
+                alone = [render(tokenizer, instruction, (), e.persona, c, None) for c in missing]
+                bare.update(zip(missing, score_group(model, tokenizer, alone, share_prefix)))
+            out.append(Selected(tuple(with_context), tuple(bare[c] for c in item.candidates)))
+        if progress is not None:
+            progress.update(1)
+    return out
+
+
+def summarize(selected: Sequence[Selected | None]) -> dict[str, object]:
+    """Hits@1 and mean rank of the true reply under each score, chance level, items scored and skipped."""
+    kept = [s for s in selected if s is not None]
+    n = len(kept)
+    out: dict[str, object] = {"n": n, "skipped": len(selected) - n,
+                              "chance": sum(1 / len(s.with_context) for s in kept) / n if n else None}
+    for score in SCORES:
+        out[score] = {"hits1": sum(s.hit(score) for s in kept) / n if n else None,
+                      "mean_rank": sum(s.rank(score) for s in kept) / n if n else None}
+    return out

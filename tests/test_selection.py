@@ -1,0 +1,161 @@
+"""Next-reply selection and speaker attribution: the metrics as defined, and on tiny trained models.
+
+A tiny Gemma (extended with the chat tokens) is fine-tuned in-process two ways on the
+same replies: one answers each message by copying it (the reply depends on the
+context), one sees a shuffled, unrelated message before each reply (the same replies,
+no dependence). Selection must tell them apart. The metric definitions (PMI, ties,
+ranks, attribution, confusion) are checked on hand-made scores with a known answer.
+"""
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from data_prep.chatbot_data import QA
+from data_prep.records import ContextTurn
+from core.chat_format import render
+from pipeline.evaluation import attribution, selection
+from pipeline.evaluation.scoring import ReplyScore, score_group
+from tests.test_evaluate import one_thread  # noqa: F401  (autouse: tiny models run faster on one thread)
+
+PERSONA, USER = "봇", "친구"
+MESSAGES = ("오늘 날씨 좋다", "배고파 밥 먹자", "영화 보러 갈래", "숙제 다 했어?", "내일 시험이야",
+            "고양이 귀여워", "커피 마실래", "주말에 뭐 해", "버스 놓쳤어", "노래 추천해 줘",
+            "비 온다 우산 챙겨", "게임 한 판 할래", "피곤해서 잘래", "생일 축하해", "운동 가자")
+
+
+@pytest.fixture(scope="module")
+def extended_dir(tiny_gemma_dir, tmp_path_factory):
+    from pipeline.extension import ensure_extended
+
+    return ensure_extended(str(tiny_gemma_dir), cache_dir=tmp_path_factory.mktemp("sel-cache"))
+
+
+def fine_tune(extended_dir, pairs: list[tuple[str, str]], steps: int = 60):
+    """The extended tiny model trained on (message, reply) pairs as one padded batch, in eval mode."""
+    import torch
+
+    from core.chat_format import IGNORE_INDEX, pad_id
+    from core.models import load_extended
+
+    torch.manual_seed(0)
+    model, tok, _ = load_extended(extended_dir)
+    rows = [render(tok, "", (ContextTurn(USER, m),), PERSONA, r, 64) for m, r in pairs]
+    width = max(len(r.input_ids) for r in rows)
+    ids = torch.tensor([r.input_ids + [pad_id(tok)] * (width - len(r.input_ids)) for r in rows])
+    labels = torch.tensor([r.labels + [IGNORE_INDEX] * (width - len(r.labels)) for r in rows])
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(steps):
+        model(input_ids=ids, labels=labels).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    return model.eval(), tok
+
+
+def items() -> list[selection.SelectionItem]:
+    """Each message answered by itself among the other messages (15 candidates, chance 1/15)."""
+    return selection.qa_items([QA(m, m, 0) for m in MESSAGES], len(MESSAGES), 0, PERSONA, USER)
+
+
+def hits(model, tok) -> dict[str, float]:
+    s = selection.summarize(selection.score_items(model, tok, items(), "", 64))
+    assert s["n"] == len(MESSAGES) and s["chance"] == pytest.approx(1 / len(MESSAGES))
+    return {k: s[k]["hits1"] for k in selection.SCORES}
+
+
+def test_a_model_that_copies_the_context_beats_one_that_ignores_it(extended_dir):
+    copier = hits(*fine_tune(extended_dir, [(m, m) for m in MESSAGES]))
+    shuffled = random.Random(0).sample(MESSAGES, len(MESSAGES))
+    ignorer = hits(*fine_tune(extended_dir, [(s, m) for s, m in zip(shuffled, MESSAGES)]))
+    for score in selection.SCORES:
+        assert copier[score] >= 0.8, (score, copier)
+        assert copier[score] - ignorer[score] >= 0.5, (score, copier, ignorer)
+
+
+def test_no_context_scores_are_the_reply_after_the_bare_instruction(extended_dir):
+    from core.models import load_extended
+
+    model, tok, _ = load_extended(extended_dir)
+    item = items()[0]
+    got = selection.score_items(model.eval(), tok, [item], "너는 봇이야.", 64)[0]
+    for cand, ctx, bare in zip(item.candidates, got.with_context, got.without_context):
+        alone = score_group(model, tok, [render(tok, "너는 봇이야.", (), PERSONA, cand)])[0]
+        full = score_group(model, tok, [render(tok, "너는 봇이야.", item.example.context, PERSONA, cand)])[0]
+        assert bare.logprob == pytest.approx(alone.logprob, rel=1e-4, abs=1e-3) and bare.tokens == alone.tokens
+        assert ctx.logprob == pytest.approx(full.logprob, rel=1e-4, abs=1e-3) and ctx.tokens == full.tokens
+
+
+def test_pmi_prefers_the_reply_the_context_explains_mean_logprob_the_generic_one():
+    # candidates: the true reply (4 tokens), a generic "ㅋㅋ" likely anywhere (2 tokens), an unrelated reply
+    ctx = (ReplyScore(-8.0, 4), ReplyScore(-2.0, 2), ReplyScore(-12.0, 4))
+    bare = (ReplyScore(-16.0, 4), ReplyScore(-2.2, 2), ReplyScore(-12.4, 4))
+    s = selection.Selected(ctx, bare)
+    assert s.values("mean") == [-2.0, -1.0, -3.0]
+    assert s.values("pmi") == pytest.approx([8.0, 0.2, 0.4])
+    assert s.values("pmi_mean") == pytest.approx([2.0, 0.1, 0.1])
+    assert (s.hit("mean"), s.rank("mean")) == (0.0, 2.0)
+    assert (s.hit("pmi"), s.rank("pmi")) == (1.0, 1.0)
+
+
+def test_a_tie_at_the_top_counts_as_a_fair_draw():
+    same = tuple(ReplyScore(-4.0, 2) for _ in range(4))
+    s = selection.Selected(same, same)
+    assert s.hit("mean") == 0.25 and s.rank("mean") == 2.5
+    summary = selection.summarize([s, None])
+    assert summary["n"] == 1 and summary["skipped"] == 1 and summary["chance"] == 0.25
+
+
+def test_distractors_are_distinct_other_texts_and_seeded():
+    rows = [QA(f"질문 {i}", f"답 {i % 30}", 0) for i in range(90)]  # 30 distinct answers, each asked 3 times
+    a = selection.qa_items(rows, 25, 7, PERSONA, USER)
+    b = selection.qa_items(rows, 25, 7, PERSONA, USER)
+    assert a == b and len(a) == 25
+    assert len({i.example.response for i in a}) == 25  # one item per distinct answer
+    for item in a:
+        assert len(item.candidates) == selection.CANDIDATES == len(set(item.candidates))
+        assert item.example.context == (ContextTurn(USER, item.example.context[0].text),)
+
+
+def test_persona_distractors_come_from_other_conversations_held_out_first(tmp_path):
+    import json
+
+    def pair(conv: str, reply: str) -> str:
+        return json.dumps({"persona": PERSONA, "instruction": "i", "context": [{"speaker": USER, "text": "뭐해"}],
+                           "response": reply, "conversation_id": conv, "source": "t"}, ensure_ascii=False) + "\n"
+
+    val = [pair(f"v{c}", f"검증 {c}-{k}") for c in range(3) for k in range(4)]
+    train = [pair(f"t{c}", f"학습 {c}-{k}") for c in range(5) for k in range(4)]
+    (tmp_path / "validation.jsonl").write_text("".join(val), encoding="utf-8")
+    (tmp_path / "train.jsonl").write_text("".join(train), encoding="utf-8")
+    got = selection.persona_items(tmp_path, PERSONA, "i", 5, 0)
+    assert len(got) == 5
+    for item in got:
+        conv = item.example.response.split()[1].split("-")[0]
+        held = [d for d in item.distractors if d.startswith("검증")]
+        assert len(held) == 8 and all(d.split()[1].split("-")[0] != conv for d in held)  # 2 other conversations
+        assert len(item.distractors) == 19 and item.distractors[:8] == tuple(held)
+
+
+def test_attribution_gives_each_reply_to_the_best_adapter_and_counts_a_confusion():
+    def sc(*lps: float) -> list[ReplyScore]:
+        return [ReplyScore(x, 2) for x in lps]
+
+    truths = ["A", "A", "B", "C"]
+    scores = {"A": sc(-1, -5, -9, -4), "B": sc(-3, -2, -1, -5), "C": sc(-2, -4, -6, -3)}
+    ranked = attribution.attribute(truths, scores)
+    assert [r.predicted for r in ranked] == ["A", "B", "B", "C"]
+    block = attribution.results(truths, scores, {"A": sc(0, 0, 0, 0), "B": sc(-3, -2, -1, -5), "C": sc(0, 0, 0, 0)})
+    assert block["personas"] == ["A", "B", "C"] and block["n"] == {"A": 2, "B": 1, "C": 1}
+    assert block["logprob"]["accuracy"] == 0.75 and block["logprob"]["chance"] == pytest.approx(1 / 3)
+    assert block["logprob"]["matrix"] == [[0.5, 0.5, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
+    # gain over the base in each adapter's prompt: A's and C's adapters score below a base of 0, B's adds
+    # nothing (gain 0), so B wins every reply
+    assert block["gain"]["matrix"] == [[0.0, 1.0, 0.0], [0.0, 1.0, 0.0], [0.0, 1.0, 0.0]]
+    assert block["gain"]["accuracy"] == 0.25
+
+
+def test_attribution_leaves_out_a_reply_that_an_adapter_could_not_score():
+    scores = {"A": [ReplyScore(-1, 1), None], "B": [ReplyScore(-2, 1), ReplyScore(-1, 1)]}
+    ranked = attribution.attribute(["A", "B"], scores)
+    assert len(ranked) == 1 and ranked[0].predicted == "A"
