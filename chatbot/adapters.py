@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from data_prep.errors import UserError
+from data_prep.reply_shape import ReplyLimits
 
 NAME_RE = re.compile(r"[\w-]{1,64}")  # \w includes Hangul; no '.', so no '..' and no PEFT module-path clash
 WEIGHTS = "adapter_model.safetensors"
@@ -42,6 +43,7 @@ class PersonaInfo:
     max_length: int | None = None
     steps: int | None = None
     val_ppl: float | None = None
+    limits: ReplyLimits = ReplyLimits()  # from persona.yaml; defaults for an adapter without them
     reason: str | None = None
 
     @property
@@ -140,7 +142,18 @@ def inspect_adapter(root: Path, d: Path) -> PersonaInfo:
     if not (d / WEIGHTS).is_file():
         return replace(info, reason=f"{WEIGHTS} missing")
     problem = _safetensors_problem(d / WEIGHTS)
-    return replace(info, reason=problem) if problem else info
+    return replace(info, reason=problem) if problem else replace(info, limits=read_limits(d / "persona.yaml"))
+
+
+def read_limits(card: Path) -> ReplyLimits:
+    """The reply limits of a persona card (``persona.yaml``); defaults when it is missing or unreadable."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(card.read_text(encoding="utf-8"))
+        return ReplyLimits.from_card(data if isinstance(data, dict) else None)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, TypeError, ValueError):
+        return ReplyLimits()  # an old or hand-broken card must not make the adapter unusable
 
 
 def discover(adapters_dir: str | Path) -> list[PersonaInfo]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from chatbot.engine import MAX_MESSAGE_CHARS, MAX_NEW_TOKENS_CAP, Engine, GenerationParams, MessageTooLong
+from data_prep.reply_shape import bubbles
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ class Callbacks:
 
     def _stream(self, history: list, chat: list, persona: str, knobs: tuple) -> Iterator[tuple]:
         name = None if persona in (None, "", BASE_CHOICE) else persona
-        bot = lambda text: chat + [{"role": "assistant", "content": text}]  # noqa: E731 (a fresh list per yield)
+        bot = lambda text: chat + reply_bubbles(text)  # noqa: E731 (a fresh list per yield)
         reply = ""
         yield "", bot(""), history
         try:
@@ -97,8 +98,17 @@ def params_from(temperature=None, top_p=None, top_k=None, repetition_penalty=Non
     return GenerationParams(**{k: v for k, v in given.items() if v is not None}).clamped()
 
 
+def reply_bubbles(text: str) -> list[dict]:
+    """A reply as chat messages: one assistant bubble per line, like a KakaoTalk burst (the
+    history keeps it as one turn, as training saw it); one empty bubble while nothing came yet."""
+    return [{"role": "assistant", "content": b} for b in bubbles(text) or [text]]
+
+
 def _display(history: list) -> list:
-    return [{"role": m["role"], "content": m["content"]} for m in history]
+    shown: list[dict] = []
+    for m in history:
+        shown += reply_bubbles(m["content"]) if m["role"] == "assistant" else [{"role": "user", "content": m["content"]}]
+    return shown
 
 
 def build_app(engine: Engine, seed: int | None = None) -> Any:

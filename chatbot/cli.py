@@ -16,6 +16,7 @@ import sys
 from typing import Sequence, TextIO
 
 from data_prep.errors import UserError
+from data_prep.reply_shape import bubbles
 from pipeline.cli import parser, run_cli, setup_logging
 
 BASE = "base"
@@ -86,20 +87,42 @@ class TerminalChat:
         from chatbot.engine import MessageTooLong
 
         history = self.history + [{"role": "user", "content": text}]
-        print(f"{self._name()}> ", end="", file=self.out, flush=True)
-        shown = ""
+        lines = BubbleLines(f"{self._name()}> ", self.out)
+        reply = ""
         try:
             for reply in self.engine.generate(history, self.persona, self.params, seed=self.seed):
-                print(reply[len(shown):], end="", file=self.out, flush=True)
-                shown = reply
+                lines.show(reply)
         except MessageTooLong as e:
             self.say(f"\n(refused: {e})")
             return
-        self.say("")
-        self.history = history + [{"role": "assistant", "content": shown}]
+        lines.close()
+        self.history = history + [{"role": "assistant", "content": reply}]
 
     def _name(self) -> str:
         return self.persona or BASE
+
+
+class BubbleLines:
+    """Prints a growing reply as it streams, one ``name> `` line per bubble (line of a burst)."""
+
+    def __init__(self, prompt: str, out: TextIO):
+        self.prompt, self.out, self.shown = prompt, out, ""
+        self._print(prompt)
+
+    def show(self, reply: str) -> None:
+        """Print what ``reply`` (the whole reply so far) adds to what is on screen."""
+        text = "\n".join(bubbles(reply))
+        if not text.startswith(self.shown):  # not a continuation of what is on screen: a fresh line
+            self._print("\n" + self.prompt)
+            self.shown = ""
+        self._print(text[len(self.shown):].replace("\n", "\n" + self.prompt))
+        self.shown = text
+
+    def close(self) -> None:
+        self._print("\n")
+
+    def _print(self, s: str) -> None:
+        print(s, end="", file=self.out, flush=True)
 
 
 def resolve_persona(engine, name: str | None, what: str = "persona") -> str | None:
