@@ -86,6 +86,7 @@ class Prompt:
 class Candidate:
     text: str
     tokens: int  # scored tokens (the reply and its stop token)
+    ids: tuple[int, ...]  # those token ids
     logp: float  # log p(reply | context), summed
     logp_no_context: float | None
     score: float
@@ -303,30 +304,29 @@ def _candidates(model, tokenizer, rows, gen, logps, stops, params: SamplingParam
     rerank = params.rows > 1 and params.mmi_lambda > 0
     base = no_context_logp(model, tokenizer, rows, scored) if rerank else [None] * len(rows)
     out = []
-    for p, (ids, k), lp, lb in zip(rows, parts, logp, base):
+    for p, (ids, k), lp, lb, sc in zip(rows, parts, logp, base, scored):
         text = tokenizer.decode(ids, skip_special_tokens=True).strip()
         score = (lp - params.mmi_lambda * (lb or 0.0)) / max(k, 1)
-        out.append(Candidate(text, k, lp, lb, score, problem(text, p.sources, p.limits)))
+        out.append(Candidate(text, k, tuple(sc), lp, lb, score, problem(text, p.sources, p.limits)))
     return out
 
 
 def no_context_logp(model, tokenizer, rows: Sequence[Prompt], replies: Sequence[Sequence[int]]) -> list[float]:
     """log p(reply | the instruction alone) of each row's reply ids, in one batched forward."""
+    return reply_logp(model, tokenizer, [p.no_context_ids for p in rows], replies, _adapter_names(rows))
+
+
+def reply_logp(model, tokenizer, prefixes: Sequence[Sequence[int]], replies: Sequence[Sequence[int]],
+               adapter_names: list[str] | None = None) -> list[float]:
+    """Summed log p(reply ids | prefix ids) per row, one batched forward (left-padded)."""
     import torch
 
-    seqs = [list(p.no_context_ids) + list(r) for p, r in zip(rows, replies)]
-    ids, mask = _left_pad(seqs, chat_format.pad_id(tokenizer))
-    kw = {}
-    names = _adapter_names(rows)
-    if names is not None:
-        kw["adapter_names"] = names
+    ids, mask = _left_pad([list(p) + list(r) for p, r in zip(prefixes, replies)], chat_format.pad_id(tokenizer))
+    kw = {} if adapter_names is None else {"adapter_names": adapter_names}
     with torch.inference_mode():
         logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), **kw).logits
     logp = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(2, ids[:, 1:, None].to(logits.device))[..., 0]
-    out = []
-    for i, r in enumerate(replies):
-        out.append(float(logp[i, logp.shape[1] - len(r):].sum()) if r else 0.0)
-    return out
+    return [float(logp[i, logp.shape[1] - len(r):].sum()) if len(r) else 0.0 for i, r in enumerate(replies)]
 
 
 def _rank(c: Candidate) -> tuple[int, float]:

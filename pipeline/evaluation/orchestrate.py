@@ -7,9 +7,11 @@ methods never mix) and freed before the next.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
+from chatbot.decoding import SamplingParams
 from pipeline.evaluation import charts, report
 from pipeline.evaluation.generation import SamplingConfig
 from pipeline.evaluation.parallel import DEFAULT_TSV, ParallelIndex
@@ -54,7 +56,7 @@ def _bar(total: int, desc: str):
 
 def _run(model, tok, cfg, task: PersonaTask, general: list[Example], system: str,
          share_prefix: bool = True) -> SystemOutput:
-    sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
+    sampling = SamplingConfig(replace(SamplingParams(), max_new_tokens=cfg.max_new_tokens), seed=cfg.seed)
     with _bar(work_units(task, general, cfg.generate), f"{task.persona}: {system}") as bar:
         return run_system(model, tok, task, system, general, sampling, cfg.generate, share_prefix, bar)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from pipeline.evaluation.identification import confusion, summarize
+from pipeline.evaluation.reply_stats import example_sources, reply_stats
 from pipeline.evaluation.runner import SYSTEMS, SystemOutput
 from pipeline.evaluation.scoring import perplexity
 from pipeline.evaluation.style import mean_distance, style_distances, style_stats
@@ -47,6 +48,7 @@ def persona_results(task: PersonaTask, out: Mapping[str, SystemOutput], samples:
         "style": {"real": real, **style},
         "style_distance": dist,
         "style_mean_distance": {s: round(mean_distance(d), 4) for s, d in dist.items()},
+        "replies": _reply_block(task, out),
         "shots": list(task.shots),
         "samples": [
             {"context": _context_tail(task, i), "real": task.held_out[i].response,
@@ -54,6 +56,16 @@ def persona_results(task: PersonaTask, out: Mapping[str, SystemOutput], samples:
             for i in range(min(samples, len(task.held_out)))
         ],
     }
+
+
+def _reply_block(task: PersonaTask, out: Mapping[str, SystemOutput]) -> dict[str, Any]:
+    """Empty / echo / loop shares and lengths of each system's replies; ``real``: the persona's own
+    held-out replies in the same contexts (how often the definitions flag a real reply)."""
+    sources = example_sources([e.context for e in task.held_out], task.persona)
+    real = [e.response for e in task.held_out]
+    block = {"real": reply_stats(real, sources, task.limits, task.real_replies)}
+    block.update({s: reply_stats(o.generated, sources, task.limits, task.real_replies) for s, o in out.items()})
+    return block
 
 
 def _summary(o: SystemOutput) -> dict[str, Any]:
@@ -125,12 +137,24 @@ def _persona_md(name: str, r: dict[str, Any], charts: Mapping[str, str]) -> list
                   for k in stats])
     md += ["", "Mean distance: " + ", ".join(f"{SYSTEM_LABELS[s]} {v:.3f}" for s, v in
                                             r["style_mean_distance"].items()), ""]
+    md += _replies_md(r.get("replies"))
     md += [f"![{k}]({v})" for k, v in charts.items()] + [""]
     md += ["### Samples (same context, same seed)", ""]
     for i, s in enumerate(r["samples"], 1):
         ctx = " / ".join(f"{t['speaker']}: {t['text']}" for t in s["context"])
         md += [f"{i}. context: {ctx}", f"   - real: {s['real']}"]
         md += [f"   - {SYSTEM_LABELS[k]}: {s.get(k, '')}" for k in systems]
+    return md + [""]
+
+
+def _replies_md(block: Mapping[str, Any] | None) -> list[str]:
+    if not block:
+        return []
+    md = ["### Generated replies: empty, echoes, loops, length (the chat's own decoding)", ""]
+    rows = [[SYSTEM_LABELS.get(s, "real (held-out)"), v["n"], v["empty"], v["echo"], v["loop"],
+             ", ".join(f"{k} {n}" for k, n in v["loop_reasons"].items()) or "–", v["mean_chars"],
+             v.get("length_ratio"), v["multi_line"]] for s, v in block.items()]
+    md += _table(["replies", "n", "empty", "echo", "loop", "loop kinds", "mean chars", "/ real mean", "bursts"], rows)
     return md + [""]
 
 
@@ -183,6 +207,11 @@ METHOD_NOTES = """\
 - Forgetting = perplexity of general Korean replies (not in training) with an empty instruction, in the chat
   format. The base never saw the chat tokens, so its number is inflated: a ratio below 1 means no forgetting
   was detected (the adapter learned the format), not that its Korean improved; above 1 is the warning sign.
+- Generated replies come from the chat's own decoding (`chatbot.decoding.generate`: 4 candidates, MMI
+  reranking, loop/echo rejection). Echo = a reply equal, after normalising, to the message it answers or to
+  the persona's previous reply, or at least 80% similar (difflib) with 4+ characters; loop = a character run
+  longer than the persona's real data shows, a block repeated 3 times, a repeated word 4-gram, or more lines
+  than the persona sends in one burst. The `real` row applies the same definitions to the real replies.
 - Style statistics compare sampled replies (same seed for every system) with all held-out real replies:
   shares of replies with ㅋ/ㅎ/ㅠㅜ, emoji, emoticons, ?, !, ellipsis; mean length (relative difference);
   sentence endings (total variation distance); distinct-1/2 over words.
