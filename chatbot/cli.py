@@ -36,6 +36,9 @@ def _args(argv: Sequence[str] | None):
     p.add_argument("--top-k", type=int, default=d.top_k, help="sample among the k likeliest tokens (0 = off)")
     p.add_argument("--repetition-penalty", type=float, default=d.repetition_penalty, help="penalty for repeats")
     p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help="reply length cap (tokens)")
+    p.add_argument("--candidates", type=int, default=d.candidates,
+                   help=f"replies sampled per message, the one that best answers it is kept (default {d.candidates}; "
+                        "1 = no reranking, the reply streams as it is generated)")
     p.add_argument("--seed", type=int, default=None, help="seed every reply (reproducible answers)")
     return p.parse_args(argv)
 
@@ -143,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from chatbot.engine import Engine, GenerationParams
 
     params = GenerationParams(args.temperature, args.top_p, args.top_k, args.repetition_penalty,
-                              args.max_new_tokens).clamped()
+                              args.max_new_tokens, args.candidates).clamped()
     engine = Engine.from_adapters_dir(args.adapters, base_model=args.base_model, cache_dir=args.cache_dir)
     chat = TerminalChat(engine, resolve_persona(engine, args.persona, "--persona"), params, args.seed, sys.stdout)
     chat.run(sys.stdin)

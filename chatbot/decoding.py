@@ -263,23 +263,47 @@ def generate(
 def _generate_kwargs(model, tokenizer, ids, mask, rows, params: SamplingParams, stops, recorder) -> dict:
     from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
 
-    check = 8 if params.greedy else max(params.top_k or 0, 48) + 16
-    processors = [recorder, ReplyShaper(tokenizer, ids.shape[1], [p.limits for p in rows], stops, check)]
-    if params.repetition_penalty > 1.0:  # after the recorder, so the score sees the model's own logits
+    check = 8 if params.greedy else (params.top_k or 48) + 16
+    processors: list = [recorder]  # first: the score sees the model's own logits
+    if params.repetition_penalty > 1.0:
         processors.append(RepetitionPenaltyLogitsProcessor(params.repetition_penalty))
+    processors.append(ReplyShaper(tokenizer, ids.shape[1], [p.limits for p in rows], stops, check))
     kw = dict(
         input_ids=ids.to(model.device), attention_mask=mask.to(model.device), max_new_tokens=params.max_new_tokens,
         do_sample=not params.greedy, repetition_penalty=1.0, eos_token_id=stops, pad_token_id=chat_format.pad_id(tokenizer),
-        logits_processor=LogitsProcessorList(processors),
     )
     if params.greedy:
         kw.update(top_k=None, top_p=None, temperature=None)
+    elif params.top_k:
+        processors.append(TopKNucleus(params.temperature, params.top_k, params.top_p))
+        kw.update(temperature=1.0, top_k=0, top_p=1.0)  # done above, without sorting the vocabulary
     else:
-        kw.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
+        kw.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
+    kw["logits_processor"] = LogitsProcessorList(processors)
     names = _adapter_names(rows)
     if names is not None:
         kw["adapter_names"] = names
     return kw
+
+
+class TopKNucleus:
+    """Temperature, then top-k, then top-p within the k: what transformers' three warpers do, but
+    top-p looks only at the k survivors instead of sorting the whole vocabulary (262k entries for
+    Gemma: 26 ms a row on a CPU, per step)."""
+
+    def __init__(self, temperature: float, top_k: int, top_p: float):
+        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        scores = scores / self.temperature
+        vals, idx = scores.topk(min(self.top_k, scores.shape[-1]), dim=-1)  # sorted, highest first
+        probs = torch.softmax(vals, dim=-1)
+        drop = (probs.cumsum(-1) - probs) >= self.top_p  # the mass above a token already reaches top-p
+        drop[..., 0] = False
+        vals = vals.masked_fill(drop, float("-inf"))
+        return torch.full_like(scores, float("-inf")).scatter(-1, idx, vals)
 
 
 def _adapter_names(rows: Sequence[Prompt]) -> list[str] | None:
@@ -318,14 +342,20 @@ def no_context_logp(model, tokenizer, rows: Sequence[Prompt], replies: Sequence[
 
 def reply_logp(model, tokenizer, prefixes: Sequence[Sequence[int]], replies: Sequence[Sequence[int]],
                adapter_names: list[str] | None = None) -> list[float]:
-    """Summed log p(reply ids | prefix ids) per row, one batched forward (left-padded)."""
+    """Summed log p(reply ids | prefix ids) per row, one batched forward (left-padded).
+
+    Logits are computed only for the last positions, where the replies are: the output layer
+    is most of the cost of a forward with Gemma's 262k-token vocabulary."""
     import torch
 
     ids, mask = _left_pad([list(p) + list(r) for p, r in zip(prefixes, replies)], chat_format.pad_id(tokenizer))
+    keep = max(len(r) for r in replies) + 1
     kw = {} if adapter_names is None else {"adapter_names": adapter_names}
     with torch.inference_mode():
-        logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), **kw).logits
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(2, ids[:, 1:, None].to(logits.device))[..., 0]
+        logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), logits_to_keep=keep,
+                       **kw).logits
+    target = ids[:, -keep + 1:, None].to(logits.device) if keep > 1 else ids[:, :0, None]
+    logp = torch.log_softmax(logits[:, -keep:-1].float(), dim=-1).gather(2, target)[..., 0]
     return [float(logp[i, logp.shape[1] - len(r):].sum()) if len(r) else 0.0 for i, r in enumerate(replies)]
 
 

@@ -148,3 +148,17 @@ def test_mixed_adapter_batch_passes_adapter_names(tiny):
     out = decoding.generate(Spy(), tok, [a, b], SamplingParams(max_new_tokens=4, candidates=2), seed=0)
     assert len(out) == 2
     assert seen["generate"] == seen["forward"] == ["minji", "minji", "__base__", "__base__"]
+
+
+def test_top_k_nucleus_equals_transformers_warpers():
+    import torch
+    from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    scores = torch.randn(3, 500) * 3
+    want = scores
+    for warper in (TemperatureLogitsWarper(0.8), TopKLogitsWarper(50), TopPLogitsWarper(0.9)):
+        want = warper(None, want)
+    got = decoding.TopKNucleus(0.8, 50, 0.9)(None, scores)
+    assert torch.equal(torch.isfinite(got), torch.isfinite(want))
+    assert torch.allclose(got[torch.isfinite(got)], want[torch.isfinite(want)])
+    assert 1 < int(torch.isfinite(got[0]).sum()) < 50
