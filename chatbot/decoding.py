@@ -35,7 +35,9 @@ from pipeline import chat_format
 
 MAX_NEW_TOKENS_CAP = 512  # hard cap whatever the caller asks for
 MAX_CANDIDATES = 16
-_RANK = {None: 0, "echo": 1, "empty": 3}  # loops rank 2: see _rank
+_RANK = {None: 0, "echo": 1, "unfinished": 1, "empty": 3}  # loops rank 2: see _rank
+LAGGARD_FACTOR = 2  # a row this many times longer than a finished sibling (+ LAGGARD_SLACK tokens) is cut
+LAGGARD_SLACK = 8
 
 
 @dataclass(frozen=True)
@@ -237,6 +239,7 @@ def generate(
     candidates the reply is known once all of them are done.
     """
     import torch
+    from transformers import StoppingCriteriaList
 
     params = (params or SamplingParams()).clamped()
     if seed is not None:
@@ -250,8 +253,7 @@ def generate(
     kw = _generate_kwargs(model, tokenizer, ids, mask, rows, params, stops, recorder)
     if streamer is not None and len(rows) == 1:
         kw["streamer"] = streamer
-    if stopping_criteria is not None:
-        kw["stopping_criteria"] = stopping_criteria
+    kw["stopping_criteria"] = StoppingCriteriaList([*(stopping_criteria or []), Laggards(ids.shape[1], n, stops)])
     with torch.inference_mode():
         seqs = model.generate(**kw)
     gen = seqs[:, ids.shape[1]:].cpu()
@@ -286,6 +288,27 @@ def _generate_kwargs(model, tokenizer, ids, mask, rows, params: SamplingParams, 
     return kw
 
 
+class Laggards:
+    """Per-row stop for a candidate that rambles on after a sibling (same prompt) has finished.
+
+    The batch runs until its last row ends, so one candidate heading for ``max_new_tokens`` would
+    hold back the reply; a row at ``LAGGARD_FACTOR`` times the length of its prompt's shortest
+    finished candidate plus ``LAGGARD_SLACK`` tokens is cut (and ranked as ``unfinished``)."""
+
+    def __init__(self, prompt_width: int, group: int, stops: Sequence[int]):
+        self.width, self.group, self.stops = prompt_width, group, list(stops)
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        gen = input_ids[:, self.width:]
+        hit = torch.isin(gen, torch.tensor(self.stops, device=gen.device))
+        done = hit.any(dim=1)
+        ended_at = torch.where(done, hit.float().argmax(dim=1) + 1, torch.full_like(done, 10**6, dtype=torch.long))
+        shortest = ended_at.view(-1, self.group).min(dim=1).values.repeat_interleave(self.group)
+        return done | (gen.shape[1] >= shortest * LAGGARD_FACTOR + LAGGARD_SLACK)
+
+
 class TopKNucleus:
     """Temperature, then top-k, then top-p within the k: what transformers' three warpers do, but
     top-p looks only at the k survivors instead of sorting the whole vocabulary (262k entries for
@@ -312,17 +335,19 @@ def _adapter_names(rows: Sequence[Prompt]) -> list[str] | None:
     return [p.adapter or "__base__" for p in rows]  # PEFT's name for "no adapter" in a mixed batch
 
 
-def _reply_tokens(row, stops: Sequence[int]) -> tuple[list[int], int]:
-    """(reply ids without the stop token, scored token count including it)."""
+def _reply_tokens(row, stops: Sequence[int], pad: int) -> tuple[list[int], int]:
+    """(reply ids without the stop token, scored token count including it); padding follows a cut row."""
     ids = row.tolist()
     for i, t in enumerate(ids):
         if t in stops:
             return ids[:i], i + 1
+        if t == pad:
+            return ids[:i], i
     return ids, len(ids)
 
 
 def _candidates(model, tokenizer, rows, gen, logps, stops, params: SamplingParams) -> list[Candidate]:
-    parts = [_reply_tokens(g, stops) for g in gen]
+    parts = [_reply_tokens(g, stops, chat_format.pad_id(tokenizer)) for g in gen]
     logp = [float(logps[i, :k].sum()) if logps is not None and k else 0.0 for i, (_, k) in enumerate(parts)]
     scored = [gen[i, :k].tolist() for i, (_, k) in enumerate(parts)]
     rerank = params.rows > 1 and params.mmi_lambda > 0
@@ -331,7 +356,10 @@ def _candidates(model, tokenizer, rows, gen, logps, stops, params: SamplingParam
     for p, (ids, k), lp, lb, sc in zip(rows, parts, logp, base, scored):
         text = tokenizer.decode(ids, skip_special_tokens=True).strip()
         score = (lp - params.mmi_lambda * (lb or 0.0)) / max(k, 1)
-        out.append(Candidate(text, k, tuple(sc), lp, lb, score, problem(text, p.sources, p.limits)))
+        why = problem(text, p.sources, p.limits)
+        if why is None and len(sc) == len(ids) and len(ids) < gen.shape[1]:
+            why = "unfinished"  # cut by Laggards: no stop token, shorter than the batch
+        out.append(Candidate(text, k, tuple(sc), lp, lb, score, why))
     return out
 
 

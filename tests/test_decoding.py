@@ -162,3 +162,15 @@ def test_top_k_nucleus_equals_transformers_warpers():
     assert torch.equal(torch.isfinite(got), torch.isfinite(want))
     assert torch.allclose(got[torch.isfinite(got)], want[torch.isfinite(want)])
     assert 1 < int(torch.isfinite(got[0]).sum()) < 50
+
+
+def test_a_rambling_candidate_is_cut_once_a_sibling_has_finished():
+    import torch
+
+    stop, pad = 9, 0
+    lag = decoding.Laggards(prompt_width=2, group=2, stops=[stop])
+    rows = torch.tensor([[1, 1, 5, stop] + [pad] * 7, [1, 1] + [6] * 9, [1, 1] + [7] * 9, [1, 1] + [8] * 9])
+    # prompt 0: a sibling ended after 2 tokens, so its other row stops at 2 * 2 + 8 = 12 tokens, not before
+    assert lag(rows, None).tolist() == [True, False, False, False]
+    longer = torch.cat([rows, torch.full((4, 3), 6)], dim=1)
+    assert lag(longer, None).tolist() == [True, True, False, False]  # prompt 1: nobody finished yet
