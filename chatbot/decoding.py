@@ -194,13 +194,13 @@ class ReplyShaper:
         self.width = prompt_width
         self.limits = list(limits)
         self.stops = torch.tensor(list(stops))
-        self.stop_set = set(stops)
+        self.ended = set(stops) | {chat_format.pad_id(tokenizer)}  # padding follows a row that was cut
         self.check = check
 
     def __call__(self, input_ids, scores):
         gen = input_ids[:, self.width:].tolist()
         for r, ids in enumerate(gen):
-            if any(i in self.stop_set for i in ids):
+            if any(i in self.ended for i in ids):
                 continue  # this row has ended; its tokens are padding now
             self._shape_row(r, b"".join(self.table[i] for i in ids), scores)
         return scores
