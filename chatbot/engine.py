@@ -9,7 +9,9 @@ No Gradio here (the web app and the terminal chat both drive this)::
 Prompts are built by :func:`pipeline.chat_format.render`, the same builder training used:
 the adapter manifest's ``instruction`` as the system turn, the chat user's turns spoken as
 the manifest's ``user_speaker``, the bot's earlier replies as the persona's own turns; the
-oldest turns are dropped to fit the context budget. Generation stops at ``<|eot|>``.
+oldest turns are dropped to fit the context budget. Replies come from
+:func:`chatbot.decoding.generate` (the evaluation calls it too): several candidates sampled in
+one batch and reranked, loops and echoes rejected, the persona's limits from its ``persona.yaml``.
 
 Switching persona is ``set_adapter`` plus writing the adapter's new-token embedding rows
 into the base matrix in place (see :func:`_pin_token_rows`); ``set_adapter`` is global, so

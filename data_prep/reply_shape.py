@@ -44,7 +44,7 @@ _STRIP = re.compile(r"[\s.,!?~…]+")
 class ReplyLimits:
     """How far a persona's real turns go: longest run per character class, lines, length."""
 
-    max_runs: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_RUNS))
+    max_runs: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_RUNS), hash=False)
     max_lines: int = DEFAULT_MAX_LINES
     median_chars: int = 0  # 0 = unknown
     p90_chars: int = 0
