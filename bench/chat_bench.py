@@ -8,6 +8,9 @@ base (``ensure_extended(None)``) with random ``lora_B`` and new-token rows (so e
 persona differs), in the adapter-directory layout ``pipeline.train`` writes. Then it
 loads them all into one ``chatbot.engine.Engine`` and prints:
 
+- time to the first bubble (first line of a reply, or the whole reply when it has one line) of a
+  ~20-token reply with reranking (the default candidates), with one candidate and greedy, and the
+  load average it was measured under;
 - swap latency (median / max over ``--swaps`` persona switches; target < 50 ms) against
   the time a full reload of the extended base takes (what switching would cost without
   one shared PeftModel), as a ratio;
@@ -19,10 +22,12 @@ loads them all into one ``chatbot.engine.Engine`` and prints:
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -52,11 +57,42 @@ def time_swaps(engine, names: list, swaps: int) -> list[float]:
     return [engine.swap(cycle[i % len(cycle)]) for i in range(swaps)]
 
 
+def first_bubble(engine, persona, params, seed: int) -> tuple[float, float, str]:
+    """(seconds until the first bubble is complete on screen, CPU seconds of this process by then,
+    the whole reply). On a shared machine the CPU time is the steadier figure: divided by the
+    threads it bounds the wall time of an idle machine from below."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    first, text = None, ""
+    for text in engine.generate(HISTORY, persona, params, seed=seed):
+        if first is None and "\n" in text.strip():
+            first = (time.perf_counter() - t0, time.process_time() - c0)  # a streamed burst: line 1 is done
+    wall, cpu = first or (time.perf_counter() - t0, time.process_time() - c0)
+    return wall, cpu, text
+
+
+def time_first_bubble(engine, persona, tokens: int, repeats: int) -> None:
+    """Median first-bubble latency with reranking (the default candidates) and without (1 candidate)."""
+    from chatbot.decoding import SamplingParams
+
+    default = SamplingParams(max_new_tokens=tokens)
+    runs = {"reranked": default, "1 candidate (no reranking)": replace(default, candidates=1),
+            "greedy": replace(default, temperature=0)}
+    med = {}
+    for label, params in runs.items():
+        got = [first_bubble(engine, persona, params, seed) for seed in range(repeats)]
+        med[label] = statistics.median(t for t, _, _ in got)
+        cpu = statistics.median(c for _, c, _ in got)
+        print(f"first bubble, {label} ({params.rows} rows, max {tokens} new tokens): median {med[label]:.2f} s "
+              f"wall, {cpu:.2f} s CPU over {repeats} (target < 2 s wall); load {os.getloadavg()[0]:.1f}; "
+              f"e.g. {got[0][2]!r}")
+    print(f"reranking costs {med['reranked'] / med['1 candidate (no reranking)']:.2f}x the single-candidate time")
+
+
 def time_stream(engine, persona, tokens: int) -> tuple[float, float, int]:
     """(seconds to first text, tokens/s over the whole reply, tokens generated)."""
     from chatbot.engine import GenerationParams
 
-    params = GenerationParams(max_new_tokens=tokens)
+    params = GenerationParams(max_new_tokens=tokens, candidates=1)
     t0 = time.perf_counter()
     first, text = None, ""
     for text in engine.generate(HISTORY, persona, params, seed=0):
@@ -91,6 +127,9 @@ def main() -> None:
     ap.add_argument("--n-adapters", type=int, default=3, help="quick adapters to make")
     ap.add_argument("--swaps", type=int, default=40, help="persona switches to time")
     ap.add_argument("--tokens", type=int, default=32, help="new tokens per timed reply")
+    ap.add_argument("--bubble-tokens", type=int, default=20, help="max new tokens of the first-bubble replies")
+    ap.add_argument("--repeats", type=int, default=3, help="replies per first-bubble measurement (seeds 0..)")
+    ap.add_argument("--only-bubble", action="store_true", help="only the first-bubble latency (skip the rest)")
     args = ap.parse_args()
 
     import torch
@@ -100,7 +139,7 @@ def main() -> None:
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     ext = ensure_extended(None, cache_dir=args.cache_dir)
-    reload_s = min(time_reload(ext) for _ in range(2))
+    reload_s = 0.0 if args.only_bubble else min(time_reload(ext) for _ in range(2))
     with tempfile.TemporaryDirectory() as tmp:
         adapters = Path(args.adapters) if args.adapters else Path(tmp)
         if not args.adapters:
@@ -109,6 +148,10 @@ def main() -> None:
         engine = Engine.from_adapters_dir(adapters, cache_dir=args.cache_dir)
         start_s = time.perf_counter() - t0
         names = [p.name for p in engine.personas if p.available]
+        print(f"load average before the replies: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+        time_first_bubble(engine, names[0], args.bubble_tokens, args.repeats)
+        if args.only_bubble:
+            return
         swaps = time_swaps(engine, names, args.swaps)
         print(f"personas: {names}; engine start (base + {len(names)} adapters): {start_s:.2f} s")
         med = statistics.median(swaps)

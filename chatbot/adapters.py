@@ -19,6 +19,7 @@ from pathlib import Path
 from core.adapter_format import ADAPTER_CONFIG, ADAPTER_WEIGHTS, MANIFEST, PICKLE_WEIGHTS, lora_problem, read_manifest
 from core.errors import UserError
 from core.files import read_json
+from core.reply_shape import ReplyLimits, read_limits
 
 NAME_RE = re.compile(r"[\w-]{1,64}")  # \w includes Hangul; no '.', so no '..' and no PEFT module-path clash
 # only LoRA adapters can live side by side in one PeftModel and be switched with set_adapter
@@ -40,6 +41,7 @@ class PersonaInfo:
     max_length: int | None = None
     steps: int | None = None
     val_ppl: float | None = None
+    limits: ReplyLimits = ReplyLimits()  # from persona.yaml; defaults for an adapter without them
     reason: str | None = None
 
     @property
@@ -106,7 +108,7 @@ def inspect_adapter(root: Path, d: Path) -> PersonaInfo:
     if not (d / ADAPTER_WEIGHTS).is_file():
         return replace(info, reason=f"{ADAPTER_WEIGHTS} missing")
     problem = lora_problem(d / ADAPTER_WEIGHTS)
-    return replace(info, reason=problem) if problem else info
+    return replace(info, reason=problem) if problem else replace(info, limits=read_limits(d / "persona.yaml"))
 
 
 def discover(adapters_dir: str | Path) -> list[PersonaInfo]:

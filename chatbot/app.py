@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from chatbot.engine import MAX_MESSAGE_CHARS, MAX_NEW_TOKENS_CAP, Engine, GenerationParams, MessageTooLong
+from core.reply_shape import bubbles
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ class Callbacks:
 
     def _stream(self, history: list, chat: list, persona: str, knobs: tuple) -> Iterator[tuple]:
         name = None if persona in (None, "", BASE_CHOICE) else persona
-        bot = lambda text: chat + [{"role": "assistant", "content": shown(text)}]  # noqa: E731 (a fresh list per yield)
+        bot = lambda text: chat + reply_bubbles(text)  # noqa: E731 (a fresh list per yield)
         reply = ""
         yield "", bot(""), history
         try:
@@ -141,8 +142,17 @@ def _capped(messages: list) -> list:
     return kept
 
 
+def reply_bubbles(text: str) -> list[dict]:
+    """A reply as chat messages, escaped: one assistant bubble per line, like a KakaoTalk burst (the
+    history keeps it as one turn, as training saw it); one empty bubble while nothing came yet."""
+    return [{"role": "assistant", "content": shown(b)} for b in bubbles(text) or [text]]
+
+
 def _display(history: list) -> list:
-    return [{"role": m["role"], "content": shown(m["content"])} for m in history]
+    out: list[dict] = []
+    for m in history:
+        out += reply_bubbles(m["content"]) if m["role"] == "assistant" else [{"role": "user", "content": shown(m["content"])}]
+    return out
 
 
 def build_app(engine: Engine, seed: int | None = None) -> Any:

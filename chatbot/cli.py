@@ -17,6 +17,7 @@ from typing import Sequence, TextIO
 
 from core.cli import parser, run_cli, setup_logging
 from core.errors import UserError
+from core.reply_shape import bubbles
 
 BASE = "base"
 
@@ -35,6 +36,9 @@ def _args(argv: Sequence[str] | None):
     p.add_argument("--top-k", type=int, default=d.top_k, help="sample among the k likeliest tokens (0 = off)")
     p.add_argument("--repetition-penalty", type=float, default=d.repetition_penalty, help="penalty for repeats")
     p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help="reply length cap (tokens)")
+    p.add_argument("--candidates", type=int, default=d.candidates,
+                   help=f"replies sampled per message, the one that best answers it is kept (default {d.candidates}; "
+                        "1 = no reranking, the reply streams as it is generated)")
     p.add_argument("--seed", type=int, default=None, help="seed every reply (reproducible answers)")
     return p.parse_args(argv)
 
@@ -86,20 +90,42 @@ class TerminalChat:
         from chatbot.engine import MessageTooLong
 
         history = self.history + [{"role": "user", "content": text}]
-        print(f"{self._name()}> ", end="", file=self.out, flush=True)
-        shown = ""
+        lines = BubbleLines(f"{self._name()}> ", self.out)
+        reply = ""
         try:
             for reply in self.engine.generate(history, self.persona, self.params, seed=self.seed):
-                print(reply[len(shown):], end="", file=self.out, flush=True)
-                shown = reply
+                lines.show(reply)
         except MessageTooLong as e:
             self.say(f"\n(refused: {e})")
             return
-        self.say("")
-        self.history = history + [{"role": "assistant", "content": shown}]
+        lines.close()
+        self.history = history + [{"role": "assistant", "content": reply}]
 
     def _name(self) -> str:
         return self.persona or BASE
+
+
+class BubbleLines:
+    """Prints a growing reply as it streams, one ``name> `` line per bubble (line of a burst)."""
+
+    def __init__(self, prompt: str, out: TextIO):
+        self.prompt, self.out, self.shown = prompt, out, ""
+        self._print(prompt)
+
+    def show(self, reply: str) -> None:
+        """Print what ``reply`` (the whole reply so far) adds to what is on screen."""
+        text = "\n".join(bubbles(reply))
+        if not text.startswith(self.shown):  # not a continuation of what is on screen: a fresh line
+            self._print("\n" + self.prompt)
+            self.shown = ""
+        self._print(text[len(self.shown):].replace("\n", "\n" + self.prompt))
+        self.shown = text
+
+    def close(self) -> None:
+        self._print("\n")
+
+    def _print(self, s: str) -> None:
+        print(s, end="", file=self.out, flush=True)
 
 
 def resolve_persona(engine, name: str | None, what: str = "persona") -> str | None:
@@ -120,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from chatbot.engine import Engine, GenerationParams
 
     params = GenerationParams(args.temperature, args.top_p, args.top_k, args.repetition_penalty,
-                              args.max_new_tokens).clamped()
+                              args.max_new_tokens, args.candidates).clamped()
     engine = Engine.from_adapters_dir(args.adapters, base_model=args.base_model, cache_dir=args.cache_dir)
     chat = TerminalChat(engine, resolve_persona(engine, args.persona, "--persona"), params, args.seed, sys.stdout)
     chat.run(sys.stdin)

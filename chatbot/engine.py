@@ -9,7 +9,9 @@ No Gradio here (the web app and the terminal chat both drive this)::
 Prompts are built by :func:`core.chat_format.render`, the same builder training used:
 the adapter manifest's ``instruction`` as the system turn, the chat user's turns spoken as
 the manifest's ``user_speaker``, the bot's earlier replies as the persona's own turns; the
-oldest turns are dropped to fit the context budget. Generation stops at ``<|eot|>``.
+oldest turns are dropped to fit the context budget. Replies come from
+:func:`chatbot.decoding.generate` (the evaluation calls it too): several candidates sampled in
+one batch and reranked, loops and echoes rejected, the persona's limits from its ``persona.yaml``.
 
 Switching persona is ``set_adapter`` plus writing the adapter's new-token embedding rows
 into the base matrix in place (see :func:`_pin_token_rows`); ``set_adapter`` is global, so
@@ -24,41 +26,26 @@ import sys
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from chatbot import decoding
 from chatbot.adapters import PersonaInfo, check_base, choose_base, discover
+from chatbot.decoding import MAX_NEW_TOKENS_CAP, Prompt, SamplingParams  # noqa: F401 (re-exported)
 from core import chat_format
 from core.errors import UserError
 from core.models import default_device, find_extended, load_adapter, load_extended
+from core.reply_shape import ReplyLimits, echo_sources
 
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_CHARS = 1000  # longer chat messages are refused (by the app/CLI, and by generate)
-MAX_NEW_TOKENS_CAP = 512  # hard cap whatever the caller asks for
 BASE_USER_SPEAKER = "나"  # who the user is when chatting with the bare base model
 _BOT = "\x00bot"  # speaker id for the bot's own turns; cannot collide with a real name
 
 
-@dataclass(frozen=True)
-class GenerationParams:
-    """Sampling settings; :meth:`clamped` keeps them in safe ranges."""
-
-    temperature: float = 0.8  # 0 = greedy
-    top_p: float = 0.9
-    top_k: int = 50
-    repetition_penalty: float = 1.1
-    max_new_tokens: int = 128
-
-    def clamped(self) -> "GenerationParams":
-        return GenerationParams(
-            temperature=min(max(float(self.temperature), 0.0), 2.0),
-            top_p=min(max(float(self.top_p), 0.05), 1.0),
-            top_k=min(max(int(self.top_k), 0), 1000),
-            repetition_penalty=min(max(float(self.repetition_penalty), 1.0), 2.0),
-            max_new_tokens=min(max(int(self.max_new_tokens), 1), MAX_NEW_TOKENS_CAP),
-        )
+GenerationParams = SamplingParams  # the engine's historical name for the one set of sampling settings
 
 
 class MessageTooLong(ValueError):
@@ -121,6 +108,7 @@ class Engine:
         self.max_positions = int(getattr(cfg, "max_position_embeddings", None) or 2048)
         self.stop_ids = chat_format.stop_ids(tokenizer)
         self.pad_id = chat_format.pad_id(tokenizer)
+        decoding.token_bytes(tokenizer)  # built once here (0.6 s for 262k tokens), not in the first reply
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
@@ -202,6 +190,19 @@ class Engine:
             raise MessageTooLong("the message does not fit in the model's context")
         return rendered.input_ids
 
+    def prompt(self, history: Sequence[dict], persona: str | None, max_new_tokens: int,
+               adapter: str | None = None) -> Prompt:
+        """The :class:`chatbot.decoding.Prompt` for the reply to ``history``: ids, the instruction
+        alone (the reranking baseline), what the reply must not echo, the persona's limits.
+        ``adapter``: name it for a per-row adapter in a mixed batch (default: the active adapter)."""
+        info = self.persona(persona)
+        return Prompt(
+            ids=self.prompt_ids(history, persona, max_new_tokens),
+            no_context_ids=self.prompt_ids([], persona, max_new_tokens),
+            sources=echo_sources((m["role"] == "assistant", str(m["content"])) for m in history),
+            limits=info.limits if info else ReplyLimits(), adapter=adapter,
+        )
+
     def _context_budget(self, info: PersonaInfo | None, max_new_tokens: int) -> int:
         # the adapter saw at most max_length tokens in training; never pass the model's positions
         soft = (info.max_length if info and info.max_length else None) or self.max_positions
@@ -210,27 +211,34 @@ class Engine:
 
     # ---- generation ------------------------------------------------------------------------
     def generate(
-        self, history: Sequence[dict], persona: str | None, params: GenerationParams | None = None,
+        self, history: Sequence[dict], persona: str | None, params: SamplingParams | None = None,
         seed: int | None = None,
     ) -> Iterator[str]:
         """Stream the reply to ``history`` ([{role: user|assistant, content}], last one the user's).
 
-        Yields the growing reply text (each item is the whole reply so far, not a delta).
-        ``persona`` None = the base model with adapters disabled. Raises KeyError for an
-        unknown persona, :class:`MessageTooLong` for a message over the limit.
+        Yields the growing reply text (each item is the whole reply so far, not a delta); with
+        several candidates (the default) the reply is known once all are sampled and reranked, so
+        it comes in one piece. A multi-line reply is a burst: one bubble per line
+        (:func:`core.reply_shape.bubbles`). ``persona`` None = the base model with adapters
+        disabled. Raises KeyError for an unknown persona, :class:`MessageTooLong` for a message
+        over the limit.
         """
-        ids, params = self.prepare(history, persona, params)
-        yield from self._stream(ids, persona, params, seed)
+        params = self.checked(history, params)
+        yield from self._stream(self.prompt(history, persona, params.max_new_tokens), persona, params, seed)
+
+    def checked(self, history: Sequence[dict], params: GenerationParams | None = None) -> GenerationParams:
+        """Clamped ``params`` with max_new_tokens fitted to the context; MessageTooLong for an over-long message."""
+        params = (params or GenerationParams()).clamped()
+        if history and len(str(history[-1].get("content", ""))) > MAX_MESSAGE_CHARS:
+            raise MessageTooLong(f"message longer than {MAX_MESSAGE_CHARS} characters")
+        return replace(params, max_new_tokens=min(params.max_new_tokens, self.max_positions // 2))
 
     def prepare(
         self, history: Sequence[dict], persona: str | None, params: GenerationParams | None = None,
     ) -> tuple[list[int], GenerationParams]:
         """(prompt ids, clamped params) for a reply: the checks :meth:`generate` makes before generating."""
-        params = (params or GenerationParams()).clamped()
-        if history and len(str(history[-1].get("content", ""))) > MAX_MESSAGE_CHARS:
-            raise MessageTooLong(f"message longer than {MAX_MESSAGE_CHARS} characters")
-        max_new = min(params.max_new_tokens, self.max_positions // 2)
-        return self.prompt_ids(history, persona, max_new), replace(params, max_new_tokens=max_new)
+        params = self.checked(history, params)
+        return self.prompt_ids(history, persona, params.max_new_tokens), params
 
     @property
     def token_layers(self) -> list:
@@ -241,13 +249,13 @@ class Engine:
         """The lock :meth:`generate` holds from persona swap to the end of a reply (``with engine.exclusive():``)."""
         return self._lock
 
-    def _stream(self, ids: list[int], persona: str | None, params: GenerationParams, seed: int | None):
+    def _stream(self, prompt: Prompt, persona: str | None, params: SamplingParams, seed: int | None):
         from transformers import TextIteratorStreamer
 
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
         cancel = _Cancel()
         worker = threading.Thread(
-            target=self._generate_locked, args=(ids, persona, params, seed, streamer, cancel), daemon=True,
+            target=self._generate_locked, args=(prompt, persona, params, seed, streamer, cancel), daemon=True,
         )
         worker.start()
         text = ""
@@ -262,40 +270,32 @@ class Engine:
             worker.join()
         if getattr(worker, "error", None) is not None:
             raise worker.error
+        final = getattr(worker, "reply", None)
+        if final is not None and final.text != text.strip():
+            yield final.text
 
-    def _generate_locked(self, ids, persona, params, seed, streamer, cancel) -> None:
+    def _generate_locked(self, prompt: Prompt, persona, params, seed, streamer, cancel) -> None:
         import contextlib
 
         import torch
+        from transformers import StoppingCriteriaList
 
+        me = threading.current_thread()
         try:
             with self._lock:
                 self._activate(persona)
-                if seed is not None:
-                    torch.manual_seed(seed)  # global RNG: seeded under the lock
                 off = self.model.disable_adapter() if persona is None else contextlib.nullcontext()
                 with off, torch.inference_mode():
-                    self.model.generate(**self._generate_kwargs(ids, params, streamer, cancel))
+                    # global RNG: seeded under the lock
+                    me.reply = decoding.generate(
+                        self.model, self.tokenizer, [prompt], params, seed=seed, streamer=streamer,
+                        stopping_criteria=StoppingCriteriaList([cancel]),
+                    )[0]
         except BaseException as e:  # surfaced in the consumer thread
-            threading.current_thread().error = e
+            me.error = e
             log.exception("generation failed")
-            streamer.end()
-
-    def _generate_kwargs(self, ids, params: GenerationParams, streamer, cancel) -> dict:
-        import torch
-        from transformers import StoppingCriteriaList
-
-        sample = params.temperature > 0
-        kw = dict(
-            input_ids=torch.tensor([ids], device=self.model.device),
-            attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=self.model.device),
-            max_new_tokens=params.max_new_tokens, do_sample=sample,
-            repetition_penalty=params.repetition_penalty, eos_token_id=self.stop_ids,
-            pad_token_id=self.pad_id, streamer=streamer, stopping_criteria=StoppingCriteriaList([cancel]),
-        )
-        if sample:
-            kw.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
-        return kw
+        finally:
+            streamer.end()  # a no-op for the consumer when generate already ended it
 
     def reply(self, history: Sequence[dict], persona: str | None, params: GenerationParams | None = None,
               seed: int | None = None) -> str:

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from core.errors import UserError
+from core.reply_shape import measure_limits
 
 _HASH_PREFIX = "# generated-sha256: "
 _EMOJI = re.compile("[\U0001F300-\U0001FAFF\u2600-\u27BF\U0001F000-\U0001F2FF]")
@@ -36,6 +37,12 @@ class PersonaCard:
     top_emoji: list[str] = field(default_factory=list)
     emoticon_share: float = 0.0  # share of turns with ^^, :) ...
     endings: list[str] = field(default_factory=list)  # most frequent last syllables, e.g. 요, 어, 지
+    # limits the chat's decoding keeps to (core.reply_shape): longest run of ㅋ/ㅎ/ㅠ/ㅜ/!/?/./~
+    # and of any other character, most lines in one burst, 90th-percentile length, share of bursts
+    max_runs: dict[str, int] = field(default_factory=dict)
+    max_lines: int = 0
+    p90_reply_chars: int = 0
+    burst_share: float = 0.0
     instruction: str = ""  # what the model sees; clear it to re-render from the fields
 
 
@@ -79,6 +86,7 @@ def build_card(name: str, texts: list[str], sample: int = CARD_SAMPLE) -> Person
         top_emoji=[e for e, _ in Counter(_EMOJI.findall(joined)).most_common(3)],
         emoticon_share=round(_share(_EMOTICON.search, texts) / n, 3),
         endings=[e for e, _ in Counter(_ENDING.findall(joined)).most_common(5)],
+        **(measure_limits(texts) if texts else {}),
     )
     return PersonaCard(**{**asdict(card), "instruction": render_instruction(card)})
 

@@ -36,7 +36,6 @@ from typing import Sequence
 from core.cli import parser as make_parser
 from core.cli import run_cli, setup_logging
 from core.errors import UserError
-from pipeline.evaluation.generation import SamplingConfig
 
 log = logging.getLogger(__name__)
 OUTPUTS = ("eval.json", "eval.md")
@@ -56,7 +55,7 @@ class EvalConfig:
     shots: int = 5  # --shots: real train replies in the few-shot prompt
     samples: int = 3  # --samples: side-by-side samples shown in eval.md
     generate: int = 12  # --generate: replies sampled per system for the style statistics
-    max_new_tokens: int = SamplingConfig.max_new_tokens  # --max-new-tokens: per sampled reply
+    max_new_tokens: int = 40  # --max-new-tokens: per sampled reply
     seed: int = 0  # --seed: example choice, few-shot choice and sampling
     cache_dir: Path | None = None  # --cache-dir: extended-base cache (default $KAKAO_PERSONA_CACHE)
     no_identification: bool = False  # --no-identification: skip SmileStyle persona identification

@@ -1,6 +1,8 @@
 """The web chat's callbacks and layout on tiny personas (no browser: see test_chat_browser.py)."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from chatbot import app
@@ -28,10 +30,41 @@ def _last(gen):
 def test_respond_streams_into_chat_and_history(cb, engine):
     steps, (box, chat, history) = _last(cb.respond("  안녕 반가워  ", [], [], "minji", *KNOBS))
     want = engine.reply([{"role": "user", "content": "안녕 반가워"}], "minji", P, seed=5)
-    assert box == "" and len(steps) >= 3
+    assert box == "" and len(steps) >= 2 and steps[0][1][-1] == {"role": "assistant", "content": ""}
+    assert history == [{"role": "user", "content": "안녕 반가워"}, {"role": "assistant", "content": want}]
+    assert chat == [{"role": "user", "content": "안녕 반가워"}] + app.reply_bubbles(want)
+
+
+def test_single_candidate_streams(engine):
+    cb = app.Callbacks(engine, seed=5)
+    cb.engine = _OneCandidate(engine)
+    steps, (_, chat, history) = _last(cb.respond("안녕 반가워", [], [], "minji", *KNOBS))
     partial = [s[1][-1]["content"] for s in steps[1:-1]]
-    assert len(set(partial)) >= 2 and all(want.startswith(p) for p in partial)
-    assert chat == history == [{"role": "user", "content": "안녕 반가워"}, {"role": "assistant", "content": want}]
+    assert len(set(partial)) >= 2 and history[-1]["content"].startswith(partial[0])
+
+
+class _OneCandidate:
+    """The engine with candidates=1 (a streamed reply), whatever the sliders say."""
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    def generate(self, history, persona, params, seed=None):
+        return self.engine.generate(history, persona, replace(params, candidates=1), seed)
+
+
+def test_burst_reply_shows_one_bubble_per_line(engine):
+    class Burst:
+        def generate(self, history, persona, params, seed=None):
+            yield "응"
+            yield "응\n지금 가는 중\n\n5분만"
+
+    cb = app.Callbacks(Burst())
+    _, (_, chat, history) = _last(cb.respond("어디야?", [], [], "minji", *KNOBS))
+    assert [m["content"] for m in chat] == ["어디야?", "응", "지금 가는 중", "5분만"]
+    assert history[-1] == {"role": "assistant", "content": "응\n지금 가는 중\n\n5분만"}  # one turn, as trained
+    _, (_, chat2, _) = _last(cb.regenerate(history, chat, "minji", *KNOBS))
+    assert chat2 == chat
 
 
 def test_persona_switch_applies_to_next_reply(cb, engine):

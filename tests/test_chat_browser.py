@@ -9,6 +9,7 @@ import os
 import re
 import socket
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -35,8 +36,9 @@ class PacedEngine:
     def __getattr__(self, name):
         return getattr(self._engine, name)
 
-    def generate(self, *args, **kwargs):
-        for text in self._engine.generate(*args, **kwargs):
+    def generate(self, history, persona, params, seed=None):
+        # one candidate: the reply streams (several candidates arrive in one piece, once reranked)
+        for text in self._engine.generate(history, persona, replace(params, candidates=1), seed):
             time.sleep(self._pause)
             yield text
 
@@ -105,7 +107,7 @@ def _send_and_watch(pg, text: str, want: str, timeout: float = 60) -> list[str]:
 
 
 def test_pick_persona_stream_switch_and_reply_again(page, engine):
-    defaults = GenerationParams()
+    defaults = GenerationParams(candidates=1)
     first = [{"role": "user", "content": "안녕! 오늘 저녁 뭐 먹을까?"}]
     want1 = engine.reply(first, "minji", defaults, seed=SEED)
     second = first + [{"role": "assistant", "content": want1}, {"role": "user", "content": "떡볶이 어때?"}]

@@ -1,6 +1,7 @@
 """The terminal chat (python -m chatbot.cli), driven through stdin in a subprocess on tiny personas."""
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from chatbot.cli import resolve_persona
+from chatbot.cli import BubbleLines, resolve_persona
 from chatbot.engine import GenerationParams
 from core.errors import UserError
 from tests.chat_helpers import chat_dirs, engine  # noqa: F401 (fixtures)
@@ -53,3 +54,12 @@ def test_unknown_persona_flag(engine):
     with pytest.raises(UserError, match="--persona nobody"):
         resolve_persona(engine, "nobody", "--persona")
     assert resolve_persona(engine, "base") is None and resolve_persona(engine, None) == "junho"
+
+
+def test_burst_reply_prints_one_line_per_bubble():
+    out = io.StringIO()
+    lines = BubbleLines("민수> ", out)
+    for partial in ("응", "응\n", "응\n지금", "응\n지금 가는 중\n\n5", "응\n지금 가는 중\n\n5분만"):
+        lines.show(partial)
+    lines.close()
+    assert out.getvalue() == "민수> 응\n민수> 지금 가는 중\n민수> 5분만\n"

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import shutil
 import threading
+from dataclasses import replace
 
 import pytest
 
@@ -68,10 +69,12 @@ def test_concurrent_sessions_get_their_own_persona(engine):
 
 
 def test_streaming_grows(engine):
-    parts = list(engine.generate(HELLO, "minji", P, seed=2))
+    one = replace(P, candidates=1)  # several candidates come in one piece, once reranked
+    parts = list(engine.generate(HELLO, "minji", one, seed=2))
     assert len(parts) >= 2
     assert all(b.startswith(a) for a, b in zip(parts, parts[1:]))
-    assert parts[-1] == engine.reply(HELLO, "minji", P, seed=2)
+    assert parts[-1] == engine.reply(HELLO, "minji", one, seed=2)
+    assert len(list(engine.generate(HELLO, "minji", P, seed=2))) == 1
 
 
 def test_history_trimmed_from_oldest(engine):

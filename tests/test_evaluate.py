@@ -247,8 +247,12 @@ def test_evaluate_cli_writes_json_markdown_and_charts(adapter_and_data, cache_di
     assert result["attribution"] is None  # one adapter: nothing to attribute
     assert len(r["samples"]) == 2 and {"real", "base", "few_shot", "adapter"} <= set(r["samples"][0])
     assert set(r["style_distance"]["adapter"]) >= {"length", "laugh_k", "emoji", "endings", "distinct_2"}
+    replies = r["replies"]
+    assert set(replies) == {"real", "base", "few_shot", "adapter"} and replies["adapter"]["n"] == 2
+    assert replies["real"]["n"] == 3 and replies["adapter"]["loop"] == 0 and replies["adapter"]["empty"] == 0
     md = (out / "eval.md").read_text(encoding="utf-8")
     assert "Persona identification" in md and "few-shot" in md and "Next-reply selection" in md
+    assert "Generated replies: empty, echoes" in md
     for png in ("perplexity.png", "style.png", "identification.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"({png})" in md

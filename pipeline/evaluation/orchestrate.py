@@ -9,9 +9,11 @@ held-out replies for speaker attribution, and is freed before the next.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
+from chatbot.decoding import SamplingParams
 from data_prep.chatbot_data import load_qa
 from pipeline.evaluation import attribution, charts, report, selection
 from pipeline.evaluation.generation import SamplingConfig
@@ -57,7 +59,7 @@ def _bar(total: int, desc: str):
 
 
 def _run(model, tok, cfg, task: PersonaTask, general: list[Example], system: str) -> SystemOutput:
-    sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
+    sampling = SamplingConfig(replace(SamplingParams(), max_new_tokens=cfg.max_new_tokens), seed=cfg.seed)
     with _bar(work_units(task, general, cfg.generate), f"{task.persona}: {system}") as bar:
         return run_system(model, tok, task, system, general, sampling, cfg.generate, progress=bar)
 

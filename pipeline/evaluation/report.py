@@ -13,6 +13,7 @@ from typing import Any, Mapping, Sequence
 from pipeline.evaluation import selection
 from pipeline.evaluation.attribution import SCORES as ATTRIBUTION_SCORES
 from pipeline.evaluation.identification import confusion, summarize
+from pipeline.evaluation.reply_stats import example_sources, reply_stats
 from pipeline.evaluation.runner import SYSTEMS, SystemOutput
 from pipeline.evaluation.scoring import perplexity
 from pipeline.evaluation.style import mean_distance, style_distances, style_stats
@@ -50,6 +51,7 @@ def persona_results(task: PersonaTask, out: Mapping[str, SystemOutput], samples:
         "style": {"real": real, **style},
         "style_distance": dist,
         "style_mean_distance": {s: round(mean_distance(d), 4) for s, d in dist.items()},
+        "replies": _reply_block(task, out),
         "shots": list(task.shots),
         "samples": [
             {"context": _context_tail(task, i), "real": task.held_out[i].response,
@@ -57,6 +59,16 @@ def persona_results(task: PersonaTask, out: Mapping[str, SystemOutput], samples:
             for i in range(min(samples, len(task.held_out)))
         ],
     }
+
+
+def _reply_block(task: PersonaTask, out: Mapping[str, SystemOutput]) -> dict[str, Any]:
+    """Empty / echo / loop shares and lengths of each system's replies; ``real``: the persona's own
+    held-out replies in the same contexts (how often the definitions flag a real reply)."""
+    sources = example_sources([e.context for e in task.held_out], task.persona)
+    real = [e.response for e in task.held_out]
+    block = {"real": reply_stats(real, sources, task.limits, task.real_replies)}
+    block.update({s: reply_stats(o.generated, sources, task.limits, task.real_replies) for s, o in out.items()})
+    return block
 
 
 def _summary(o: SystemOutput) -> dict[str, Any]:
@@ -144,6 +156,7 @@ def _persona_md(name: str, r: dict[str, Any], charts: Mapping[str, str]) -> list
                   for k in stats])
     md += ["", "Mean distance: " + ", ".join(f"{SYSTEM_LABELS[s]} {v:.3f}" for s, v in
                                             r["style_mean_distance"].items()), ""]
+    md += _replies_md(r.get("replies"))
     md += [f"![{k}]({v})" for k, v in charts.items()] + [""]
     md += ["### Samples (same context, same seed)", ""]
     for i, s in enumerate(r["samples"], 1):
@@ -181,6 +194,17 @@ def attribution_md(block: Mapping[str, Any], chart: str | None) -> list[str]:
     md += ["", f"Confusion ({primary}; rows: true speaker, columns: adapter chosen, share of the row's replies):", ""]
     md += _table(["speaker"] + personas, [[p] + row for p, row in zip(personas, block[primary]["matrix"])])
     return md + ([""] + [f"![attribution]({chart})"] if chart else []) + [""]
+
+
+def _replies_md(block: Mapping[str, Any] | None) -> list[str]:
+    if not block:
+        return []
+    md = ["### Generated replies: empty, echoes, loops, length (the chat's own decoding)", ""]
+    rows = [[SYSTEM_LABELS.get(s, "real (held-out)"), v["n"], v["empty"], v["echo"], v["loop"],
+             ", ".join(f"{k} {n}" for k, n in v["loop_reasons"].items()) or "–", v["mean_chars"],
+             v.get("length_ratio"), v["multi_line"]] for s, v in block.items()]
+    md += _table(["replies", "n", "empty", "echo", "loop", "loop kinds", "mean chars", "/ real mean", "bursts"], rows)
+    return md + [""]
 
 
 def _style_value(v: Any) -> str:
@@ -246,6 +270,11 @@ METHOD_NOTES = """\
 - Forgetting = perplexity of general Korean replies (not in training) with an empty instruction, in the chat
   format. The base never saw the chat tokens, so its number is inflated: a ratio below 1 means no forgetting
   was detected (the adapter learned the format), not that its Korean improved; above 1 is the warning sign.
+- Generated replies come from the chat's own decoding (`chatbot.decoding.generate`: 4 candidates, MMI
+  reranking, loop/echo rejection). Echo = a reply equal, after normalising, to the message it answers or to
+  the persona's previous reply, or at least 80% similar (difflib) with 4+ characters; loop = a character run
+  longer than the persona's real data shows, a block repeated 3 times, a repeated word 4-gram, or more lines
+  than the persona sends in one burst. The `real` row applies the same definitions to the real replies.
 - Style statistics compare sampled replies (same seed for every system) with all held-out real replies:
   shares of replies with ㅋ/ㅎ/ㅠㅜ, emoji, emoticons, ?, !, ellipsis; mean length (relative difference);
   sentence endings (total variation distance); distinct-1/2 over words.

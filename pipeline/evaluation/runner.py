@@ -92,5 +92,5 @@ def run_system(
         if progress is not None:
             progress.update(1)
     prompts = task.with_instruction(task.held_out[:generate], instruction)
-    generated = generate_replies(model, tok, prompts, max_len, sampling, progress)
+    generated = generate_replies(model, tok, prompts, max_len, sampling, progress, task.limits)
     return SystemOutput(heldout, general_scores, rankings, generated)

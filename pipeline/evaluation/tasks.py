@@ -14,6 +14,7 @@ from typing import Sequence
 
 from core.adapter_format import read_manifest
 from core.errors import UserError
+from core.reply_shape import ReplyLimits, measure_limits, read_limits
 from data_prep.records import ContextTurn, Pair, read_pairs
 from pipeline.evaluation.identification import IdItem
 from pipeline.evaluation.parallel import REPO_ROOT, ParallelIndex, StyleMatch
@@ -38,6 +39,7 @@ class PersonaTask:
     shots: tuple[str, ...]  # the train replies shown in the few-shot prompt
     id_items: tuple[IdItem, ...]
     style_match: StyleMatch | None
+    limits: ReplyLimits = ReplyLimits()  # what the chat holds the persona's replies to (persona.yaml)
 
     @property
     def max_length(self) -> int | None:
@@ -97,14 +99,25 @@ def build_task(adapter: Path, data: Path, index: ParallelIndex | None, max_examp
         match = None
     items = id_items(val, instruction, index, match.style) if match else []
     items = rng.sample(items, min(max_examples, len(items)))
-    shot_replies = pick_shots(persona_pairs(data, "train", persona), shots, seed)
+    train = persona_pairs(data, "train", persona)
+    shot_replies = pick_shots(train, shots, seed)
     return PersonaTask(
         persona=persona, adapter=adapter, manifest=m, data=data,
         held_out=tuple(_example(p, instruction) for p in chosen),
         real_replies=tuple(p.response for p in val),
         few_shot_instruction=few_shot_instruction(instruction, persona, shot_replies),
         shots=tuple(shot_replies), id_items=tuple(items), style_match=match,
+        limits=persona_limits(adapter, [p.response for p in train]),
     )
+
+
+def persona_limits(adapter: Path, train_replies: Sequence[str]) -> ReplyLimits:
+    """The limits the chat reads from the adapter's persona.yaml; for a card from before them,
+    measured on the train replies (the chat falls back to the defaults there)."""
+    limits = read_limits(adapter / "persona.yaml")
+    if limits == ReplyLimits():
+        limits = ReplyLimits.from_card(measure_limits(train_replies))
+    return limits
 
 
 def general_examples(path: Path | None, n: int, seed: int, persona: str, user: str) -> tuple[list[Example], str]:

@@ -1,0 +1,198 @@
+"""What a reply may look like: the persona's limits measured from real turns, and one definition of
+an empty reply, an echo and a loop, shared by prepare (the limits), decoding (rejection and the
+logits processor) and evaluation (the generated-reply statistics).
+
+Pure text, no model. Definitions:
+
+- **empty**: nothing left once whitespace is stripped;
+- **echo**: the reply copies a source (the message it answers, or the persona's own previous
+  reply): after :func:`normalise` (NFC, case-folded, whitespace and ``.,!?~…`` removed) it equals
+  the source, or it has at least :data:`ECHO_MIN_CHARS` characters and a ``difflib`` ratio of at
+  least :data:`ECHO_RATIO` with it (so "민수야 뭐해? ㅋㅋ" echoes "민수야 뭐해", "뭐해?" does not);
+- **loop** (:func:`loop_reason`), any of:
+  ``run``: one character repeated more times in a row than the persona ever did (``max_runs``);
+  ``repeat``: a block of 2-40 characters (not a single repeated character) three times back to
+  back ("ㅋㅋ ㅋㅋ ㅋㅋ", "배고파배고파배고파");
+  ``ngram``: a word :data:`NGRAM`-gram that occurs twice;
+  ``lines``: more lines (bubbles) than the persona ever sent in one burst.
+  A text loops when any prefix of it ends in one of these: that is what lets the logits
+  processor ban, token by token, exactly what the final check would reject.
+"""
+from __future__ import annotations
+
+import re
+import statistics
+import unicodedata
+from dataclasses import dataclass, field
+from difflib import SequenceMatcher
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+RUN_CLASSES = ("ㅋ", "ㅎ", "ㅠ", "ㅜ", "!", "?", ".", "~")  # characters whose runs are measured one by one
+OTHER = "other"  # every other non-space character
+# caps when a persona card has no measured limits (the base model, an adapter from before them)
+DEFAULT_RUNS = {"ㅋ": 10, "ㅎ": 10, "ㅠ": 6, "ㅜ": 6, "!": 3, "?": 3, ".": 6, "~": 4, OTHER: 3}
+DEFAULT_MAX_LINES = 4
+MIN_RUN_CAP = 2  # a doubled character ("ㅇㅇ", "!!") is never a loop, even if the data never shows it
+ECHO_MIN_CHARS = 4
+ECHO_RATIO = 0.8
+NGRAM = 4
+MAX_BLOCK = 40
+_STRIP = re.compile(r"[\s.,!?~…]+")
+
+
+@dataclass(frozen=True)
+class ReplyLimits:
+    """How far a persona's real turns go: longest run per character class, lines, length."""
+
+    max_runs: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_RUNS), hash=False)
+    max_lines: int = DEFAULT_MAX_LINES
+    median_chars: int = 0  # 0 = unknown
+    p90_chars: int = 0
+    burst_share: float = 0.0  # share of turns sent as several messages (lines)
+
+    def cap(self, ch: str) -> int:
+        """The longest run of ``ch`` allowed (whitespace is never capped)."""
+        if ch.isspace():
+            return 1 << 30
+        n = self.max_runs.get(ch, self.max_runs.get(OTHER, DEFAULT_RUNS[OTHER]))
+        return max(int(n), MIN_RUN_CAP)
+
+    @classmethod
+    def from_card(cls, card: Mapping | None) -> "ReplyLimits":
+        """Limits from a persona card's fields (a dict from its YAML); defaults for missing ones."""
+        card = card or {}
+        runs = card.get("max_runs") or {}
+        if not isinstance(runs, Mapping) or not runs:
+            runs = DEFAULT_RUNS
+        lines = card.get("max_lines") or DEFAULT_MAX_LINES
+        return cls(
+            max_runs={str(k): int(v) for k, v in runs.items()}, max_lines=max(int(lines), 1),
+            median_chars=int(card.get("median_reply_chars") or 0), p90_chars=int(card.get("p90_reply_chars") or 0),
+            burst_share=float(card.get("burst_share") or 0.0),
+        )
+
+
+def longest_runs(text: str) -> dict[str, int]:
+    """Longest run of each non-space character in ``text``."""
+    out: dict[str, int] = {}
+    for m in re.finditer(r"(\S)\1*", text):
+        ch, n = m.group(1), len(m.group(0))
+        if n > out.get(ch, 0):
+            out[ch] = n
+    return out
+
+
+def bubbles(text: str) -> list[str]:
+    """The messages a (burst) reply is sent as: its non-empty lines, stripped."""
+    return [ln.strip() for ln in text.split("\n") if ln.strip()]
+
+
+def measure_limits(texts: Iterable[str]) -> dict[str, object]:
+    """Card fields measured on real turns: ``max_runs`` per class (+ other), ``max_lines``,
+    ``p90_reply_chars``, ``burst_share``."""
+    runs = {k: 0 for k in (*RUN_CLASSES, OTHER)}
+    lines, lengths = [], []
+    for t in texts:
+        for ch, n in longest_runs(t).items():
+            key = ch if ch in runs and ch != OTHER else OTHER
+            runs[key] = max(runs[key], n)
+        lines.append(len(bubbles(t)) or 1)
+        lengths.append(len(t))
+    n = max(len(lines), 1)
+    return {
+        "max_runs": runs,
+        "max_lines": max(lines, default=DEFAULT_MAX_LINES),
+        "p90_reply_chars": int(statistics.quantiles(lengths, n=10)[-1]) if len(lengths) > 1 else sum(lengths),
+        "burst_share": round(sum(1 for x in lines if x > 1) / n, 3),
+    }
+
+
+def normalise(text: str) -> str:
+    """NFC, case-folded, without whitespace and ``.,!?~…``: what echo comparison sees."""
+    return _STRIP.sub("", unicodedata.normalize("NFC", text).casefold())
+
+
+def is_echo(reply: str, sources: Sequence[str]) -> bool:
+    """True when ``reply`` copies one of ``sources`` (see the module docstring)."""
+    r = normalise(reply)
+    if not r:
+        return False
+    for s in sources:
+        s = normalise(s or "")
+        if not s:
+            continue
+        if r == s or (len(r) >= ECHO_MIN_CHARS and SequenceMatcher(None, r, s, autojunk=False).ratio() >= ECHO_RATIO):
+            return True
+    return False
+
+
+def _tail_loop(s: str, limits: ReplyLimits) -> str | None:
+    """A loop that ends exactly at the end of ``s`` (see the module docstring), or None."""
+    if not s:
+        return None
+    last = s[-1]
+    run = len(s) - len(s.rstrip(last))
+    if run > limits.cap(last):
+        return "run"
+    for t in (s, s + " ") if last != " " else (s,):
+        for size in range(2, min(MAX_BLOCK, len(t) // 3) + 1):
+            block = t[-size:]
+            if t[-2 * size:-size] == block and t[-3 * size:-2 * size] == block and len(set(block)) > 1:
+                return "repeat"
+    if last == "\n" and len(bubbles(s)) >= limits.max_lines and s.strip():
+        return "lines"  # one more line would open a bubble the persona never sends
+    words = s.split()
+    if len(words) >= 2 * NGRAM:
+        tail = words[-NGRAM:]
+        if any(words[i:i + NGRAM] == tail for i in range(len(words) - 2 * NGRAM + 1)):
+            return "ngram"
+    return None
+
+
+def new_loop(old: str, new: str, limits: ReplyLimits) -> str | None:
+    """A loop that ``new`` (= ``old`` + some characters) ends in and ``old`` did not, or None."""
+    start = len(old) + 1 if new.startswith(old) else 1
+    for end in range(start, len(new) + 1):
+        why = _tail_loop(new[:end], limits)
+        if why:
+            return why
+    return None
+
+
+def loop_reason(text: str, limits: ReplyLimits | None = None) -> str | None:
+    """Why ``text`` is a loop (``run``, ``repeat``, ``ngram``, ``lines``), or None."""
+    return new_loop("", text.strip(), limits or ReplyLimits())
+
+
+def problem(reply: str, sources: Sequence[str], limits: ReplyLimits | None = None) -> str | None:
+    """``empty``, ``echo``, ``loop:<reason>`` or None: why a candidate reply is rejected."""
+    if not reply.strip():
+        return "empty"
+    why = loop_reason(reply, limits)
+    if why:
+        return f"loop:{why}"
+    return "echo" if is_echo(reply, sources) else None
+
+
+def echo_sources(turns: Iterable[tuple[bool, str]]) -> tuple[str, ...]:
+    """What a reply must not copy: the last message by someone else and the persona's last reply,
+    from a conversation given as (said by the persona, text) turns, oldest first."""
+    other = own = ""
+    for mine, text in turns:
+        if mine:
+            own = text
+        else:
+            other = text
+    return tuple(s for s in (other, own) if s)
+
+
+def read_limits(card: str | Path) -> ReplyLimits:
+    """The reply limits of a persona card (``persona.yaml``); defaults when it is missing or unreadable."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(card).read_text(encoding="utf-8"))
+        return ReplyLimits.from_card(data if isinstance(data, dict) else None)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, TypeError, ValueError):
+        return ReplyLimits()  # an old or hand-broken card must not make the adapter unusable

@@ -1,0 +1,75 @@
+"""One definition of empty / echo / loop (core.reply_shape), the persona's limits, the reply statistics."""
+from __future__ import annotations
+
+from core.reply_shape import read_limits
+from chatbot.decoding import Candidate, _choose
+from data_prep.persona_card import build_card, write_card
+from core.reply_shape import (
+    DEFAULT_RUNS, ReplyLimits, bubbles, echo_sources, is_echo, loop_reason, measure_limits, new_loop, problem,
+)
+from pipeline.evaluation.reply_stats import reply_stats
+
+MINSU = ReplyLimits.from_card(measure_limits(["ㅋㅋㅋㅋ 진짜?", "응\n지금 가\n5분", "아 배고파!!", "ㅠㅠ 오늘 힘들다"]))
+
+
+def test_limits_measured_per_character_class():
+    m = measure_limits(["ㅋㅋㅋㅋ 진짜?", "응\n지금 가\n5분", "아 배고파!!", "ㅠㅠ 오늘 힘들다", "음.... 몰라"])
+    assert m["max_runs"]["ㅋ"] == 4 and m["max_runs"]["!"] == 2 and m["max_runs"]["."] == 4
+    assert m["max_runs"]["ㅠ"] == 2 and m["max_runs"]["ㅎ"] == 0 and m["max_runs"]["other"] == 1
+    assert m["max_lines"] == 3 and m["burst_share"] == 0.2
+    assert MINSU.cap("ㅋ") == 4 and MINSU.cap("ㅎ") == 2 and MINSU.cap("가") == 2  # never below 2
+
+
+def test_loops():
+    assert loop_reason("ㅋㅋㅋㅋ", MINSU) is None and loop_reason("ㅋㅋㅋㅋㅋ", MINSU) == "run"
+    assert loop_reason("ㅋㅋㅋ ㅋㅋㅋ ㅋㅋㅋ", MINSU) == "repeat"  # each run is within the cap
+    assert loop_reason("배고파배고파배고파", MINSU) == "repeat"
+    assert loop_reason("ㅋㅋ ㅋㅋ 진짜", MINSU) is None
+    assert loop_reason("나 오늘 밥 먹었어 그리고 나 오늘 밥 먹었어", MINSU) == "ngram"
+    assert loop_reason("a\nb\nc", MINSU) is None and loop_reason("a\nb\nc\nd", MINSU) == "lines"
+    assert loop_reason("아아아", ReplyLimits()) is None and loop_reason("아아아아", ReplyLimits()) == "run"
+
+
+def test_new_loop_matches_the_whole_text_check():
+    """The logits processor's token-by-token test flags exactly the texts the final check rejects."""
+    for text in ("ㅋㅋㅋ ㅋㅋㅋ ㅋㅋㅋ", "ㅋㅋㅋㅋㅋ", "응 응 응", "좋아 좋아", "나 오늘 밥 먹었어 그리고 나 오늘 밥 먹었어"):
+        first = next((i for i in range(1, len(text) + 1) if new_loop(text[:i - 1], text[:i], MINSU)), None)
+        assert (first is not None) == (loop_reason(text, MINSU) is not None), text
+
+
+def test_echo():
+    assert is_echo("민수야 뭐해?", ["민수야 뭐해"]) and is_echo("민수야 뭐해? ㅋㅋ", ["민수야 뭐해"])
+    assert not is_echo("뭐해?", ["민수야 뭐해"]) and not is_echo("나 지금 밥 먹어", ["민수야 뭐해"])
+    assert is_echo("응 나도", ["배고파", "응 나도!"])  # the persona's own previous reply
+    assert echo_sources([(False, "배고파?"), (True, "응"), (False, "뭐 먹을래")]) == ("뭐 먹을래", "응")
+    assert problem("  ", ["x"]) == "empty" and problem("ㅋㅋㅋㅋㅋㅋ", [], MINSU) == "loop:run"
+
+
+def test_rejected_candidates_rank_last():
+    c = lambda text, score, why: Candidate(text, 3, (1, 2, 3), -1.0, -2.0, score, why)  # noqa: E731
+    cands = [c("", 9.0, "empty"), c("민수야 뭐해", 5.0, "echo"), c("ㅋㅋㅋㅋㅋ", 4.0, "loop:run"),
+             c("밥 먹는 중", -3.0, None), c("응", -1.0, None)]
+    assert _choose(cands).text == "응"
+    assert _choose(cands[:3]).text == "민수야 뭐해"  # all rejected: the least bad
+
+
+def test_card_carries_limits_and_old_cards_get_defaults(tmp_path):
+    card = build_card("민수", ["ㅋㅋㅋ 응", "밥 먹자\n지금", "ㅎㅎ 좋아"])
+    assert card.max_runs["ㅋ"] == 3 and card.max_lines == 2 and card.burst_share == 0.333
+    write_card(tmp_path / "persona.yaml", card)
+    got = read_limits(tmp_path / "persona.yaml")
+    assert got.max_runs["ㅋ"] == 3 and got.max_lines == 2 and got.median_chars == card.median_reply_chars
+    (tmp_path / "old.yaml").write_text("name: 민수\nmedian_reply_chars: 10\n", encoding="utf-8")
+    assert read_limits(tmp_path / "old.yaml").max_runs == DEFAULT_RUNS
+    assert read_limits(tmp_path / "missing.yaml") == ReplyLimits()
+
+
+def test_reply_stats():
+    replies = ["", "민수야 뭐해", "ㅋㅋㅋㅋㅋㅋ", "밥 먹어\n너는?"]
+    sources = [("민수야 뭐해",)] * 4
+    s = reply_stats(replies, sources, MINSU, real=["응", "밥 먹는 중"])
+    assert (s["n"], s["empty"], s["echo"], s["loop"]) == (4, 0.25, 0.25, 0.25)
+    assert s["loop_reasons"] == {"run": 1} and s["multi_line"] == 0.25
+    assert s["mean_chars"] == round((6 + 6 + 8) / 3, 1) and s["real_mean_chars"] == 3.5
+    assert s["length_ratio"] == round(6.7 / 3.5, 3)
+    assert bubbles(" 응 \n\n 지금 가 ") == ["응", "지금 가"]
