@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from chatbot.adapters import PersonaInfo, check_base, choose_base, discover
+from chatbot.adapters import PersonaInfo, check_base, choose_base, choose_dialogue, discover
 from data_prep.errors import UserError
 from pipeline import chat_format
 
@@ -132,7 +132,7 @@ class Engine:
         infos = discover(adapters_dir)
         spec = choose_base(infos, base_model)
         try:
-            path = extend.ensure_extended(spec, cache_dir=cache_dir)
+            path = extend.ensure_extended(spec, cache_dir=cache_dir, dialogue=choose_dialogue(infos, spec))
         except (OSError, ValueError) as e:
             raise UserError(f"--base-model {spec or 'default'}: cannot prepare the extended base: {e}") from e
         model, tokenizer, manifest = extend.load_extended(path, device=device or extend.default_device())

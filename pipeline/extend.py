@@ -4,6 +4,7 @@
     python -m pipeline.extend --base-model skt/kogpt2-base-v2 --out models/kogpt2-ext
     python -m pipeline.extend --base-model ~/models/polyglot-ko-1.3b --seed 1
     python -m pipeline.extend --verify models/kogpt2-ext         # reload and check everything; exit 1 on a mismatch
+    python -m pipeline.extend --no-dialogue                      # without the dialogue stage (docs/dialogue.md)
 
 What it does (see docs/PITFALLS.md, "Tokenizer and embeddings"):
 
@@ -20,8 +21,11 @@ What it does (see docs/PITFALLS.md, "Tokenizer and embeddings"):
   plus ``manifest.json`` (base + sha256, token ids, rows, tied flag, seed, versions,
   fingerprint, sha256 of every saved file).
 
+Then, when ``pipeline.dialogue`` has an adapter for this base (the shipped one fits the default
+model), it merges it: the base already answers in the chat format (``--no-dialogue``: not).
+
 Training calls :func:`ensure_extended` (cached under ``--cache-dir``, keyed by base
-sha256 + token set + template + seed) and :func:`load_extended`.
+sha256 + token set + template + seed + the dialogue adapter's sha256) and :func:`load_extended`.
 """
 from __future__ import annotations
 
@@ -42,6 +46,9 @@ from pipeline.chat_format import (
     CHAT_TEMPLATE, EOT, PAD, SPECIAL_TOKENS, native_end_id, render, stop_ids, to_messages,
 )
 from pipeline.cli import parser, read_manifest_json, run_cli, setup_logging
+from pipeline.dialogue import DEFAULT as DIALOGUE_DEFAULT
+from pipeline.dialogue import adapter_for as dialogue_adapter_for
+from pipeline.dialogue import add_flag as dialogue_flag
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +71,7 @@ class ExtendConfig:
     cache_dir: Path | None = None  # --cache-dir: None = $KAKAO_PERSONA_CACHE or ~/.cache/kakao-persona
     seed: int = 0  # --seed: initialisation of the new embedding rows
     verify: Path | None = None  # --verify: check an existing extended dir instead of building
+    dialogue: bool = DIALOGUE_DEFAULT  # --dialogue/--no-dialogue: merge the dialogue stage (pipeline.dialogue)
 
     def validate(self) -> None:
         problems = []
@@ -186,10 +194,12 @@ def _set_generation_ids(model, tokenizer) -> None:
 # -- hashes ------------------------------------------------------------------------------------
 
 
-def fingerprint(model, tokenizer, base_sha256: str, new_ids: Sequence[int]) -> str:
+def fingerprint(model, tokenizer, base_sha256: str, new_ids: Sequence[int],
+                dialogue_sha256: str | None = None) -> str:
     """Hash of what makes this extended base what it is; equal after save + reload.
 
-    The base sha256 pins every unchanged weight; the rest is hashed directly: the
+    The base sha256 pins every unchanged weight (and ``dialogue_sha256``, the merged dialogue
+    adapter's, every weight it changed); the rest is hashed directly: the
     tokenizer's vocabulary and special tokens, the template, the row count and the
     values of the new rows (input and, when untied, output) in float32.
     """
@@ -202,6 +212,8 @@ def fingerprint(model, tokenizer, base_sha256: str, new_ids: Sequence[int]) -> s
         "specials": {str(t): i for t, i in sorted(_special_map(tokenizer).items())},
         "vocab": _vocab_sha(tokenizer), "new_ids": list(new_ids),
     }
+    if dialogue_sha256 is not None:  # absent otherwise, so plain extended bases keep their fingerprint
+        meta["dialogue"] = dialogue_sha256
     h.update(json.dumps(meta, sort_keys=True, ensure_ascii=False).encode())
     ids = torch.tensor(list(new_ids), dtype=torch.long)
     layers = [model.get_input_embeddings().weight]
@@ -231,8 +243,9 @@ def file_hashes(directory: Path) -> dict[str, str]:
 # -- build, cache, load ------------------------------------------------------------------------
 
 
-def build_extended(ref: BaseModelRef, out: str | Path, seed: int = 0) -> dict[str, Any]:
-    """Load ``ref``, extend it, save it to ``out`` atomically (temp dir + rename); return the manifest."""
+def build_extended(ref: BaseModelRef, out: str | Path, seed: int = 0, dialogue=None) -> dict[str, Any]:
+    """Load ``ref``, extend it, merge the ``dialogue`` adapter (a ``pipeline.dialogue.DialogueAdapter``)
+    when given, save it to ``out`` atomically (temp dir + rename); return the manifest."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     import torch
 
@@ -242,11 +255,13 @@ def build_extended(ref: BaseModelRef, out: str | Path, seed: int = 0) -> dict[st
     tok = AutoTokenizer.from_pretrained(ref.path)
     model = AutoModelForCausalLM.from_pretrained(ref.path, dtype=torch.float32)
     ext = extend_model(model, tok, seed)
+    if dialogue is not None:
+        model = _merge_dialogue(model, tok, ref, ext, dialogue)
     tmp = base_model.make_temp_sibling(out)
     try:
         model.save_pretrained(tmp)
         save_tokenizer(tok, tmp)
-        manifest = _manifest(ref, ext, model, tok, tmp)
+        manifest = _manifest(ref, ext, model, tok, tmp, dialogue)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, ensure_ascii=False), encoding="utf-8")
         base_model.rename_into_place(tmp, out)
     finally:
@@ -254,6 +269,15 @@ def build_extended(ref: BaseModelRef, out: str | Path, seed: int = 0) -> dict[st
     log.info("extended base saved to %s in %.1f s: %d new tokens, %d rows, tied=%s",
              out, time.perf_counter() - t0, len(ext.new_token_ids), ext.rows, ext.tied)
     return manifest
+
+
+def _merge_dialogue(model, tok, ref: BaseModelRef, ext: Extension, dialogue):
+    from pipeline.dialogue import merge_into
+
+    plain = fingerprint(model, tok, ref.sha256, ext.new_token_ids)
+    sample = render(tok, *SAMPLE[:3], response=SAMPLE[3]).input_ids
+    log.info("merging the dialogue stage %s", dialogue.path)
+    return merge_into(model, dialogue, plain, sample)
 
 
 def save_tokenizer(tok, directory: Path) -> None:
@@ -271,7 +295,8 @@ def save_tokenizer(tok, directory: Path) -> None:
     cfg_path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def _manifest(ref: BaseModelRef, ext: Extension, model, tok, saved: Path) -> dict[str, Any]:
+def _manifest(ref: BaseModelRef, ext: Extension, model, tok, saved: Path, dialogue=None) -> dict[str, Any]:
+    dialogue_sha = dialogue.sha256 if dialogue is not None else None
     return {
         "format": FORMAT_VERSION,
         "base": {"spec": ref.spec, "kind": ref.kind, "sha256": ref.sha256},
@@ -285,26 +310,40 @@ def _manifest(ref: BaseModelRef, ext: Extension, model, tok, saved: Path) -> dic
         "seed": ext.seed, "init": {"method": "mean+noise", "noise_scale": NOISE_SCALE,
                                       "copied": {str(k): v for k, v in ext.copied.items()}},
         "versions": base_model.library_versions(),
-        "fingerprint": fingerprint(model, tok, ref.sha256, ext.new_token_ids),
+        "dialogue": dialogue.describe() if dialogue is not None else None,
+        "fingerprint": fingerprint(model, tok, ref.sha256, ext.new_token_ids, dialogue_sha),
         "files": file_hashes(saved),
     }
 
 
-def cache_key(ref: BaseModelRef, seed: int) -> str:
-    """Extended bases are cached by base weights + token set + template + seed + recipe version."""
+def cache_key(ref: BaseModelRef, seed: int, dialogue_sha256: str | None = None) -> str:
+    """Extended bases are cached by base weights + token set + template + seed + recipe version
+    (+ the merged dialogue adapter's sha256)."""
     key = {"base": ref.sha256, "kind": ref.kind, "tokens": list(SPECIAL_TOKENS) + [PAD],
            "template": CHAT_TEMPLATE, "seed": seed, "format": FORMAT_VERSION}
+    if dialogue_sha256 is not None:  # absent otherwise: plain extended bases keep their cache entry
+        key["dialogue"] = dialogue_sha256
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def ensure_extended(spec: str | None, cache_dir: str | Path | None = None, seed: int = 0) -> Path:
-    """The cached extended base for ``spec`` (built on first use); returns its directory."""
+def ensure_extended(spec: str | None, cache_dir: str | Path | None = None, seed: int = 0,
+                    dialogue: bool = DIALOGUE_DEFAULT) -> Path:
+    """The cached extended base for ``spec`` (built on first use); returns its directory.
+
+    ``dialogue``: merge the dialogue stage (``pipeline.dialogue``) when one exists for this base.
+    """
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     ref = resolve_base(spec, cache)
-    target = cache / "extended" / cache_key(ref, seed)
+    adapter = dialogue_adapter_for(ref.sha256, cache) if dialogue else None
+    target = cache / "extended" / cache_key(ref, seed, adapter.sha256 if adapter else None)
     if not (target / MANIFEST).is_file():
-        build_extended(ref, target, seed)
+        build_extended(ref, target, seed, adapter)
     return target
+
+
+def extended_for(manifest: dict[str, Any], cache_dir: str | Path | None = None) -> Path:
+    """The extended base an adapter was trained on, from its manifest (older ones: no dialogue stage)."""
+    return ensure_extended(manifest.get("base_model"), cache_dir, dialogue=bool(manifest.get("dialogue", False)))
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
@@ -450,7 +489,8 @@ def _check_model(model, tok, manifest: dict[str, Any]) -> list[str]:
     problems = []
     if is_tied(model) != manifest.get("tied"):
         problems.append(f"tied={is_tied(model)}, manifest says {manifest.get('tied')}")
-    fp = fingerprint(model, tok, manifest.get("base", {}).get("sha256", ""), manifest.get("new_token_ids", []))
+    fp = fingerprint(model, tok, manifest.get("base", {}).get("sha256", ""), manifest.get("new_token_ids", []),
+                     (manifest.get("dialogue") or {}).get("sha256"))
     if fp != manifest.get("fingerprint"):
         problems.append("fingerprint of the reloaded model/tokenizer differs from the manifest")
     eos = model.generation_config.eos_token_id
@@ -492,8 +532,9 @@ def _args(argv: Sequence[str] | None) -> ExtendConfig:
     p.add_argument("--seed", type=int, default=0, help="seed for the new embedding rows (default 0)")
     p.add_argument("--verify", type=Path, default=None, metavar="DIR",
                    help="reload an extended base and check it against its manifest; exit 1 on a mismatch")
+    dialogue_flag(p)
     a = p.parse_args(argv)
-    return ExtendConfig(a.base_model, a.out, a.cache_dir, a.seed, a.verify)
+    return ExtendConfig(a.base_model, a.out, a.cache_dir, a.seed, a.verify, a.dialogue)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -509,10 +550,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"OK {cfg.verify} (fingerprint {read_manifest(cfg.verify)['fingerprint'][:16]})")
         return 0
     if cfg.out is not None:
-        build_extended(resolve_base(cfg.base_model, cfg.cache_dir), cfg.out, cfg.seed)
+        cache = cfg.cache_dir or default_cache_dir()
+        ref = resolve_base(cfg.base_model, cache)
+        build_extended(ref, cfg.out, cfg.seed, dialogue_adapter_for(ref.sha256, cache) if cfg.dialogue else None)
         print(cfg.out)
     else:
-        print(ensure_extended(cfg.base_model, cfg.cache_dir, cfg.seed))
+        print(ensure_extended(cfg.base_model, cfg.cache_dir, cfg.seed, cfg.dialogue))
     return 0
 
 

@@ -29,6 +29,8 @@ from typing import Callable, Sequence
 from data_prep.errors import UserError
 from pipeline.cli import parser as make_parser
 from pipeline.cli import run_cli, setup_logging
+from pipeline.dialogue import DEFAULT as DIALOGUE_DEFAULT
+from pipeline.dialogue import add_flag as dialogue_flag
 
 STATE_FILE = "run_state.json"
 STATE_VERSION = 1
@@ -50,6 +52,7 @@ class RunConfig:
     evaluate: bool = True  # --no-eval turns it off
     chat: bool = False  # --chat: open the chat at the end
     force: bool = False  # --force: ignore the state file
+    dialogue: bool = DIALOGUE_DEFAULT  # --dialogue/--no-dialogue: the extended base's dialogue stage
 
     def validate(self) -> None:
         problems = [f"{p}: no such file" for p in self.inputs if not p.is_file()]
@@ -118,6 +121,10 @@ def _base(cfg: RunConfig) -> list[str]:
     return ["--base-model", cfg.base_model] if cfg.base_model else []
 
 
+def _dialogue(cfg: RunConfig) -> list[str]:
+    return [] if cfg.dialogue == DIALOGUE_DEFAULT else ["--dialogue" if cfg.dialogue else "--no-dialogue"]
+
+
 def prepare_stage(cfg: RunConfig) -> Stage:
     from pipeline import prepare
 
@@ -133,9 +140,9 @@ def extend_stage(cfg: RunConfig) -> Stage:
     from pipeline.extend import ensure_extended, read_manifest
 
     def action():
-        return read_manifest(ensure_extended(cfg.base_model, cfg.cache_dir))["fingerprint"]
+        return read_manifest(ensure_extended(cfg.base_model, cfg.cache_dir, dialogue=cfg.dialogue))["fingerprint"]
 
-    return Stage("extend", tuple(_base(cfg) + _cache(cfg)), (), (), action)
+    return Stage("extend", tuple(_base(cfg) + _cache(cfg) + _dialogue(cfg)), (), (), action)
 
 
 def train_defaults() -> dict:
@@ -153,7 +160,7 @@ def train_stage(cfg: RunConfig, persona: str, extended: str) -> Stage:
 
     data, out = cfg.out / "data", cfg.adapter(persona)
     argv = ["--data", str(data), "--persona", persona, "--out", str(out), *_base(cfg), *_cache(cfg),
-            *cfg.train_args]
+            *_dialogue(cfg), *cfg.train_args]
     inputs = (data / "train.jsonl", data / "validation.jsonl", data / "personas" / f"{persona}.yaml")
     return Stage(f"train:{persona}", tuple(argv), inputs, (out / "manifest.json",),
                  lambda: _call(train.main, argv), {"extended": extended, "defaults": train_defaults()})
@@ -237,6 +244,7 @@ def build_parser():
     for flags, stage in ((PREPARE_FLAGS, "prepare"), (TRAIN_FLAGS, "train"), (EVAL_FLAGS, "evaluate")):
         for flag, kind in flags.items():
             p.add_argument(flag, type=kind, help=f"passed to {stage} (see python -m pipeline.{stage} --help)")
+    dialogue_flag(p)
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation stage")
     p.add_argument("--force", action="store_true", help="rerun every stage even if unchanged")
     p.add_argument("--chat", action="store_true", help="open the chat (python -m chatbot) at the end")
@@ -261,7 +269,7 @@ def config_from_args(a) -> RunConfig:
         base_model=a.base_model, cache_dir=a.cache_dir,
         prepare_args=_passed(a, PREPARE_FLAGS) + seed + (("--keep-pii",) if a.keep_pii else ()),
         train_args=_passed(a, TRAIN_FLAGS) + seed + threads, eval_args=_passed(a, EVAL_FLAGS) + seed + threads,
-        evaluate=not a.no_eval, chat=a.chat, force=a.force,
+        evaluate=not a.no_eval, chat=a.chat, force=a.force, dialogue=a.dialogue,
     )
 
 

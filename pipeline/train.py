@@ -27,6 +27,8 @@ from typing import Any, Sequence
 
 from data_prep.errors import UserError
 from pipeline.cli import parser, run_cli, setup_logging
+from pipeline.dialogue import DEFAULT as DIALOGUE_DEFAULT
+from pipeline.dialogue import add_flag as dialogue_flag
 from pipeline.extend import default_device
 from pipeline.training.methods import METHODS, VIRTUAL_TOKEN_METHODS
 
@@ -87,6 +89,7 @@ class TrainConfig:
     force_full: bool = False  # allow --method full above the size limit
     threads: int | None = None  # torch CPU threads (default: the CPUs this process may use)
     resume: str | None = None  # "latest" or a checkpoint directory
+    dialogue: bool = DIALOGUE_DEFAULT  # train on the extended base with the dialogue stage merged (pipeline.dialogue)
 
     @property
     def supervised_only(self) -> bool:
@@ -235,6 +238,7 @@ def parse_args(argv: Sequence[str] | None) -> TrainConfig:
     a("--force-full", action="store_true", help="allow --method full on a model above the size limit")
     a("--threads", type=int, help="torch CPU threads (default: all CPUs available to this process)")
     a("--resume", nargs="?", const="latest", help="continue from the newest checkpoint in --out (or the given one)")
+    dialogue_flag(ap)
     a("-v", "--verbose", action="store_true", help="debug logging")
     ns = ap.parse_args(argv)
     setup_logging(ns.verbose)

@@ -63,7 +63,7 @@ def run_all(cfg, tasks: Sequence[PersonaTask]) -> dict[str, Any]:
     """Every system on every task; returns the eval.json data (without config)."""
     outputs: list[dict[str, SystemOutput]] = [{} for _ in tasks]
     general = [_general(cfg, t) for t in tasks]
-    model, tok, _ = load_base(tasks[0].manifest.get("base_model"), cfg.cache_dir)
+    model, tok, _ = load_base(tasks[0].manifest, cfg.cache_dir)
     for task, out, (gen, _) in zip(tasks, outputs, general):
         for system in ("base", "few_shot"):
             out[system] = _run(model, tok, cfg, task, gen, system)

@@ -41,19 +41,19 @@ class SystemOutput:
     generated: list[str]
 
 
-def load_base(spec: str | None, cache_dir: Path | None = None):
-    """(model, tokenizer, extended manifest) of the cached extended base for ``spec``."""
-    from pipeline.extend import default_device, ensure_extended, load_extended
+def load_base(adapter_manifest: dict, cache_dir: Path | None = None):
+    """(model, tokenizer, extended manifest) of the cached extended base an adapter was trained on."""
+    from pipeline.extend import default_device, extended_for, load_extended
 
     # CUDA when torch sees a GPU (bf16 there, by load_extended's default), else the CPU (fp32)
-    model, tok, manifest = load_extended(ensure_extended(spec, cache_dir), device=default_device())
+    model, tok, manifest = load_extended(extended_for(adapter_manifest, cache_dir), device=default_device())
     return model.eval(), tok, manifest
 
 
 def load_adapter(task: PersonaTask, cache_dir: Path | None = None):
     """(model, tokenizer, share_prefix) with the task's adapter applied to a fresh base."""
     method = task.manifest.get("method", "lora")
-    base, tok, ext = load_base(task.manifest.get("base_model"), cache_dir)
+    base, tok, ext = load_base(task.manifest, cache_dir)
     want = task.manifest.get("extended_fingerprint")
     if want and ext.get("fingerprint") and want != ext["fingerprint"]:
         log.warning("%s was trained on extended base %s, evaluating on %s", task.adapter, want, ext["fingerprint"])

@@ -85,7 +85,7 @@ def load_trained(directory: str | Path, cache_dir: str | Path | None = None, dev
     The extended base is the one named by the manifest (built into the cache if
     needed); the adapter is attached under the persona's name.
     """
-    from pipeline.extend import ensure_extended, load_extended
+    from pipeline.extend import extended_for, load_extended
 
     directory = Path(directory)
     manifest = read_manifest(directory)
@@ -96,6 +96,6 @@ def load_trained(directory: str | Path, cache_dir: str | Path | None = None, dev
         return model.eval(), AutoTokenizer.from_pretrained(directory), manifest
     from peft import PeftModel
 
-    base, tokenizer, _ = load_extended(ensure_extended(manifest["base_model"], cache_dir), device=device, dtype=dtype)
+    base, tokenizer, _ = load_extended(extended_for(manifest, cache_dir), device=device, dtype=dtype)
     model = PeftModel.from_pretrained(base, directory, adapter_name=manifest["persona"])
     return model.eval(), tokenizer, manifest
