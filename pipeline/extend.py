@@ -4,7 +4,7 @@
     python -m pipeline.extend --base-model skt/kogpt2-base-v2 --out models/kogpt2-ext
     python -m pipeline.extend --base-model ~/models/polyglot-ko-1.3b --seed 1
     python -m pipeline.extend --verify models/kogpt2-ext         # reload and check everything; exit 1 on a mismatch
-    python -m pipeline.extend --no-dialogue                      # without the dialogue stage (docs/dialogue.md)
+    python -m pipeline.extend --dialogue                         # with the dialogue stage merged (docs/dialogue.md)
 
 What it does (see docs/PITFALLS.md, "Tokenizer and embeddings"):
 
@@ -21,8 +21,8 @@ What it does (see docs/PITFALLS.md, "Tokenizer and embeddings"):
   plus ``manifest.json`` (base + sha256, token ids, rows, tied flag, seed, versions,
   fingerprint, sha256 of every saved file).
 
-Then, when ``pipeline.dialogue`` has an adapter for this base (the shipped one fits the default
-model), it merges it: the base already answers in the chat format (``--no-dialogue``: not).
+With ``--dialogue``, when ``pipeline.dialogue`` has an adapter for this base (the shipped one fits
+the default model), it then merges it: the base already answers in the chat format.
 
 Training calls :func:`ensure_extended` (cached under ``--cache-dir``, keyed by base
 sha256 + token set + template + seed + the dialogue adapter's sha256) and :func:`load_extended`.

@@ -138,3 +138,17 @@ def test_shipped_adapter_fits_only_its_own_base(tmp_path):
     if (dialogue.ASSET / "manifest.json").is_file():
         shipped = dialogue.read_adapter(dialogue.ASSET)
         assert dialogue.adapter_for(shipped.base_sha256, tmp_path) == shipped
+
+
+def test_the_flag_reaches_extend_and_train_and_changes_their_fingerprint(tmp_path):
+    from pipeline.run import build_parser, config_from_args, extend_stage, train_stage
+    from pipeline.train import parse_args
+
+    chat = tmp_path / "chat.txt"
+    chat.write_text("x", encoding="utf-8")
+    on, off = (config_from_args(build_parser().parse_args([str(chat), "--persona", "민수", flag]))
+               for flag in ("--dialogue", "--no-dialogue"))
+    assert on.dialogue and not off.dialogue
+    assert extend_stage(on).argv != extend_stage(off).argv  # the extend stage reruns when the flag changes
+    train_on, train_off = (parse_args(list(train_stage(c, "민수", "fp").argv)) for c in (on, off))
+    assert train_on.dialogue and not train_off.dialogue

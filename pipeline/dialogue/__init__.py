@@ -1,14 +1,16 @@
 """The dialogue stage: a LoRA that makes the extended base answer the message, merged at extension time.
 
-    python -m pipeline.dialogue                       # retrain it from ChatbotData for the default base (CPU: ~40 min)
-    python -m pipeline.extend --no-dialogue            # the plain extended base, for comparison
+    python -m pipeline.run chat.txt --persona 민수 --dialogue   # persona adapters on the dialogue base
+    python -m pipeline.extend --dialogue               # build (once) the extended default base with the stage merged
+    python -m pipeline.dialogue                        # retrain it from ChatbotData (40 steps of 16 Q/A pairs)
 
 The project ships one such adapter, ``pipeline/assets/dialogue_ko`` (LoRA r=8 plus the rows of
 the chat tokens, 1.9M weights, trained by ``python -m pipeline.dialogue`` on the *train* split
-of ChatbotData, MIT licence: ``LICENSE-ChatbotData`` beside it). :func:`pipeline.extend.ensure_extended`
-merges it into the extended default base (:func:`merge_into`), so every persona adapter trains
-on a base that already answers in the chat format; ``--no-dialogue`` (extend, train, run) keeps the
-plain extended base. An adapter records the base model it was trained on and is merged only
+of ChatbotData, MIT licence: ``LICENSE-ChatbotData`` beside it). With ``--dialogue`` (extend,
+train, run; off by default until the persona-fidelity bench has been run on it, see
+docs/dialogue.md) :func:`pipeline.extend.ensure_extended` merges it into the extended default
+base (:func:`merge_into`), so persona adapters train on a base that already answers in the chat
+format. An adapter records the base model it was trained on and is merged only
 into that one; ``python -m pipeline.dialogue --base-model X`` trains one for another base, kept
 in the cache (``dialogue/<base sha256>``) and found there before the shipped one. The merged
 adapter's sha256 is part of the extended base's cache key and fingerprint, and persona
@@ -18,20 +20,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 from data_prep.errors import UserError
 
-log = logging.getLogger(__name__)
 
 ASSET = Path(__file__).resolve().parents[1] / "assets" / "dialogue_ko"  # the shipped adapter
 MANIFEST = "manifest.json"
 
 
-DEFAULT = True  # extend/train/run merge the stage unless --no-dialogue
+DEFAULT = False  # extend/train/run merge the stage only with --dialogue (see docs/dialogue.md for why)
 MERGE_TOLERANCE = 1e-3  # max |logit| difference between the adapter and its merge on a sample
 
 
