@@ -335,6 +335,9 @@ def ensure_extended(spec: str | None, cache_dir: str | Path | None = None, seed:
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     ref = resolve_base(spec, cache)
     adapter = dialogue_adapter_for(ref.sha256, cache) if dialogue else None
+    if dialogue and adapter is None:
+        log.info("no dialogue stage for %s: the plain extended base is used (python -m pipeline.dialogue "
+                 "trains one)", ref.spec or "the default base")
     target = cache / "extended" / cache_key(ref, seed, adapter.sha256 if adapter else None)
     if not (target / MANIFEST).is_file():
         build_extended(ref, target, seed, adapter)

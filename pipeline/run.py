@@ -152,7 +152,8 @@ def train_defaults() -> dict:
 
     from pipeline.train import TrainConfig
 
-    return {k: v for k, v in asdict(TrainConfig("", "")).items() if k not in ("data", "out")}
+    # dialogue: its effect is the extended base's fingerprint, already part of the train stage's
+    return {k: v for k, v in asdict(TrainConfig("", "")).items() if k not in ("data", "out", "dialogue")}
 
 
 def train_stage(cfg: RunConfig, persona: str, extended: str) -> Stage:
