@@ -3,6 +3,7 @@
     python bench/persona_fidelity.py                      # default model, 4 personas, default training
     python bench/persona_fidelity.py --max-steps 100      # shorter training
     python bench/persona_fidelity.py --tiny               # quick check on a tiny random model (~1 min)
+    python bench/persona_fidelity.py --style emoticon --dialogue   # one persona, on the dialogue base
 
 Builds one KakaoTalk (Windows PC) export per persona from SmileStyle with
 data_prep.smilestyle: four contrasting personas (halbae, king, sosim, emoticon) each
@@ -91,6 +92,11 @@ def main(argv=None) -> int:
     ap.add_argument("--limit", type=int, default=0, help="use only the first N SmileStyle dialogues (0: all)")
     ap.add_argument("--base-model", help="base model (default: the project's default model)")
     ap.add_argument("--out", type=Path, help="run folder (default runs/bench_fidelity, or a temp dir with --tiny)")
+    ap.add_argument("--style", action="append", choices=STYLES,
+                    help="persona style to run (repeatable; default all four)")
+    from pipeline.dialogue_stage import add_flag
+
+    add_flag(ap)
     a = ap.parse_args(argv)
     from pipeline.run import main as run_main
 
@@ -108,19 +114,21 @@ def main(argv=None) -> int:
         a.max_steps = a.max_steps or 20
     elif a.base_model:
         argv_run += ["--base-model", a.base_model]
-    exports = write_exports(out / "exports", STYLES, a.limit)
-    names = [smilestyle.PERSONA_NAMES[s] for s in STYLES]
+    styles = tuple(a.style or STYLES)
+    exports = write_exports(out / "exports", styles, a.limit)
+    names = [smilestyle.PERSONA_NAMES[s] for s in styles]
     argv_run = [*map(str, exports), *[x for n in names for x in ("--persona", n)], "--out", str(out),
-                "--max-examples", str(a.max_examples), *argv_run]
+                "--max-examples", str(a.max_examples), "--dialogue" if a.dialogue else "--no-dialogue", *argv_run]
     if a.max_steps:
         argv_run += ["--max-steps", str(a.max_steps)]
     print("python -m pipeline.run " + " ".join(argv_run), flush=True)
     code = run_main(argv_run)
     if code:
         return code
-    result = json.loads((out / "adapters" / "eval" / "eval.json").read_text(encoding="utf-8"))
+    eval_dir = out / "adapters" / ("eval" if len(names) > 1 else names[0])  # where pipeline.run writes it
+    result = json.loads((eval_dir / "eval.json").read_text(encoding="utf-8"))
     report(result, time.perf_counter() - t0)
-    print(f"\nfull report: {out / 'adapters' / 'eval' / 'eval.md'}")
+    print(f"\nfull report: {eval_dir / 'eval.md'}")
     return 0
 
 

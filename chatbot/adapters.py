@@ -36,6 +36,7 @@ class PersonaInfo:
     method: str = ""
     base_model: str | None = None  # spec string; None = the default base model
     fingerprint: str = ""  # the extended base it was trained on
+    dialogue: bool = False  # that base had the dialogue stage merged (pipeline.dialogue_stage)
     instruction: str = ""
     user_speaker: str = ""
     max_length: int | None = None
@@ -81,6 +82,7 @@ def _from_manifest(name: str, d: Path, m: dict) -> PersonaInfo:
     return PersonaInfo(
         name=name, path=d, persona=str(m["persona"]), method=str(m["method"]),
         base_model=m.get("base_model"), fingerprint=str(m["extended_fingerprint"]),
+        dialogue=bool(m.get("dialogue", False)),
         instruction=str(m["instruction"]), user_speaker=str(m["user_speaker"]),
         max_length=m.get("max_length"), steps=metrics.get("steps"),
         val_ppl=None if ppl is None else float(ppl),
@@ -129,6 +131,12 @@ def choose_base(infos: list[PersonaInfo], requested: str | None) -> str | None:
         return requested
     specs = Counter(i.base_model for i in infos if i.available)
     return specs.most_common(1)[0][0] if specs else None
+
+
+def choose_dialogue(infos: list[PersonaInfo], spec: str | None) -> bool:
+    """Whether to load ``spec``'s extended base with the dialogue stage: as most of its adapters were trained."""
+    flags = Counter(i.dialogue for i in infos if i.available and i.base_model == spec)
+    return flags.most_common(1)[0][0] if flags else False
 
 
 def check_base(infos: list[PersonaInfo], spec: str | None, fingerprint: str) -> list[PersonaInfo]:

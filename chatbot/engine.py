@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from chatbot import decoding
-from chatbot.adapters import PersonaInfo, check_base, choose_base, discover
+from chatbot.adapters import PersonaInfo, check_base, choose_base, choose_dialogue, discover
 from chatbot.decoding import MAX_NEW_TOKENS_CAP, Prompt, SamplingParams  # noqa: F401 (re-exported)
 from core import chat_format
 from core.errors import UserError
@@ -124,7 +124,8 @@ class Engine:
         else the CPU (fp32)."""
         infos = discover(adapters_dir)
         spec = choose_base(infos, base_model)
-        path = find_extended(_fingerprint_of(infos, spec), cache_dir) or build_extended(spec, cache_dir)
+        path = find_extended(_fingerprint_of(infos, spec), cache_dir) or build_extended(
+            spec, cache_dir, dialogue=choose_dialogue(infos, spec))
         model, tokenizer, manifest = load_extended(path, device=device or default_device())
         return cls.from_loaded(model, tokenizer, manifest, infos, spec)
 
@@ -312,12 +313,13 @@ def _fingerprint_of(infos: Sequence[PersonaInfo], spec: str | None) -> str:
     return found.most_common(1)[0][0] if found else ""
 
 
-def build_extended(spec: str | None, cache_dir: str | Path | None) -> Path:
+def build_extended(spec: str | None, cache_dir: str | Path | None, dialogue: bool = False) -> Path:
     """``python -m pipeline.extend`` in its own process; returns the folder it prints.
 
-    Its progress goes to our stderr; its one-line error becomes our :class:`UserError`."""
+    ``dialogue``: build the base with the dialogue stage merged (``--dialogue``), as adapters trained
+    on such a base need. Its progress goes to our stderr; its one-line error becomes our :class:`UserError`."""
     argv = [sys.executable, "-m", "pipeline.extend", *(["--base-model", spec] if spec else []),
-            *(["--cache-dir", str(cache_dir)] if cache_dir else [])]
+            *(["--cache-dir", str(cache_dir)] if cache_dir else []), "--dialogue" if dialogue else "--no-dialogue"]
     log.info("preparing the extended base for %s (python -m pipeline.extend) ...", spec or "the default model")
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     error = ""

@@ -4,6 +4,7 @@
     python -m pipeline.extend --base-model skt/kogpt2-base-v2 --out models/kogpt2-ext
     python -m pipeline.extend --base-model ~/models/polyglot-ko-1.3b --seed 1
     python -m pipeline.extend --verify models/kogpt2-ext         # reload and check everything; exit 1 on a mismatch
+    python -m pipeline.extend --dialogue                         # with the dialogue stage merged (docs/dialogue.md)
 
 What it does:
 
@@ -20,11 +21,15 @@ What it does:
   plus ``manifest.json`` (base + sha256, token ids, rows, tied flag, seed, versions,
   fingerprint, sha256 of every saved file).
 
+With ``--dialogue``, when ``pipeline.dialogue_stage`` finds an adapter for this base (the shipped one fits
+the default model), it then merges it: the base already answers in the chat format.
+
 Training calls :func:`ensure_extended` (cached under ``--cache-dir``, keyed by base
-sha256 + token set + template + seed) and ``core.models.load_extended``.
+sha256 + token set + template + seed + the dialogue adapter's sha256) and ``core.models.load_extended``.
 """
 from __future__ import annotations
 
+import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,9 +37,11 @@ from typing import Sequence
 
 from core.cli import parser, run_cli, setup_logging
 from core.errors import UserError
-from core.models import read_extended_manifest
+from core.models import default_cache_dir, read_extended_manifest
 from pipeline.base_model import resolve_base
-from pipeline.extension import build_extended, ensure_extended
+from pipeline.dialogue_stage import DEFAULT as DIALOGUE_DEFAULT
+from pipeline.dialogue_stage import add_flag as dialogue_flag
+from pipeline.extension import build_extended, dialogue_adapter, ensure_extended
 from pipeline.extension_check import verify_extended
 
 
@@ -47,6 +54,7 @@ class ExtendConfig:
     cache_dir: Path | None = None  # --cache-dir: None = $KAKAO_PERSONA_CACHE or ~/.cache/kakao-persona
     seed: int = 0  # --seed: initialisation of the new embedding rows
     verify: Path | None = None  # --verify: check an existing extended dir instead of building
+    dialogue: bool = DIALOGUE_DEFAULT  # --dialogue/--no-dialogue: merge the dialogue stage (pipeline.dialogue_stage)
 
     def validate(self) -> None:
         problems = []
@@ -62,7 +70,8 @@ class ExtendConfig:
             raise UserError("; ".join(problems))
 
 
-def _args(argv: Sequence[str] | None) -> ExtendConfig:
+def build_parser() -> argparse.ArgumentParser:
+    """The flags of ``python -m pipeline.extend``."""
     p = parser("python -m pipeline.extend", __doc__)
     p.add_argument("--base-model", default=None, metavar="SPEC",
                    help="a local HF model dir, a .gguf file, or a hub id; default: Gemma 3 270M (bundled)")
@@ -74,8 +83,13 @@ def _args(argv: Sequence[str] | None) -> ExtendConfig:
     p.add_argument("--seed", type=int, default=0, help="seed for the new embedding rows (default 0)")
     p.add_argument("--verify", type=Path, default=None, metavar="DIR",
                    help="reload an extended base and check it against its manifest; exit 1 on a mismatch")
-    a = p.parse_args(argv)
-    return ExtendConfig(a.base_model, a.out, a.cache_dir, a.seed, a.verify)
+    dialogue_flag(p)
+    return p
+
+
+def _args(argv: Sequence[str] | None) -> ExtendConfig:
+    a = build_parser().parse_args(argv)
+    return ExtendConfig(a.base_model, a.out, a.cache_dir, a.seed, a.verify, a.dialogue)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -91,10 +105,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"OK {cfg.verify} (fingerprint {read_extended_manifest(cfg.verify)['fingerprint'][:16]})")
         return 0
     if cfg.out is not None:
-        build_extended(resolve_base(cfg.base_model, cfg.cache_dir), cfg.out, cfg.seed)
+        cache = cfg.cache_dir or default_cache_dir()
+        ref = resolve_base(cfg.base_model, cache)
+        build_extended(ref, cfg.out, cfg.seed, dialogue_adapter(ref, cache, cfg.dialogue))
         print(cfg.out)
     else:
-        print(ensure_extended(cfg.base_model, cfg.cache_dir, cfg.seed))
+        print(ensure_extended(cfg.base_model, cfg.cache_dir, cfg.seed, cfg.dialogue))
     return 0
 
 

@@ -2,7 +2,9 @@
 
 What the recipe does (new tokens, embedding rows, template, manifest) is the help of
 ``python -m pipeline.extend`` (:mod:`pipeline.extend`). :func:`ensure_extended` caches
-the result under the cache folder, keyed by base sha256 + token set + template + seed;
+the result under the cache folder, keyed by base sha256 + token set + template + seed (+ the
+merged dialogue adapter's sha256: with ``dialogue``, the stage of :mod:`pipeline.dialogue_stage` is
+merged when one exists for the base); :func:`extended_for` finds the base an adapter was trained on;
 :func:`load_base` and :func:`load_trained` load through :mod:`core.models`.
 """
 from __future__ import annotations
@@ -16,17 +18,24 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from core import adapter_format
-from core.chat_format import CHAT_TEMPLATE, EOT, PAD, SPECIAL_TOKENS, native_end_id, stop_ids
+from core.chat_format import CHAT_TEMPLATE, EOT, PAD, SPECIAL_TOKENS, native_end_id, render, stop_ids
 from core.files import atomic_dir, sha256_of
 from core.models import EXTENDED_DIR, EXTENDED_MANIFEST, default_cache_dir, default_device, load_adapter, load_extended
 from pipeline import base_model
 from pipeline.base_model import BaseModelRef, resolve_base
+from pipeline.dialogue_stage import DEFAULT as DIALOGUE_DEFAULT
+from pipeline.dialogue_stage import DialogueAdapter, adapter_for, merge_into
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 3  # bump when the extension recipe changes, so cached extended bases are rebuilt
 NOISE_SCALE = 0.1  # noise std relative to the per-dimension std of the existing rows: small, but
 #                    enough that the new tokens are not identical vectors before training
+# a conversation with the chat tokens in every role (one glued into a message): verify renders it, and
+# merging the dialogue stage compares logits on it
+SAMPLE_CONTEXT = ({"speaker": "민수", "text": "오늘 뭐 해? ㅋㅋ"}, {"speaker": "지은", "text": "집에 있어 ㅠㅠ"},
+                  {"speaker": "민수", "text": "<|eot|>나와 ㅎㅎ"})
+SAMPLE = ("지은처럼 반말로 짧게 답해.", SAMPLE_CONTEXT, "지은", "좋아 어디로 갈까?")
 
 
 @dataclass(frozen=True)
@@ -136,10 +145,12 @@ def _set_generation_ids(model, tokenizer) -> None:
 # -- hashes ------------------------------------------------------------------------------------
 
 
-def fingerprint(model, tokenizer, base_sha256: str, new_ids: Sequence[int]) -> str:
+def fingerprint(model, tokenizer, base_sha256: str, new_ids: Sequence[int],
+                dialogue_sha256: str | None = None) -> str:
     """Hash of what makes this extended base what it is; equal after save + reload.
 
-    The base sha256 pins every unchanged weight; the rest is hashed directly: the
+    The base sha256 pins every unchanged weight (and ``dialogue_sha256``, the merged dialogue
+    adapter's, every weight it changed); the rest is hashed directly: the
     tokenizer's vocabulary and special tokens, the template, the row count and the
     values of the new rows (input and, when untied, output) in float32.
     """
@@ -152,6 +163,8 @@ def fingerprint(model, tokenizer, base_sha256: str, new_ids: Sequence[int]) -> s
         "specials": {str(t): i for t, i in sorted(_special_map(tokenizer).items())},
         "vocab": _vocab_sha(tokenizer), "new_ids": list(new_ids),
     }
+    if dialogue_sha256 is not None:  # absent otherwise, so plain extended bases keep their fingerprint
+        meta["dialogue"] = dialogue_sha256
     h.update(json.dumps(meta, sort_keys=True, ensure_ascii=False).encode())
     ids = torch.tensor(list(new_ids), dtype=torch.long)
     layers = [model.get_input_embeddings().weight]
@@ -181,8 +194,10 @@ def file_hashes(directory: Path) -> dict[str, str]:
 # -- build, cache, load ------------------------------------------------------------------------
 
 
-def build_extended(ref: BaseModelRef, out: str | Path, seed: int = 0) -> dict[str, Any]:
-    """Load ``ref``, extend it, save it to ``out`` atomically (temp dir + rename); return the manifest."""
+def build_extended(ref: BaseModelRef, out: str | Path, seed: int = 0,
+                   dialogue: DialogueAdapter | None = None) -> dict[str, Any]:
+    """Load ``ref``, extend it, merge the ``dialogue`` adapter when given, save it to ``out``
+    atomically (temp dir + rename); return the manifest."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -192,14 +207,23 @@ def build_extended(ref: BaseModelRef, out: str | Path, seed: int = 0) -> dict[st
     tok = AutoTokenizer.from_pretrained(ref.path)
     model = AutoModelForCausalLM.from_pretrained(ref.path, dtype=torch.float32)
     ext = extend_model(model, tok, seed)
+    if dialogue is not None:
+        model = _merge_dialogue(model, tok, ref, ext, dialogue)
     with atomic_dir(out, replace=False) as tmp:
         model.save_pretrained(tmp)
         save_tokenizer(tok, tmp)
-        manifest = _manifest(ref, ext, model, tok, tmp)
+        manifest = _manifest(ref, ext, model, tok, tmp, dialogue)
         (tmp / EXTENDED_MANIFEST).write_text(json.dumps(manifest, indent=1, ensure_ascii=False), encoding="utf-8")
     log.info("extended base saved to %s in %.1f s: %d new tokens, %d rows, tied=%s",
              out, time.perf_counter() - t0, len(ext.new_token_ids), ext.rows, ext.tied)
     return manifest
+
+
+def _merge_dialogue(model, tok, ref: BaseModelRef, ext: Extension, dialogue: DialogueAdapter):
+    plain = fingerprint(model, tok, ref.sha256, ext.new_token_ids)
+    sample = render(tok, *SAMPLE[:3], response=SAMPLE[3]).input_ids
+    log.info("merging the dialogue stage %s", dialogue.path)
+    return merge_into(model, dialogue, plain, sample)
 
 
 def save_tokenizer(tok, directory: Path) -> None:
@@ -217,7 +241,8 @@ def save_tokenizer(tok, directory: Path) -> None:
     cfg_path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def _manifest(ref: BaseModelRef, ext: Extension, model, tok, saved: Path) -> dict[str, Any]:
+def _manifest(ref: BaseModelRef, ext: Extension, model, tok, saved: Path,
+              dialogue: DialogueAdapter | None = None) -> dict[str, Any]:
     return {
         "format": FORMAT_VERSION,
         "base": {"spec": ref.spec, "kind": ref.kind, "sha256": ref.sha256},
@@ -231,39 +256,76 @@ def _manifest(ref: BaseModelRef, ext: Extension, model, tok, saved: Path) -> dic
         "seed": ext.seed, "init": {"method": "mean+noise", "noise_scale": NOISE_SCALE,
                                       "copied": {str(k): v for k, v in ext.copied.items()}},
         "versions": base_model.library_versions(),
-        "fingerprint": fingerprint(model, tok, ref.sha256, ext.new_token_ids),
+        "dialogue": dialogue.describe() if dialogue is not None else None,
+        "fingerprint": fingerprint(model, tok, ref.sha256, ext.new_token_ids,
+                                   dialogue.sha256 if dialogue is not None else None),
         "files": file_hashes(saved),
     }
 
 
-def cache_key(ref: BaseModelRef, seed: int) -> str:
-    """Extended bases are cached by base weights + token set + template + seed + recipe version."""
+def cache_key(ref: BaseModelRef, seed: int, dialogue_sha256: str | None = None) -> str:
+    """Extended bases are cached by base weights + token set + template + seed + recipe version
+    (+ the merged dialogue adapter's sha256)."""
     key = {"base": ref.sha256, "kind": ref.kind, "tokens": list(SPECIAL_TOKENS) + [PAD],
            "template": CHAT_TEMPLATE, "seed": seed, "format": FORMAT_VERSION}
+    if dialogue_sha256 is not None:  # absent otherwise: plain extended bases keep their cache entry
+        key["dialogue"] = dialogue_sha256
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def ensure_extended(spec: str | None, cache_dir: str | Path | None = None, seed: int = 0) -> Path:
-    """The cached extended base for ``spec`` (built on first use); returns its directory."""
+def dialogue_adapter(ref: BaseModelRef, cache: Path, dialogue: bool) -> DialogueAdapter | None:
+    """The dialogue adapter to merge into ``ref``'s extended base: None without ``dialogue`` or
+    when no stage exists for this base (said in the log, so ``--dialogue`` is never silently moot)."""
+    if not dialogue:
+        return None
+    adapter = adapter_for(ref.sha256, cache)
+    if adapter is None:
+        log.info("no dialogue stage for %s: the plain extended base is used (python -m pipeline.dialogue "
+                 "trains one)", ref.spec or "the default base")
+    return adapter
+
+
+def ensure_extended(spec: str | None, cache_dir: str | Path | None = None, seed: int = 0,
+                    dialogue: bool = DIALOGUE_DEFAULT) -> Path:
+    """The cached extended base for ``spec`` (built on first use); returns its directory.
+
+    ``dialogue``: merge the dialogue stage (:mod:`pipeline.dialogue_stage`) when one exists for this base.
+    """
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     ref = resolve_base(spec, cache)
-    target = cache / EXTENDED_DIR / cache_key(ref, seed)
+    adapter = dialogue_adapter(ref, cache, dialogue)
+    target = cache / EXTENDED_DIR / cache_key(ref, seed, adapter.sha256 if adapter else None)
     if not (target / EXTENDED_MANIFEST).is_file():
-        build_extended(ref, target, seed)
+        build_extended(ref, target, seed, adapter)
     return target
 
 
-def load_base(spec: str | None, cache_dir: str | Path | None = None, device: str | None = None, dtype=None):
-    """(model, tokenizer, extended manifest) of the cached extended base for ``spec`` (built if needed);
-    ``device`` default: the GPU when torch sees one (bf16 there), else the CPU (fp32)."""
-    model, tok, manifest = load_extended(ensure_extended(spec, cache_dir), device=device or default_device(),
-                                         dtype=dtype)
+def extended_for(manifest: dict[str, Any], cache_dir: str | Path | None = None) -> Path:
+    """The extended base an adapter was trained on, from its manifest (older ones: no dialogue stage)."""
+    return ensure_extended(manifest.get("base_model"), cache_dir, dialogue=bool(manifest.get("dialogue", False)))
+
+
+def load_base(spec: str | None, cache_dir: str | Path | None = None, device: str | None = None, dtype=None,
+              dialogue: bool = DIALOGUE_DEFAULT):
+    """(model, tokenizer, extended manifest) of the cached extended base for ``spec`` (built if needed;
+    with the dialogue stage when ``dialogue``); ``device`` default: the GPU when torch sees one (bf16
+    there), else the CPU (fp32)."""
+    model, tok, manifest = load_extended(ensure_extended(spec, cache_dir, dialogue=dialogue),
+                                         device=device or default_device(), dtype=dtype)
     return model.eval(), tok, manifest
+
+
+def load_base_for(adapter_manifest: dict[str, Any], cache_dir: str | Path | None = None, device: str | None = None,
+                  dtype=None):
+    """:func:`load_base` of the extended base an adapter was trained on (its manifest's base model,
+    with the dialogue stage when the manifest says so; older manifests: without)."""
+    return load_base(adapter_manifest.get("base_model"), cache_dir, device, dtype,
+                     dialogue=bool(adapter_manifest.get("dialogue", False)))
 
 
 def load_trained(directory: str | Path, cache_dir: str | Path | None = None, device: str = "cpu", dtype=None):
     """(model, tokenizer, manifest) for an adapter folder: its extended base (the one its manifest
     names, built into the cache if needed) with the adapter attached under the persona's name."""
     manifest = adapter_format.read_manifest(directory)
-    base, tokenizer, _ = load_base(manifest["base_model"], cache_dir, device, dtype)
+    base, tokenizer, _ = load_base_for(manifest, cache_dir, device, dtype)
     return load_adapter(base, directory, manifest["persona"]).eval(), tokenizer, manifest

@@ -13,12 +13,9 @@ from typing import Any
 from core.chat_format import EOT, render, to_messages
 from core.errors import UserError
 from core.models import load_model, quick_checks, read_extended_manifest
-from pipeline.extension import file_hashes, fingerprint, is_tied
+from pipeline.extension import SAMPLE, file_hashes, fingerprint, is_tied
 
 GLUE_PROBE = "안녕{}하세요"  # a special token glued to Korean text must still be exactly one id
-SAMPLE_CONTEXT = ({"speaker": "민수", "text": "오늘 뭐 해? ㅋㅋ"}, {"speaker": "지은", "text": "집에 있어 ㅠㅠ"},
-                  {"speaker": "민수", "text": "<|eot|>나와 ㅎㅎ"})
-SAMPLE = ("지은처럼 반말로 짧게 답해.", SAMPLE_CONTEXT, "지은", "좋아 어디로 갈까?")
 
 
 def verify_extended(path: str | Path) -> list[str]:
@@ -82,7 +79,8 @@ def _check_model(model, tok, manifest: dict[str, Any]) -> list[str]:
     problems = []
     if is_tied(model) != manifest.get("tied"):
         problems.append(f"tied={is_tied(model)}, manifest says {manifest.get('tied')}")
-    fp = fingerprint(model, tok, manifest.get("base", {}).get("sha256", ""), manifest.get("new_token_ids", []))
+    fp = fingerprint(model, tok, manifest.get("base", {}).get("sha256", ""), manifest.get("new_token_ids", []),
+                     (manifest.get("dialogue") or {}).get("sha256"))
     if fp != manifest.get("fingerprint"):
         problems.append("fingerprint of the reloaded model/tokenizer differs from the manifest")
     eos = model.generation_config.eos_token_id

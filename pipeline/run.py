@@ -35,6 +35,7 @@ from core.cli import parser as make_parser
 from core.cli import run_cli, setup_logging
 from core.errors import UserError
 from core.files import atomic_write, read_json_or_empty, sha256_of
+from pipeline.dialogue_stage import DEFAULT as DIALOGUE_DEFAULT
 
 STATE_FILE = "run_state.json"
 STATE_VERSION = 1
@@ -58,6 +59,7 @@ class RunConfig:
     force: bool = False  # --force: ignore the state file
     keep_pii: bool = False  # --keep-pii: prepare keeps personal data, and the audit does not stop the run
     redact_list: Path | None = None  # --redact-list: the user's own terms (prepare replaces, the audit checks)
+    dialogue: bool = DIALOGUE_DEFAULT  # --dialogue/--no-dialogue: the extended base's dialogue stage
 
     def validate(self) -> None:
         problems = [f"{p}: no such file" for p in self.inputs if not p.is_file()]
@@ -113,6 +115,10 @@ def _base(cfg: RunConfig) -> list[str]:
     return ["--base-model", cfg.base_model] if cfg.base_model else []
 
 
+def _dialogue(cfg: RunConfig) -> list[str]:
+    return [] if cfg.dialogue == DIALOGUE_DEFAULT else ["--dialogue" if cfg.dialogue else "--no-dialogue"]
+
+
 def prepare_stage(cfg: RunConfig) -> Stage:
     from pipeline import prepare
 
@@ -153,9 +159,10 @@ def extend_stage(cfg: RunConfig) -> Stage:
     from pipeline.extension import ensure_extended
 
     def action():
-        return read_extended_manifest(ensure_extended(cfg.base_model, cfg.cache_dir))["fingerprint"]
+        return read_extended_manifest(ensure_extended(cfg.base_model, cfg.cache_dir, dialogue=cfg.dialogue))[
+            "fingerprint"]
 
-    return Stage("extend", tuple(_base(cfg) + _cache(cfg)), (), (), action)
+    return Stage("extend", tuple(_base(cfg) + _cache(cfg) + _dialogue(cfg)), (), (), action)
 
 
 def train_defaults() -> dict:
@@ -165,7 +172,8 @@ def train_defaults() -> dict:
 
     from pipeline.training.config import TrainConfig
 
-    return {k: v for k, v in asdict(TrainConfig("", "")).items() if k not in ("data", "out")}
+    # dialogue: its effect is the extended base's fingerprint, already part of the train stage's
+    return {k: v for k, v in asdict(TrainConfig("", "")).items() if k not in ("data", "out", "dialogue")}
 
 
 def train_stage(cfg: RunConfig, persona: str, extended: str) -> Stage:
@@ -173,7 +181,7 @@ def train_stage(cfg: RunConfig, persona: str, extended: str) -> Stage:
 
     data, out = cfg.out / "data", cfg.adapter(persona)
     argv = ["--data", str(data), "--persona", persona, "--out", str(out), *_base(cfg), *_cache(cfg),
-            *cfg.train_args]
+            *_dialogue(cfg), *cfg.train_args]
     inputs = (data / "train.jsonl", data / "validation.jsonl", data / "personas" / f"{persona}.yaml")
     return Stage(f"train:{persona}", tuple(argv), inputs, (out / "manifest.json",),
                  lambda: _call(train.main, argv), {"extended": extended, "defaults": train_defaults()})
@@ -240,18 +248,26 @@ PREPARE_FLAGS = ("--context-turns", "--val-ratio", "--min-replies", "--self-alia
 TRAIN_FLAGS = ("--method", "--max-steps", "--epochs", "--lr", "--lora-r", "--max-length", "--batch-size",
                "--eval-every", "--rehearsal")
 EVAL_FLAGS = ("--max-examples", "--samples", "--max-new-tokens", "--general", "--selection-items")
+# the extended base's flags: they reach the extend stage and every train stage (both build that base), so they
+# are RunConfig fields rather than pass-through values (see _dialogue)
+EXTEND_FLAGS = ("--dialogue",)
 
 
 def _stage_flags() -> list[tuple[str, tuple[str, ...], argparse.ArgumentParser]]:
-    from pipeline import evaluate, prepare, train
+    from pipeline import evaluate, extend, prepare, train
 
-    return [("prepare", PREPARE_FLAGS, prepare.build_parser()), ("train", TRAIN_FLAGS, train.build_parser()),
-            ("evaluate", EVAL_FLAGS, evaluate.build_parser())]
+    return [("prepare", PREPARE_FLAGS, prepare.build_parser()), ("extend and train", EXTEND_FLAGS,
+                                                                   extend.build_parser()),
+            ("train", TRAIN_FLAGS, train.build_parser()), ("evaluate", EVAL_FLAGS, evaluate.build_parser())]
 
 
 def _pass_on(p: argparse.ArgumentParser, stage: str, flag: str, source: argparse.ArgumentParser) -> None:
     """Add ``flag`` as ``source`` declares it (type, choices), without a default: only given flags go on."""
     action = next(a for a in source._actions if flag in a.option_strings)
+    if isinstance(action, argparse.BooleanOptionalAction):  # an on/off switch keeps the stage's default
+        p.add_argument(flag, action=argparse.BooleanOptionalAction, default=action.default,
+                       help=f"passed to {stage}: {action.help}")
+        return
     p.add_argument(flag, type=action.type, choices=action.choices, metavar=action.metavar or flag[2:].upper()
                    .replace("-", "_"), help=f"passed to {stage} (see python -m pipeline.{stage} --help)")
 
@@ -300,6 +316,7 @@ def config_from_args(a) -> RunConfig:
         + (("--redact-list", str(a.redact_list)) if a.redact_list else ()),
         train_args=_passed(a, TRAIN_FLAGS) + seed + threads, eval_args=_passed(a, EVAL_FLAGS) + seed + threads,
         evaluate=not a.no_eval, chat=a.chat, force=a.force, keep_pii=a.keep_pii, redact_list=a.redact_list,
+        dialogue=a.dialogue,
     )
 
 

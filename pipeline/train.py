@@ -23,6 +23,7 @@ import sys
 from typing import Sequence
 
 from core.cli import parser, run_cli, setup_logging
+from pipeline.dialogue_stage import add_flag as dialogue_flag
 from pipeline.training.config import TrainConfig
 from pipeline.training.methods import METHODS
 from pipeline.training.run import train
@@ -74,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--resume", nargs="?", const="latest",
       help="continue from the newest readable checkpoint in --out (a damaged newest one is skipped, with a log "
            "line) or from the given one")
+    dialogue_flag(ap)
     a("-v", "--verbose", action="store_true", help="debug logging")
     return ap
 

@@ -18,7 +18,7 @@ from data_prep.chatbot_data import load_qa
 from pipeline.evaluation import attribution, charts, report, selection
 from pipeline.evaluation.generation import SamplingConfig
 from pipeline.evaluation.parallel import DEFAULT_TSV, ParallelIndex
-from pipeline.evaluation.runner import (SystemOutput, instruction_for, load_adapter, load_base, max_length_for,
+from pipeline.evaluation.runner import (SystemOutput, instruction_for, load_adapter, load_base_for, max_length_for,
                                         run_system, work_units)
 from pipeline.evaluation.scoring import Example, ReplyScore
 from pipeline.evaluation.tasks import DEFAULT_CHATBOT_CSV, PersonaTask, build_task, general_examples
@@ -113,7 +113,7 @@ def run_all(cfg, tasks: Sequence[PersonaTask]) -> dict[str, Any]:
     attributing = _attributes(tasks)
     reference: dict[str, list[ReplyScore | None]] = {}  # the base model in each adapter's prompt
     adapted: dict[str, list[ReplyScore | None]] = {}
-    model, tok, _ = load_base(tasks[0].manifest.get("base_model"), cfg.cache_dir)
+    model, tok, _ = load_base_for(tasks[0].manifest, cfg.cache_dir)
     for task, out, sel, its, (gen, _) in zip(tasks, outputs, selections, items, general):
         for system in ("base", "few_shot"):
             out[system] = _run(model, tok, cfg, task, gen, system)

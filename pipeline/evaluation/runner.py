@@ -25,7 +25,7 @@ from pipeline.evaluation.generation import SamplingConfig, generate_replies
 from pipeline.evaluation.identification import IdItem, Ranking, rank_item
 from pipeline.evaluation.scoring import Example, ReplyScore, score_examples
 from pipeline.evaluation.tasks import PersonaTask
-from pipeline.extension import load_base
+from pipeline.extension import load_base_for
 
 log = logging.getLogger(__name__)
 SYSTEMS = ("base", "few_shot", "adapter")
@@ -42,8 +42,9 @@ class SystemOutput:
 
 
 def load_adapter(task: PersonaTask, cache_dir: Path | None = None):
-    """(model, tokenizer) with the task's LoRA adapter merged into a fresh extended base."""
-    base, tok, ext = load_base(task.manifest.get("base_model"), cache_dir)
+    """(model, tokenizer) with the task's LoRA adapter merged into a fresh copy of the extended base
+    it was trained on."""
+    base, tok, ext = load_base_for(task.manifest, cache_dir)
     want = task.manifest.get("extended_fingerprint")
     if want and ext.get("fingerprint") and want != ext["fingerprint"]:
         log.warning("%s was trained on extended base %s, evaluating on %s", task.adapter, want, ext["fingerprint"])

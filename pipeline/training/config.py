@@ -14,6 +14,7 @@ from core.errors import UserError
 from core.models import default_device
 from data_prep.persona_card import card_path
 from data_prep.records import read_pairs
+from pipeline.dialogue_stage import DEFAULT as DIALOGUE_DEFAULT
 from pipeline.training.data import persona_instruction, user_speaker
 from pipeline.training.methods import METHODS
 
@@ -64,6 +65,7 @@ class TrainConfig:
     qlora: bool = False  # LoRA on a 4-bit base (bitsandbytes); CUDA only
     threads: int | None = None  # torch CPU threads (default: the CPUs this process may use)
     resume: str | None = None  # "latest" or a checkpoint directory
+    dialogue: bool = DIALOGUE_DEFAULT  # train on the extended base with the dialogue stage merged (pipeline.dialogue_stage)
 
     def validate(self) -> None:
         """Raise one UserError naming every bad flag."""

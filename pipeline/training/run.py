@@ -160,7 +160,8 @@ def finish(cfg: TrainConfig, pd: PersonaData, model, ext: tuple[Path, dict], res
     out = Path(cfg.out)
     manifest = {
         "persona": pd.persona, "method": cfg.method, "base_model": cfg.base_model,
-        "extended_fingerprint": ext_manifest.get("fingerprint"), "data_hash": pd.data_hash,
+        "extended_fingerprint": ext_manifest.get("fingerprint"), "dialogue": bool(ext_manifest.get("dialogue")),
+        "data_hash": pd.data_hash,
         "instruction": pd.instruction, "user_speaker": pd.user_speaker, "max_length": cfg.max_length,
         "config": asdict(cfg), "metrics": _metrics(cfg, result, records, counts), "versions": _versions(),
     }
@@ -195,7 +196,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         log.setLevel(logging.WARNING)
     pd = load_persona_data(cfg)
     with acc.main_process_first():  # build the extended base once, not once per rank
-        ext_path = ensure_extended(cfg.base_model, cfg.cache_dir)
+        ext_path = ensure_extended(cfg.base_model, cfg.cache_dir, dialogue=cfg.dialogue)
     model, tok, ext_manifest = load_base(cfg, ext_path, acc.device)
     data, counts = build_loop_data(cfg, pd, tok)
     # the examples are token ids now: a 262k-entry tokenizer holds ~300 MB that the loop

@@ -1,0 +1,54 @@
+"""The dialogue stage's training data: ChatbotData's *train* split as chat pairs.
+
+Each question is the user's turn and its answer the bot's reply. The system turn alternates
+between the empty instruction (what the bare base chat uses) and a neutral one, and the user's
+name between a few names, so the stage does not tie its replies to one system text or speaker
+(persona cards bring their own). The held-out split of :mod:`data_prep.chatbot_data` is never read.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Sequence
+
+from core.errors import UserError
+from data_prep.chatbot_data import DEFAULT_CSV, QA, load_qa
+from data_prep.records import ContextTurn, Pair
+
+PERSONA = "dialogue"  # the persona name the stage's pairs carry (never rendered: it marks the bot's turns)
+INSTRUCTIONS = ("", "상대의 말에 자연스럽고 친절하게 답하세요.")  # the bare chat's, and a neutral one
+USER_NAMES = ("나", "친구1", "사용자")  # the bare chat's user, prepare's pseudonym style, a generic one
+VALIDATION_BUCKETS = 50  # one train-split answer in this many validates instead (~2%, ~210 pairs)
+
+
+def _bucket(text: str, salt: str, n: int) -> int:
+    digest = hashlib.sha256(f"{salt}\0{text}".encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % n
+
+
+def qa_pair(qa: QA) -> Pair:
+    """One ChatbotData row as a chat pair: the question is the user's turn, the answer the reply."""
+    instruction = INSTRUCTIONS[_bucket(qa.question, "instruction", len(INSTRUCTIONS))]
+    user = USER_NAMES[_bucket(qa.question, "user", len(USER_NAMES))]
+    return Pair(PERSONA, instruction, (ContextTurn(user, qa.question),), qa.answer,
+                conversation_id=hashlib.sha256(qa.answer.encode("utf-8")).hexdigest()[:12], source="ChatbotData")
+
+
+def dialogue_pairs(csv: str | Path = DEFAULT_CSV) -> tuple[list[Pair], list[Pair]]:
+    """(train, validation) pairs from ChatbotData's train split only; split by a hash of the answer,
+    so an answer shared by several questions is never on both sides."""
+    train, val = [], []
+    for qa in load_qa(csv, split="train"):
+        (val if _bucket(qa.answer, "validation", VALIDATION_BUCKETS) == 0 else train).append(qa_pair(qa))
+    if not train or not val:
+        raise UserError(f"{csv}: too few ChatbotData rows for a dialogue stage ({len(train)} train, {len(val)} "
+                        "validation)")
+    return train, val
+
+
+def write_data(directory: Path, train: Sequence[Pair], val: Sequence[Pair]) -> Path:
+    """Write ``train.jsonl`` / ``validation.jsonl`` as the prepare stage does; returns ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, pairs in (("train.jsonl", train), ("validation.jsonl", val)):
+        (directory / name).write_text("".join(p.dumps() + "\n" for p in pairs), encoding="utf-8")
+    return directory
