@@ -82,16 +82,6 @@ def _pin_token_rows(layers: list, name: str) -> None:
         layer.merged_adapters.append(name)
 
 
-class _Cancel:
-    """A StoppingCriteria that ends generation once the consumer has gone away."""
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-
-    def __call__(self, input_ids, scores, **kwargs) -> bool:
-        return self.event.is_set()
-
-
 class Engine:
     """Model, tokenizer and persona adapters; thread-safe :meth:`generate`."""
 
@@ -233,13 +223,6 @@ class Engine:
             raise MessageTooLong(f"message longer than {MAX_MESSAGE_CHARS} characters")
         return replace(params, max_new_tokens=min(params.max_new_tokens, self.max_positions // 2))
 
-    def prepare(
-        self, history: Sequence[dict], persona: str | None, params: GenerationParams | None = None,
-    ) -> tuple[list[int], GenerationParams]:
-        """(prompt ids, clamped params) for a reply: the checks :meth:`generate` makes before generating."""
-        params = self.checked(history, params)
-        return self.prompt_ids(history, persona, params.max_new_tokens), params
-
     @property
     def token_layers(self) -> list:
         """PEFT's TrainableTokens layers (the new-token rows of every adapter)."""
@@ -252,11 +235,10 @@ class Engine:
     def _stream(self, prompt: Prompt, persona: str | None, params: SamplingParams, seed: int | None):
         from transformers import TextIteratorStreamer
 
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
-        cancel = _Cancel()
-        worker = threading.Thread(
-            target=self._generate_locked, args=(prompt, persona, params, seed, streamer, cancel), daemon=True,
-        )
+        streamer = TextIteratorStreamer(self.tokenizer, skip_special_tokens=True, timeout=600)
+        cancel = threading.Event()
+        job = decoding.Job(prompt, params, seed, streamer, cancel.is_set)
+        worker = threading.Thread(target=self._generate_locked, args=(job, persona), daemon=True)
         worker.start()
         text = ""
         try:
@@ -266,7 +248,7 @@ class Engine:
                     if text.strip():
                         yield text.lstrip()  # SentencePiece may open the reply with a space
         finally:
-            cancel.event.set()  # the consumer stopped early (closed tab): free the lock soon
+            cancel.set()  # the consumer stopped early (closed tab): free the lock soon
             worker.join()
         if getattr(worker, "error", None) is not None:
             raise worker.error
@@ -274,28 +256,21 @@ class Engine:
         if final is not None and final.text != text.strip():
             yield final.text
 
-    def _generate_locked(self, prompt: Prompt, persona, params, seed, streamer, cancel) -> None:
+    def _generate_locked(self, job: decoding.Job, persona: str | None) -> None:
         import contextlib
-
-        import torch
-        from transformers import StoppingCriteriaList
 
         me = threading.current_thread()
         try:
             with self._lock:
                 self._activate(persona)
                 off = self.model.disable_adapter() if persona is None else contextlib.nullcontext()
-                with off, torch.inference_mode():
-                    # global RNG: seeded under the lock
-                    me.reply = decoding.generate(
-                        self.model, self.tokenizer, [prompt], params, seed=seed, streamer=streamer,
-                        stopping_criteria=StoppingCriteriaList([cancel]),
-                    )[0]
+                with off:
+                    me.reply = decoding.decode(self.model, self.tokenizer, [job])[0]
         except BaseException as e:  # surfaced in the consumer thread
             me.error = e
             log.exception("generation failed")
         finally:
-            streamer.end()  # a no-op for the consumer when generate already ended it
+            job.streamer.end()  # a no-op for the consumer when decode already ended it
 
     def reply(self, history: Sequence[dict], persona: str | None, params: GenerationParams | None = None,
               seed: int | None = None) -> str:
