@@ -273,12 +273,13 @@ def decode(model, tokenizer, jobs: Sequence[Job]) -> list[Reply]:
     from transformers import LogitsProcessorList, StoppingCriteriaList
 
     jobs = [replace(j, params=j.params.clamped()) for j in jobs]
+    groups = [g for g, j in enumerate(jobs) for _ in range(j.params.rows)]  # each row's job
     rows = [(j, k) for j in jobs for k in range(j.params.rows)]
     stops = stop_token_ids(tokenizer)
     pad = chat_format.pad_id(tokenizer)
     ids, mask = _left_pad([j.prompt.ids for j, _ in rows], pad)
     recorder = _LogProbs()
-    batch = _Rows(jobs, rows, ids.shape[1], stops, pad)
+    batch = _Rows(jobs, rows, groups, ids.shape[1], stops, pad)
     processors = [recorder, batch.penalise,
                   ReplyShaper(tokenizer, ids.shape[1], [j.prompt.limits for j, _ in rows], stops, batch.check),
                   batch.choose]
@@ -316,11 +317,12 @@ class _Rows:
     Every operation is per row (elementwise or on the row alone), and each job draws from its
     own generator, so a row's tokens are the same in any batch as alone."""
 
-    def __init__(self, jobs: Sequence[Job], rows: Sequence[tuple[Job, int]], width: int, stops, pad: int):
+    def __init__(self, jobs: Sequence[Job], rows: Sequence[tuple[Job, int]], groups: Sequence[int], width: int,
+                 stops: Sequence[int], pad: int):
         import torch
 
         self.rows, self.width, self.stops, self.pad = list(rows), width, set(stops), pad
-        self.groups = [jobs.index(j) for j, _ in rows]
+        self.groups = list(groups)
         self.gens = [torch.Generator().manual_seed(_seed(j.seed)) for j in jobs]
         self.jobs = list(jobs)
         self.check = [8 if j.params.greedy else (j.params.top_k or 48) + 16 for j, _ in rows]
