@@ -357,7 +357,8 @@ class _Rows:
                 tok = int(scores[r].argmax())
             else:
                 idx, probs = row_distribution(scores[r], p.temperature, p.top_k, p.top_p)
-                tok = int(idx[min(int(torch.searchsorted(probs.cumsum(0), draws[self.groups[r]][k])), len(idx) - 1)])
+                at = int(torch.searchsorted(probs.cumsum(0), float(draws[self.groups[r]][k])))  # inverse CDF
+                tok = int(idx[min(at, len(idx) - 1)])
             out[r, tok] = 0.0
             if job.streamer is not None and job.params.rows == 1:
                 job.streamer.put(torch.tensor([tok]))

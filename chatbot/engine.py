@@ -10,7 +10,7 @@ Prompts are built by :func:`core.chat_format.render`, the same builder training 
 the adapter manifest's ``instruction`` as the system turn, the chat user's turns spoken as
 the manifest's ``user_speaker``, the bot's earlier replies as the persona's own turns; the
 oldest turns are dropped to fit the context budget. Replies come from
-:func:`chatbot.decoding.generate` (the evaluation calls it too): several candidates sampled in
+:func:`chatbot.decoding.decode` (the evaluation and the server call it too): several candidates sampled in
 one batch and reranked, loops and echoes rejected, the persona's limits from its ``persona.yaml``.
 
 Switching persona is ``set_adapter`` plus writing the adapter's new-token embedding rows
