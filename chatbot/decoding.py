@@ -340,29 +340,29 @@ class _Rows:
         seen = torch.where(real.to(input_ids.device), input_ids, self.first.to(input_ids.device))
         picked = scores.gather(1, seen)
         pen = self.penalty.to(scores)
-        return scores.scatter(1, seen, torch.where(picked < 0, picked * pen, picked / pen))
+        return scores.scatter_(1, seen, torch.where(picked < 0, picked * pen, picked / pen))  # generate's copy
 
     def choose(self, input_ids, scores):
         """Each row's next token (greedy, or one draw from its job's generator) as a one-hot score."""
         import torch
 
         draws = [torch.rand(j.params.rows, generator=g) for j, g in zip(self.jobs, self.gens)]
-        out = torch.full_like(scores, float("-inf"))
+        chosen = []
         for r, (job, k) in enumerate(self.rows):
-            if self.ended[r]:
-                out[r, self.pad] = 0.0
-                continue
             p = job.params
-            if p.greedy:
-                tok = int(scores[r].argmax())
+            if self.ended[r]:
+                chosen.append(self.pad)
+            elif p.greedy:
+                chosen.append(int(scores[r].argmax()))
             else:
                 idx, probs = row_distribution(scores[r], p.temperature, p.top_k, p.top_p)
                 at = int(torch.searchsorted(probs.cumsum(0), float(draws[self.groups[r]][k])))  # inverse CDF
-                tok = int(idx[min(at, len(idx) - 1)])
-            out[r, tok] = 0.0
-            if job.streamer is not None and job.params.rows == 1:
-                job.streamer.put(torch.tensor([tok]))
-        return out
+                chosen.append(int(idx[min(at, len(idx) - 1)]))
+            if job.streamer is not None and p.rows == 1 and not self.ended[r]:
+                job.streamer.put(torch.tensor([chosen[-1]]))
+        scores.fill_(float("-inf"))  # in place: generate's own copy of the logits
+        scores[torch.arange(len(chosen)), torch.tensor(chosen)] = 0.0
+        return scores
 
     def done(self, input_ids, scores, **kwargs):
         """StoppingCriteria: per row, a stop token, its own token limit, a laggard, or a cancelled job."""
@@ -395,9 +395,9 @@ def row_distribution(logits, temperature: float, top_k: int, top_p: float):
     is set (262k entries for Gemma: 26 ms a row on a CPU, per step)."""
     import torch
 
-    logits = logits.float() / temperature
     k = top_k if 0 < top_k < logits.numel() else logits.numel()
-    vals, idx = logits.topk(k)  # sorted, highest first
+    vals, idx = logits.topk(k)  # sorted, highest first; a temperature keeps the order
+    vals = vals.float() / temperature
     probs = torch.softmax(vals, dim=-1)
     drop = (probs.cumsum(-1) - probs) >= top_p  # the mass above a token already reaches top-p
     drop[0] = False
