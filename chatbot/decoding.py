@@ -1,4 +1,5 @@
-"""Reply decoding shared by the chat engine and the evaluation: one function, :func:`generate`.
+"""Reply decoding shared by the chat engine, the server's batcher and the evaluation: :func:`decode`
+(:func:`generate` is its shorthand for prompts sharing one set of settings).
 
 For each prompt it samples ``candidates`` replies in one batch and keeps the one with the best
 context-aware score, maximum-mutual-information reranking (Li et al. 2016, "A Diversity-Promoting
@@ -22,13 +23,18 @@ run longer than the persona's real data shows, a block repeated three times, a r
 base's own end tokens, and when the model opens another turn (``<|user|>``, ``<|system|>``,
 ``<|bot|>``, ``<|sep|>``).
 
-A batch may mix PEFT adapters: each :class:`Prompt` can name its adapter and the names go to
-``generate`` and the scoring forward as PEFT's per-row ``adapter_names``.
+A batch may mix jobs (:class:`Job`): each has its own settings (greedy or sampled, temperature,
+top-k, top-p, repetition penalty, token limit) and its own seeded ``torch.Generator``, and each
+:class:`Prompt` may name its PEFT adapter (rows routed by :mod:`chatbot.routing`). Every step is
+computed per row, so a job's reply is the same in any batch as alone, same seed (up to float
+rounding of batched matrix products, none seen on the CPU).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Sequence
+
+from chatbot.routing import BASE_ADAPTER
 
 from core.reply_shape import ReplyLimits, bubbles, new_loop, problem
 from core import chat_format
@@ -93,6 +99,7 @@ class Candidate:
     logp_no_context: float | None
     score: float
     problem: str | None  # empty, echo, loop:<reason>, or None
+    ended: bool = True  # ended with a stop token (False: cut at the token limit or as a laggard)
 
 
 @dataclass(frozen=True)
@@ -101,6 +108,11 @@ class Reply:
 
     text: str
     candidates: tuple[Candidate, ...] = field(default=())
+
+    @property
+    def chosen(self) -> Candidate | None:
+        """The candidate whose text this is (None when there were none)."""
+        return min(self.candidates, key=_rank) if self.candidates else None
 
     @property
     def bubbles(self) -> list[str]:
@@ -187,7 +199,7 @@ class ReplyShaper:
     """
 
     def __init__(self, tokenizer, prompt_width: int, limits: Sequence[ReplyLimits], stops: Sequence[int],
-                 check: int):
+                 check: Sequence[int]):
         import torch
 
         self.table = token_bytes(tokenizer)
@@ -195,7 +207,7 @@ class ReplyShaper:
         self.limits = list(limits)
         self.stops = torch.tensor(list(stops))
         self.ended = set(stops) | {chat_format.pad_id(tokenizer)}  # padding follows a row that was cut
-        self.check = check
+        self.check = list(check)  # per row
 
     def __call__(self, input_ids, scores):
         gen = input_ids[:, self.width:].tolist()
@@ -209,7 +221,7 @@ class ReplyShaper:
         old = _text(raw)
         if not old.strip():
             scores[r, self.stops.to(scores.device)] = float("-inf")  # no empty reply
-        k = min(self.check, scores.shape[1])
+        k = min(self.check[r], scores.shape[1])
         for tok in scores[r].topk(k).indices.tolist():
             piece = self.table[tok]
             if piece and new_loop(old, _text(raw + piece), self.limits[r]):
@@ -228,75 +240,184 @@ def _left_pad(rows: Sequence[Sequence[int]], pad: int):
     return ids, mask
 
 
-def generate(
-    model, tokenizer, prompts: Sequence[Prompt], params: SamplingParams | None = None, *,
-    seed: int | None = None, streamer=None, stopping_criteria=None,
-) -> list[Reply]:
-    """One :class:`Reply` per prompt: ``params.rows`` candidates each, sampled in one batch, reranked.
+@dataclass(frozen=True)
+class Job:
+    """One prompt of a batch with its own settings and random stream; a batch may mix them freely.
 
-    ``seed`` seeds torch's global RNG first (the caller serialises concurrent use). ``streamer``
-    receives the tokens only when there is a single row (one prompt, one candidate): with several
-    candidates the reply is known once all of them are done.
-    """
+    ``seed`` seeds the job's own ``torch.Generator`` (None: drawn from torch's global RNG), from
+    which the job draws one number per candidate and step, so its reply does not depend on the
+    other jobs in the batch. ``streamer`` (``put(token ids)``, ``end()``, like transformers'
+    streamers) gets the tokens as they are chosen when the job has a single row; ``cancelled``
+    returning True ends the job's rows (its consumer went away), the others go on."""
+
+    prompt: Prompt
+    params: SamplingParams = SamplingParams()
+    seed: int | None = None
+    streamer: Any = None
+    cancelled: Callable[[], bool] | None = None
+
+
+def generate(model, tokenizer, prompts: Sequence[Prompt], params: SamplingParams | None = None, *,
+             seed: int | None = None) -> list[Reply]:
+    """One :class:`Reply` per prompt, all with the same ``params``; prompt i uses seed ``seed + i``
+    (None: seeds from torch's global RNG, so ``torch.manual_seed`` before a run reproduces it)."""
+    params = params or SamplingParams()
+    return decode(model, tokenizer, [Job(p, params, None if seed is None else seed + i)
+                                     for i, p in enumerate(prompts)])
+
+
+def decode(model, tokenizer, jobs: Sequence[Job]) -> list[Reply]:
+    """One :class:`Reply` per job: ``params.rows`` candidates each, all jobs' rows in one batched
+    ``generate`` (rows of different adapters routed per row), then reranked per job."""
     import torch
-    from transformers import StoppingCriteriaList
+    from transformers import LogitsProcessorList, StoppingCriteriaList
 
-    params = (params or SamplingParams()).clamped()
-    if seed is not None:
-        torch.manual_seed(seed)
-    n = params.rows
-    rows = [p for p in prompts for _ in range(n)]
+    jobs = [replace(j, params=j.params.clamped()) for j in jobs]
+    groups = [g for g, j in enumerate(jobs) for _ in range(j.params.rows)]  # each row's job
+    rows = [(j, k) for j in jobs for k in range(j.params.rows)]
     stops = stop_token_ids(tokenizer)
     pad = chat_format.pad_id(tokenizer)
-    ids, mask = _left_pad([p.ids for p in rows], pad)
+    ids, mask = _left_pad([j.prompt.ids for j, _ in rows], pad)
     recorder = _LogProbs()
-    kw = _generate_kwargs(model, tokenizer, ids, mask, rows, params, stops, recorder)
-    if streamer is not None and len(rows) == 1:
-        kw["streamer"] = streamer
-    kw["stopping_criteria"] = StoppingCriteriaList([*(stopping_criteria or []), Laggards(ids.shape[1], n, stops)])
-    with torch.inference_mode():
+    batch = _Rows(jobs, rows, groups, ids.shape[1], stops, pad)
+    processors = [recorder, batch.penalise,
+                  ReplyShaper(tokenizer, ids.shape[1], [j.prompt.limits for j, _ in rows], stops, batch.check),
+                  batch.choose]
+    kw = dict(
+        input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
+        max_new_tokens=max(j.params.max_new_tokens for j in jobs), do_sample=False, top_k=None, top_p=None,
+        temperature=None, repetition_penalty=1.0, eos_token_id=stops, pad_token_id=pad,
+        logits_processor=LogitsProcessorList(processors), stopping_criteria=StoppingCriteriaList([batch.done]),
+    )
+    names = _adapter_names([j.prompt for j, _ in rows])
+    with _routed(model, names), torch.inference_mode():
         seqs = model.generate(**kw)
+    batch.end_streams()
     gen = seqs[:, ids.shape[1]:].cpu()
     logps = recorder.finish(seqs[:, -1])
-    cands = _candidates(model, tokenizer, rows, gen, logps, stops, params)
-    return [_choose(cands[i * n:(i + 1) * n]) for i in range(len(prompts))]
+    cands = _candidates(model, tokenizer, rows, gen, logps, stops)
+    out, at = [], 0
+    for j in jobs:
+        out.append(_choose(cands[at:at + j.params.rows]))
+        at += j.params.rows
+    return out
 
 
-def _generate_kwargs(model, tokenizer, ids, mask, rows, params: SamplingParams, stops, recorder) -> dict:
-    from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
+def _routed(model, names: list[str] | None):
+    from contextlib import nullcontext
 
-    check = 8 if params.greedy else (params.top_k or 48) + 16
-    processors: list = [recorder]  # first: the score sees the model's own logits
-    if params.repetition_penalty > 1.0:
-        processors.append(RepetitionPenaltyLogitsProcessor(params.repetition_penalty))
-    processors.append(ReplyShaper(tokenizer, ids.shape[1], [p.limits for p in rows], stops, check))
-    kw = dict(
-        input_ids=ids.to(model.device), attention_mask=mask.to(model.device), max_new_tokens=params.max_new_tokens,
-        do_sample=not params.greedy, repetition_penalty=1.0, eos_token_id=stops, pad_token_id=chat_format.pad_id(tokenizer),
-    )
-    if params.greedy:
-        kw.update(top_k=None, top_p=None, temperature=None)
-    elif params.top_k:
-        processors.append(TopKNucleus(params.temperature, params.top_k, params.top_p))
-        kw.update(temperature=1.0, top_k=0, top_p=1.0)  # done above, without sorting the vocabulary
-    else:
-        kw.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
-    kw["logits_processor"] = LogitsProcessorList(processors)
-    names = _adapter_names(rows)
-    if names is not None:
-        kw["adapter_names"] = names
-    return kw
+    from chatbot.routing import per_row_adapters
+
+    return nullcontext() if names is None else per_row_adapters(model, names)
+
+
+class _Rows:
+    """Per-row settings of a (mixed) batch: repetition penalty, token choice, stopping, streaming.
+
+    Every operation is per row (elementwise or on the row alone), and each job draws from its
+    own generator, so a row's tokens are the same in any batch as alone."""
+
+    def __init__(self, jobs: Sequence[Job], rows: Sequence[tuple[Job, int]], groups: Sequence[int], width: int,
+                 stops: Sequence[int], pad: int):
+        import torch
+
+        self.rows, self.width, self.stops, self.pad = list(rows), width, set(stops), pad
+        self.groups = list(groups)
+        self.gens = [torch.Generator().manual_seed(_seed(j.seed)) for j in jobs]
+        self.jobs = list(jobs)
+        self.check = [8 if j.params.greedy else (j.params.top_k or 48) + 16 for j, _ in rows]
+        self.penalty = torch.tensor([[j.params.repetition_penalty] for j, _ in rows])
+        self.first = torch.tensor([[j.prompt.ids[0]] for j, _ in rows])
+        self.real = _left_pad([[1] * len(j.prompt.ids) for j, _ in rows], 0)[0].bool()  # not left padding
+        self.laggards = Laggards(width, self.groups, stops)
+        self.ended = [False] * len(rows)
+
+    def penalise(self, input_ids, scores):
+        """transformers' repetition penalty per row, over the row's own tokens (its padding excluded)."""
+        import torch
+
+        real = torch.cat([self.real, torch.ones_like(input_ids[:, self.width:], dtype=torch.bool).cpu()], 1)
+        seen = torch.where(real.to(input_ids.device), input_ids, self.first.to(input_ids.device))
+        picked = scores.gather(1, seen)
+        pen = self.penalty.to(scores)
+        return scores.scatter_(1, seen, torch.where(picked < 0, picked * pen, picked / pen))  # generate's copy
+
+    def choose(self, input_ids, scores):
+        """Each row's next token (greedy, or one draw from its job's generator) as a one-hot score."""
+        import torch
+
+        draws = [torch.rand(j.params.rows, generator=g) for j, g in zip(self.jobs, self.gens)]
+        chosen = []
+        for r, (job, k) in enumerate(self.rows):
+            p = job.params
+            if self.ended[r]:
+                chosen.append(self.pad)
+            elif p.greedy:
+                chosen.append(int(scores[r].argmax()))
+            else:
+                idx, probs = row_distribution(scores[r], p.temperature, p.top_k, p.top_p)
+                at = int(torch.searchsorted(probs.cumsum(0), float(draws[self.groups[r]][k])))  # inverse CDF
+                chosen.append(int(idx[min(at, len(idx) - 1)]))
+            if job.streamer is not None and p.rows == 1 and not self.ended[r]:
+                job.streamer.put(torch.tensor([chosen[-1]]))
+        scores.fill_(float("-inf"))  # in place: generate's own copy of the logits
+        scores[torch.arange(len(chosen)), torch.tensor(chosen)] = 0.0
+        return scores
+
+    def done(self, input_ids, scores, **kwargs):
+        """StoppingCriteria: per row, a stop token, its own token limit, a laggard, or a cancelled job."""
+        import torch
+
+        gen = input_ids[:, self.width:]
+        lag = self.laggards(input_ids, scores).tolist()
+        last = gen[:, -1].tolist()
+        for r, (job, _) in enumerate(self.rows):
+            self.ended[r] = self.ended[r] or lag[r] or last[r] in self.stops or \
+                gen.shape[1] >= job.params.max_new_tokens or bool(job.cancelled and job.cancelled())
+        return torch.tensor(self.ended, device=input_ids.device)
+
+    def end_streams(self) -> None:
+        for job in self.jobs:
+            if job.streamer is not None:
+                job.streamer.end()
+
+
+def _seed(seed: int | None) -> int:
+    """A job's generator seed: any int (masked into torch's range), or one drawn from the global RNG."""
+    import torch
+
+    return int(torch.randint(0, 2**62, ())) if seed is None else int(seed) & (2**63 - 1)
+
+
+def row_distribution(logits, temperature: float, top_k: int, top_p: float):
+    """(token ids, probabilities) a row samples from: temperature, then top-k, then top-p within
+    the k (what transformers' three warpers keep), without sorting the whole vocabulary when top-k
+    is set (262k entries for Gemma: 26 ms a row on a CPU, per step)."""
+    import torch
+
+    k = top_k if 0 < top_k < logits.numel() else logits.numel()
+    vals, idx = logits.topk(k)  # sorted, highest first; a temperature keeps the order
+    vals = vals.float() / temperature
+    probs = torch.softmax(vals, dim=-1)
+    drop = (probs.cumsum(-1) - probs) >= top_p  # the mass above a token already reaches top-p
+    drop[0] = False
+    probs = torch.softmax(vals.masked_fill(drop, float("-inf")), dim=-1)
+    return idx, probs
 
 
 class Laggards:
-    """Per-row stop for a candidate that rambles on after a sibling (same prompt) has finished.
+    """Per-row stop for a candidate that rambles on after a sibling (same job) has finished.
 
     The batch runs until its last row ends, so one candidate heading for ``max_new_tokens`` would
-    hold back the reply; a row at ``LAGGARD_FACTOR`` times the length of its prompt's shortest
-    finished candidate plus ``LAGGARD_SLACK`` tokens is cut (and ranked as ``unfinished``)."""
+    hold back the reply; a row at ``LAGGARD_FACTOR`` times the length of its job's shortest
+    finished candidate plus ``LAGGARD_SLACK`` tokens is cut (and ranked as ``unfinished``).
+    ``groups``: the job index of each row."""
 
-    def __init__(self, prompt_width: int, group: int, stops: Sequence[int]):
-        self.width, self.group, self.stops = prompt_width, group, list(stops)
+    def __init__(self, prompt_width: int, groups: Sequence[int], stops: Sequence[int]):
+        import torch
+
+        self.width, self.stops = prompt_width, list(stops)
+        self.groups = torch.tensor(list(groups))
 
     def __call__(self, input_ids, scores, **kwargs):
         import torch
@@ -305,34 +426,16 @@ class Laggards:
         hit = torch.isin(gen, torch.tensor(self.stops, device=gen.device))
         done = hit.any(dim=1)
         ended_at = torch.where(done, hit.float().argmax(dim=1) + 1, torch.full_like(done, 10**6, dtype=torch.long))
-        shortest = ended_at.view(-1, self.group).min(dim=1).values.repeat_interleave(self.group)
+        groups = self.groups.to(gen.device)
+        shortest = torch.full((int(groups.max()) + 1,), 10**6, dtype=torch.long, device=gen.device)
+        shortest = shortest.scatter_reduce(0, groups, ended_at, "amin")[groups]
         return done | (gen.shape[1] >= shortest * LAGGARD_FACTOR + LAGGARD_SLACK)
-
-
-class TopKNucleus:
-    """Temperature, then top-k, then top-p within the k: what transformers' three warpers do, but
-    top-p looks only at the k survivors instead of sorting the whole vocabulary (262k entries for
-    Gemma: 26 ms a row on a CPU, per step)."""
-
-    def __init__(self, temperature: float, top_k: int, top_p: float):
-        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
-
-    def __call__(self, input_ids, scores):
-        import torch
-
-        scores = scores / self.temperature
-        vals, idx = scores.topk(min(self.top_k, scores.shape[-1]), dim=-1)  # sorted, highest first
-        probs = torch.softmax(vals, dim=-1)
-        drop = (probs.cumsum(-1) - probs) >= self.top_p  # the mass above a token already reaches top-p
-        drop[..., 0] = False
-        vals = vals.masked_fill(drop, float("-inf"))
-        return torch.full_like(scores, float("-inf")).scatter(-1, idx, vals)
 
 
 def _adapter_names(rows: Sequence[Prompt]) -> list[str] | None:
     if all(p.adapter is None for p in rows):
         return None
-    return [p.adapter or "__base__" for p in rows]  # PEFT's name for "no adapter" in a mixed batch
+    return [p.adapter or BASE_ADAPTER for p in rows]
 
 
 def _reply_tokens(row, stops: Sequence[int], pad: int) -> tuple[list[int], int]:
@@ -346,30 +449,36 @@ def _reply_tokens(row, stops: Sequence[int], pad: int) -> tuple[list[int], int]:
     return ids, len(ids)
 
 
-def _candidates(model, tokenizer, rows, gen, logps, stops, params: SamplingParams) -> list[Candidate]:
+def _candidates(model, tokenizer, rows: Sequence[tuple[Job, int]], gen, logps, stops) -> list[Candidate]:
     parts = [_reply_tokens(g, stops, chat_format.pad_id(tokenizer)) for g in gen]
     logp = [float(logps[i, :k].sum()) if logps is not None and k else 0.0 for i, (_, k) in enumerate(parts)]
     scored = [gen[i, :k].tolist() for i, (_, k) in enumerate(parts)]
-    rerank = params.rows > 1 and params.mmi_lambda > 0
-    base = no_context_logp(model, tokenizer, rows, scored) if rerank else [None] * len(rows)
+    rerank = [i for i, (j, _) in enumerate(rows) if j.params.rows > 1 and j.params.mmi_lambda > 0]
+    base: list[float | None] = [None] * len(rows)
+    if rerank:
+        got = no_context_logp(model, tokenizer, [rows[i][0].prompt for i in rerank], [scored[i] for i in rerank])
+        for i, lb in zip(rerank, got):
+            base[i] = lb
     out = []
-    for p, (ids, k), lp, lb, sc in zip(rows, parts, logp, base, scored):
+    for (job, _), (ids, k), lp, lb, sc in zip(rows, parts, logp, base, scored):
+        p = job.prompt
         text = tokenizer.decode(ids, skip_special_tokens=True).strip()
-        score = (lp - params.mmi_lambda * (lb or 0.0)) / max(k, 1)
+        score = (lp - job.params.mmi_lambda * (lb or 0.0)) / max(k, 1)
         why = problem(text, p.sources, p.limits)
-        if why is None and len(sc) == len(ids) and len(ids) < gen.shape[1]:
-            why = "unfinished"  # cut by Laggards: no stop token, shorter than the batch
-        out.append(Candidate(text, k, tuple(sc), lp, lb, score, why))
+        ended = len(sc) > len(ids)
+        if why is None and not ended and len(ids) < job.params.max_new_tokens:
+            why = "unfinished"  # cut by Laggards: no stop token, under its token limit
+        out.append(Candidate(text, k, tuple(sc), lp, lb, score, why, ended))
     return out
 
 
 def no_context_logp(model, tokenizer, rows: Sequence[Prompt], replies: Sequence[Sequence[int]]) -> list[float]:
     """log p(reply | the instruction alone) of each row's reply ids, in one batched forward."""
-    return reply_logp(model, tokenizer, [p.no_context_ids for p in rows], replies, _adapter_names(rows))
+    with _routed(model, _adapter_names(rows)):
+        return reply_logp(model, tokenizer, [p.no_context_ids for p in rows], replies)
 
 
-def reply_logp(model, tokenizer, prefixes: Sequence[Sequence[int]], replies: Sequence[Sequence[int]],
-               adapter_names: list[str] | None = None) -> list[float]:
+def reply_logp(model, tokenizer, prefixes: Sequence[Sequence[int]], replies: Sequence[Sequence[int]]) -> list[float]:
     """Summed log p(reply ids | prefix ids) per row, one batched forward (left-padded).
 
     Logits are computed only for the last positions, where the replies are: the output layer
@@ -378,10 +487,8 @@ def reply_logp(model, tokenizer, prefixes: Sequence[Sequence[int]], replies: Seq
 
     ids, mask = _left_pad([list(p) + list(r) for p, r in zip(prefixes, replies)], chat_format.pad_id(tokenizer))
     keep = max(len(r) for r in replies) + 1
-    kw = {} if adapter_names is None else {"adapter_names": adapter_names}
     with torch.inference_mode():
-        logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), logits_to_keep=keep,
-                       **kw).logits
+        logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), logits_to_keep=keep).logits
     target = ids[:, -keep + 1:, None].to(logits.device) if keep > 1 else ids[:, :0, None]
     logp = torch.log_softmax(logits[:, -keep:-1].float(), dim=-1).gather(2, target)[..., 0]
     return [float(logp[i, logp.shape[1] - len(r):].sum()) if len(r) else 0.0 for i, r in enumerate(replies)]

@@ -10,7 +10,7 @@ Prompts are built by :func:`core.chat_format.render`, the same builder training 
 the adapter manifest's ``instruction`` as the system turn, the chat user's turns spoken as
 the manifest's ``user_speaker``, the bot's earlier replies as the persona's own turns; the
 oldest turns are dropped to fit the context budget. Replies come from
-:func:`chatbot.decoding.generate` (the evaluation calls it too): several candidates sampled in
+:func:`chatbot.decoding.decode` (the evaluation and the server call it too): several candidates sampled in
 one batch and reranked, loops and echoes rejected, the persona's limits from its ``persona.yaml``.
 
 Switching persona is ``set_adapter`` plus writing the adapter's new-token embedding rows
@@ -80,16 +80,6 @@ def _pin_token_rows(layers: list, name: str) -> None:
         with torch.no_grad():
             w.data.index_copy_(0, idx, layer.trainable_tokens_delta[name].to(w))
         layer.merged_adapters.append(name)
-
-
-class _Cancel:
-    """A StoppingCriteria that ends generation once the consumer has gone away."""
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-
-    def __call__(self, input_ids, scores, **kwargs) -> bool:
-        return self.event.is_set()
 
 
 class Engine:
@@ -234,13 +224,6 @@ class Engine:
             raise MessageTooLong(f"message longer than {MAX_MESSAGE_CHARS} characters")
         return replace(params, max_new_tokens=min(params.max_new_tokens, self.max_positions // 2))
 
-    def prepare(
-        self, history: Sequence[dict], persona: str | None, params: GenerationParams | None = None,
-    ) -> tuple[list[int], GenerationParams]:
-        """(prompt ids, clamped params) for a reply: the checks :meth:`generate` makes before generating."""
-        params = self.checked(history, params)
-        return self.prompt_ids(history, persona, params.max_new_tokens), params
-
     @property
     def token_layers(self) -> list:
         """PEFT's TrainableTokens layers (the new-token rows of every adapter)."""
@@ -253,11 +236,10 @@ class Engine:
     def _stream(self, prompt: Prompt, persona: str | None, params: SamplingParams, seed: int | None):
         from transformers import TextIteratorStreamer
 
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
-        cancel = _Cancel()
-        worker = threading.Thread(
-            target=self._generate_locked, args=(prompt, persona, params, seed, streamer, cancel), daemon=True,
-        )
+        streamer = TextIteratorStreamer(self.tokenizer, skip_special_tokens=True, timeout=600)
+        cancel = threading.Event()
+        job = decoding.Job(prompt, params, seed, streamer, cancel.is_set)
+        worker = threading.Thread(target=self._generate_locked, args=(job, persona), daemon=True)
         worker.start()
         text = ""
         try:
@@ -267,7 +249,7 @@ class Engine:
                     if text.strip():
                         yield text.lstrip()  # SentencePiece may open the reply with a space
         finally:
-            cancel.event.set()  # the consumer stopped early (closed tab): free the lock soon
+            cancel.set()  # the consumer stopped early (closed tab): free the lock soon
             worker.join()
         if getattr(worker, "error", None) is not None:
             raise worker.error
@@ -275,28 +257,21 @@ class Engine:
         if final is not None and final.text != text.strip():
             yield final.text
 
-    def _generate_locked(self, prompt: Prompt, persona, params, seed, streamer, cancel) -> None:
+    def _generate_locked(self, job: decoding.Job, persona: str | None) -> None:
         import contextlib
-
-        import torch
-        from transformers import StoppingCriteriaList
 
         me = threading.current_thread()
         try:
             with self._lock:
                 self._activate(persona)
                 off = self.model.disable_adapter() if persona is None else contextlib.nullcontext()
-                with off, torch.inference_mode():
-                    # global RNG: seeded under the lock
-                    me.reply = decoding.generate(
-                        self.model, self.tokenizer, [prompt], params, seed=seed, streamer=streamer,
-                        stopping_criteria=StoppingCriteriaList([cancel]),
-                    )[0]
+                with off:
+                    me.reply = decoding.decode(self.model, self.tokenizer, [job])[0]
         except BaseException as e:  # surfaced in the consumer thread
             me.error = e
             log.exception("generation failed")
         finally:
-            streamer.end()  # a no-op for the consumer when generate already ended it
+            job.streamer.end()  # a no-op for the consumer when decode already ended it
 
     def reply(self, history: Sequence[dict], persona: str | None, params: GenerationParams | None = None,
               seed: int | None = None) -> str:

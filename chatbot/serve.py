@@ -13,8 +13,9 @@ like the web chat); ``stream: true`` streams server-sent events. A ``user`` mess
 is the speaker the persona talks to (default: the adapter's own chat partner); ``system``
 messages are ignored (the persona's instruction is its system turn).
 
-Concurrent requests are generated together, one forward pass over a mixed-persona batch
-(chatbot.batching). Listens on 127.0.0.1 by default; any other address needs an API key
+Replies are the web chat's (the same engine and :mod:`chatbot.decoding`: candidates, reranking,
+reply shaping; same settings and seed, same reply). Concurrent requests are generated together,
+one forward pass over a mixed-persona batch (chatbot.batching). Listens on 127.0.0.1 by default; any other address needs an API key
 (--api-key, --api-key-file or $KAKAO_PERSONA_API_KEY), sent by clients as
 ``Authorization: Bearer KEY``. No Gradio here: the server drives the chat engine directly.
 """

@@ -111,13 +111,13 @@ def test_engine_and_evaluation_call_the_same_decoding(engine, tiny, monkeypatch)
     from data_prep.records import ContextTurn
 
     calls = []
-    real = decoding.generate
+    real = decoding.decode
 
-    def spy(model, tokenizer, prompts, params=None, **kw):
-        calls.append(params)
-        return real(model, tokenizer, prompts, params, **kw)
+    def spy(model, tokenizer, jobs):
+        calls.append(jobs[0].params)
+        return real(model, tokenizer, jobs)
 
-    monkeypatch.setattr(decoding, "generate", spy)
+    monkeypatch.setattr(decoding, "decode", spy)
     engine.reply([{"role": "user", "content": "안녕"}], "minji", SamplingParams(max_new_tokens=6), seed=0)
     model, tok = tiny
     ex = Example("민수처럼 답해.", (ContextTurn("철수", "안녕"),), "민수", "")
@@ -129,28 +129,29 @@ def test_engine_and_evaluation_call_the_same_decoding(engine, tiny, monkeypatch)
         replace(SamplingParams(), max_new_tokens=0)  # one set of sampling settings
 
 
-def test_mixed_adapter_batch_passes_adapter_names(tiny):
-    model, tok = tiny
-    seen = {}
+def test_mixed_batch_gives_each_job_its_reply_alone(engine):
+    """Jobs of different adapters (and none), prompt lengths, settings and seeds in one batch:
+    every candidate's tokens, and the choice, are what the job gets alone."""
+    from chatbot.decoding import Job
+    from chatbot.routing import BASE_ADAPTER
 
-    class Spy:
-        device = model.device
+    hello, hungry = [{"role": "user", "content": "안녕, 오늘 뭐 해?"}], [{"role": "user", "content": "배고파 ㅠㅠ 뭐 먹지"}]
+    jobs = [
+        Job(engine.prompt(hello, "minji", 10, adapter="minji"), SamplingParams(max_new_tokens=10), 3),
+        Job(engine.prompt(hello, None, 8, adapter=BASE_ADAPTER), SamplingParams(temperature=0, max_new_tokens=8)),
+        Job(engine.prompt(hungry, "junho", 12, adapter="junho"),
+            SamplingParams(temperature=1.2, top_k=20, top_p=0.8, candidates=2, max_new_tokens=12), 4),
+    ]
+    with engine.exclusive():
+        alone = [decoding.decode(engine.model, engine.tokenizer, [j])[0] for j in jobs]
+        together = decoding.decode(engine.model, engine.tokenizer, jobs)
+    key = lambda r: (r.text, [(c.ids, c.problem, c.ended) for c in r.candidates])  # noqa: E731
+    assert [key(r) for r in together] == [key(r) for r in alone]
+    assert [len(r.candidates) for r in alone] == [4, 1, 2]
+    assert len({r.text for r in alone}) == 3
 
-        def generate(self, **kw):
-            seen["generate"] = kw.get("adapter_names")
-            return model.generate(**{k: v for k, v in kw.items() if k != "adapter_names"})
 
-        def __call__(self, **kw):
-            seen["forward"] = kw.pop("adapter_names", None)
-            return model(**kw)
-
-    a, b = replace(_prompt(tok, "뭐해?"), adapter="minji"), _prompt(tok, "배고파")
-    out = decoding.generate(Spy(), tok, [a, b], SamplingParams(max_new_tokens=4, candidates=2), seed=0)
-    assert len(out) == 2
-    assert seen["generate"] == seen["forward"] == ["minji", "minji", "__base__", "__base__"]
-
-
-def test_top_k_nucleus_equals_transformers_warpers():
+def test_row_distribution_equals_transformers_warpers():
     import torch
     from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
@@ -158,17 +159,19 @@ def test_top_k_nucleus_equals_transformers_warpers():
     want = scores
     for warper in (TemperatureLogitsWarper(0.8), TopKLogitsWarper(50), TopPLogitsWarper(0.9)):
         want = warper(None, want)
-    got = decoding.TopKNucleus(0.8, 50, 0.9)(None, scores)
-    assert torch.equal(torch.isfinite(got), torch.isfinite(want))
-    assert torch.allclose(got[torch.isfinite(got)], want[torch.isfinite(want)])
-    assert 1 < int(torch.isfinite(got[0]).sum()) < 50
+    want = torch.softmax(want, dim=-1)
+    for row, p in zip(scores, want):
+        idx, probs = decoding.row_distribution(row, 0.8, 50, 0.9)
+        got = torch.zeros(500).index_put((idx,), probs)
+        assert torch.allclose(got, p, atol=1e-6)
+        assert 1 < int((probs > 0).sum()) < 50
 
 
 def test_a_rambling_candidate_is_cut_once_a_sibling_has_finished():
     import torch
 
     stop, pad = 9, 0
-    lag = decoding.Laggards(prompt_width=2, group=2, stops=[stop])
+    lag = decoding.Laggards(prompt_width=2, groups=[0, 0, 1, 1], stops=[stop])
     rows = torch.tensor([[1, 1, 5, stop] + [pad] * 7, [1, 1] + [6] * 9, [1, 1] + [7] * 9, [1, 1] + [8] * 9])
     # prompt 0: a sibling ended after 2 tokens, so its other row stops at 2 * 2 + 8 = 12 tokens, not before
     assert lag(rows, None).tolist() == [True, False, False, False]

@@ -33,21 +33,30 @@ def test_merged_folder_needs_no_peft(merged):
 
 
 def test_merged_greedy_replies_equal_the_adapter(merged, engine):
+    """Plain greedy generation on both sides (no reply shaping): the merged weights compute what the
+    adapter does, token for token."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(merged).eval()
     tok = AutoTokenizer.from_pretrained(merged)
     assert model.generation_config.eos_token_id == chat_format.stop_ids(tok)
+    greedy = dict(do_sample=False, max_new_tokens=GREEDY.max_new_tokens, repetition_penalty=1.0,
+                  eos_token_id=chat_format.stop_ids(tok), pad_token_id=chat_format.pad_id(tok))
+    replies = set()
     for text in MESSAGES:
         history = [{"role": "user", "content": text}]
         # the template's defaults are the persona's instruction and its chat partner's name
         ids = tok.apply_chat_template(history, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
         assert ids == engine.prompt_ids(history, "minji", GREEDY.max_new_tokens)
         with torch.inference_mode():
-            out = model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=GREEDY.max_new_tokens)
-        reply = tok.decode(out[0, len(ids):], skip_special_tokens=True).strip()
-        assert reply == engine.reply(history, "minji", GREEDY)
+            out = model.generate(torch.tensor([ids]), **greedy)[0, len(ids):].tolist()
+            engine.swap("minji")
+            with engine.exclusive():
+                want = engine.model.generate(input_ids=torch.tensor([ids]), **greedy)[0, len(ids):].tolist()
+        assert out == want
+        replies.add(tuple(out))
+    assert len(replies) > 1  # the prompts matter: not one fixed reply
 
 
 @pytest.fixture(scope="module")

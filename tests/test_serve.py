@@ -60,6 +60,14 @@ def test_completion_is_the_engine_reply(client, engine):
     assert base.choices[0].message.content == engine.reply(HELLO, None, GREEDY)
 
 
+def test_sampled_completion_is_the_engine_reply(client, engine):
+    """Same settings and seed: the chat's reply (candidates, reranking, reply shaping), whatever the batch."""
+    r = client.chat.completions.create(model="junho", messages=HELLO, temperature=1.0, max_tokens=16, seed=11)
+    want = engine.reply(HELLO, "junho", GenerationParams(temperature=1.0, max_new_tokens=16), seed=11)
+    assert r.choices[0].message.content == want
+    assert want != engine.reply(HELLO, "junho", GenerationParams(temperature=1.0, max_new_tokens=16), seed=12)
+
+
 def test_stream_gives_the_same_reply(client):
     kw = dict(model="junho", messages=HELLO, temperature=1.0, max_tokens=16, seed=11)
     whole = client.chat.completions.create(**kw).choices[0].message.content

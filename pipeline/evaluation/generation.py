@@ -1,6 +1,6 @@
 """Seeded, batched replies in the held-out contexts, through the chat's own decoding.
 
-Every reply goes through :func:`chatbot.decoding.generate`, the function the chat engine calls:
+Every reply goes through :func:`chatbot.decoding.generate`, over the decoding the chat engine calls:
 the same sampling settings, the same candidate reranking, the same loop and echo rejection, so
 the statistics measured here are those of the replies a user gets. The same seed is set before
 each system (base, few-shot, adapter) samples, so the side-by-side samples differ by the model,
