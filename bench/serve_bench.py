@@ -134,6 +134,10 @@ def main(argv=None) -> int:
               f"latency median {statistics.median(lat):6.2f} s  max {max(lat):6.2f} s")
     print(f"speed-up: {t_ser / t_bat:.2f}x (target >= 3x); same replies: {same}/{total}; "
           f"batch sizes: {sorted(batcher.batch_sizes, reverse=True)}")
+    for c, (ra, rb) in enumerate(zip(rep_ser, rep_bat)):
+        for r, (a, b) in enumerate(zip(ra, rb)):
+            if a != b:
+                print(f"  differs: client {c} request {r} ({jobs[c][r][0]}): serialised {a!r} / batched {b!r}")
     tmp.cleanup()
     return 0
 

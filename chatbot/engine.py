@@ -241,20 +241,21 @@ class Engine:
         job = decoding.Job(prompt, params, seed, streamer, cancel.is_set)
         worker = threading.Thread(target=self._generate_locked, args=(job, persona), daemon=True)
         worker.start()
-        text = ""
+        text = shown = ""
         try:
             for piece in streamer:
                 if piece:
                     text += piece
                     if text.strip():
-                        yield text.lstrip()  # SentencePiece may open the reply with a space
+                        shown = text.lstrip()  # SentencePiece may open the reply with a space
+                        yield shown
         finally:
             cancel.set()  # the consumer stopped early (closed tab): free the lock soon
             worker.join()
         if getattr(worker, "error", None) is not None:
             raise worker.error
         final = getattr(worker, "reply", None)
-        if final is not None and final.text != text.strip():
+        if final is not None and final.text != shown:  # the chosen reply as decoded whole (no trailing space)
             yield final.text
 
     def _generate_locked(self, job: decoding.Job, persona: str | None) -> None:
