@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Callable
 
 from data_prep.records import Message
@@ -290,3 +290,27 @@ def parse_lines(lines: list[str], source: str, classify: Classify, fast: FastPat
     close()
     kinds["message"] = n_messages
     return messages, kinds, unparsed
+
+
+def time_on_day(day: list, group: int, hour_minute: Callable[[re.Match], tuple[int, int]]):
+    """``(timestamp, offsets)`` for records that print only the time (Windows PC, iOS time-only lines).
+
+    ``timestamp(match)`` is the record's time on the last date line's day (``day[0]``, its
+    midnight; None before any date line). Each clock text (match group ``group``) is parsed once
+    by ``hour_minute`` into its offset from midnight; ``offsets`` is that cache, shared with a
+    :class:`FastPath` whose loop adds the offsets to ``day[0]`` itself. Filled only once a day is
+    known, so a hit always has a day to add to.
+    """
+    offsets: dict[str, timedelta] = {}
+
+    def timestamp(m: re.Match) -> datetime | None:
+        midnight = day[0]
+        if midnight is None:
+            return None
+        offset = offsets.get(m.group(group))
+        if offset is None:
+            h, mi = hour_minute(m)
+            offset = offsets[m.group(group)] = timedelta(hours=h, minutes=mi)
+        return midnight + offset
+
+    return timestamp, offsets

@@ -21,7 +21,7 @@ from typing import Callable
 
 from data_prep.formats._common import (
     BAD, DATE, MESSAGE, MONTH_FULL, MONTH_RE, MONTHS, SYSTEM, WEEKDAYS_EN, WEEKDAYS_KO,
-    Classify, FastPath, ParseResult, Progress, hour24, is_system_text, parse_lines, system_kind,
+    Classify, FastPath, ParseResult, Progress, hour24, is_system_text, parse_lines, system_kind, time_on_day,
 )
 from data_prep.records import Message
 
@@ -161,21 +161,9 @@ def make_classifier(variants: tuple[Variant, ...]) -> tuple[Classify, Callable[[
     primary = [variants[0].record.match]
     _timestamp, days, times = _timestamp_maker()
     time_only = {v.record for v in variants if "date" not in v.record.groupindex}
-    # time-only records: midnight of the last day line (once set, never None again) and
-    # clock text -> time since midnight, filled only once a day is known (FastPath.day)
+    # time-only records: midnight of the last day line (once set, never None again)
     day: list[datetime | None] = [None]
-    offsets: dict[str, timedelta] = {}
-
-    def clock(m: re.Match) -> datetime | None:
-        """A time-only record's time on the last day line's date (None before any day line)."""
-        midnight = day[0]
-        if midnight is None:
-            return None
-        offset = offsets.get(m.group(1))
-        if offset is None:
-            h, mi = _hour_minute(m)
-            offset = offsets[m.group(1)] = timedelta(hours=h, minutes=mi)
-        return midnight + offset
+    clock, offsets = time_on_day(day, 1, _hour_minute)
 
     def stamp(m: re.Match):
         key = m.group(1)

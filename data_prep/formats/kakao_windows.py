@@ -15,11 +15,11 @@ time at all: they get the time of the record before them.
 from __future__ import annotations
 
 import re
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 
 from data_prep.formats._common import (
     BAD, DATE, MESSAGE, MONTH_FULL, MONTH_RE, MONTHS, SYSTEM, WEEKDAYS_EN, WEEKDAYS_KO,
-    FastPath, Format, ParseResult, Progress, hour24, is_system_text, parse_lines,
+    FastPath, Format, ParseResult, Progress, hour24, is_system_text, parse_lines, time_on_day,
 )
 from data_prep.records import Message
 
@@ -63,21 +63,8 @@ def _hour_minute(m: re.Match) -> tuple[int, int]:
 def _classifier():
     # midnight of the last separator's date; once set it is never None again
     day: list[datetime | None] = [None]
-    # clock text -> time since midnight, parsed once per file. Filled only once a date is
-    # known, so a hit always has a day to add to (FastPath.day: the loop does the add)
-    clock: dict[str, timedelta] = {}
+    timestamp, clock = time_on_day(day, 2, _hour_minute)  # a message's time on the separator's date
     match = _MESSAGE.match
-
-    def timestamp(m: re.Match) -> datetime | None:
-        """The message's time on the current separator's date (None before any separator)."""
-        midnight = day[0]
-        if midnight is None:
-            return None
-        offset = clock.get(m.group(2))
-        if offset is None:
-            h, mi = _hour_minute(m)
-            offset = clock[m.group(2)] = timedelta(hours=h, minutes=mi)
-        return midnight + offset
 
     def message(m: re.Match):
         try:
