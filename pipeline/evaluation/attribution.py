@@ -35,10 +35,10 @@ def as_persona(examples: Sequence[Example], persona: str, instruction: str) -> l
 
 
 def score_as(model, tokenizer, examples: Sequence[Example], persona: str, instruction: str,
-             max_length: int | None, share_prefix: bool = True, progress=None) -> list[ReplyScore | None]:
+             max_length: int | None, progress=None) -> list[ReplyScore | None]:
     """Every reply's score under ``model`` as ``persona``'s reply; None where it cannot fit ``max_length``."""
     return score_examples(model, tokenizer, as_persona(examples, persona, instruction), max_length,
-                          share_prefix, progress)
+                          progress)
 
 
 def attribute(truths: Sequence[str], scores: Mapping[str, Sequence[ReplyScore | None]],

@@ -43,7 +43,7 @@ class Ranking:
         return self.ranked.index(self.truth) + 1
 
 
-def rank_item(model, tokenizer, item: IdItem, max_length: int | None, share_prefix: bool = True) -> Ranking | None:
+def rank_item(model, tokenizer, item: IdItem, max_length: int | None) -> Ranking | None:
     """Score every variant of ``item`` in its context; None if the variants cannot fit ``max_length``."""
     styles = list(item.variants)
     e = item.example
@@ -51,7 +51,7 @@ def rank_item(model, tokenizer, item: IdItem, max_length: int | None, share_pref
     renders = render_group(tokenizer, examples, max_length)
     if renders is None:
         return None
-    scores = {s: r.mean for s, r in zip(styles, score_group(model, tokenizer, renders, share_prefix))}
+    scores = {s: r.mean for s, r in zip(styles, score_group(model, tokenizer, renders))}
     ranked = tuple(sorted(styles, key=lambda s: -scores[s]))
     return Ranking(item.truth, ranked, scores)
 

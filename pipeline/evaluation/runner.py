@@ -71,23 +71,22 @@ def work_units(task: PersonaTask, general: Sequence[Example], generate: int) -> 
 
 def run_system(
     model, tok, task: PersonaTask, system: str, general: Sequence[Example], sampling: SamplingConfig,
-    generate: int, share_prefix: bool = True, progress=None,
+    generate: int, progress=None,
 ) -> SystemOutput:
     """Perplexity on held-out replies (+ general text), identification rankings, sampled replies."""
     instruction = instruction_for(task, system)
     max_len = max_length_for(tok, task, system)
-    heldout = score_examples(model, tok, task.with_instruction(task.held_out, instruction), max_len,
-                             share_prefix, progress)
+    heldout = score_examples(model, tok, task.with_instruction(task.held_out, instruction), max_len, progress)
     general_scores = None
     if system != "few_shot":
-        general_scores = score_examples(model, tok, general, max_len, share_prefix, progress)
+        general_scores = score_examples(model, tok, general, max_len, progress)
     elif progress is not None:
         progress.update(len(general))
     rankings = []
     for item in task.id_items:
         e = item.example
         moved = IdItem(Example(instruction, e.context, e.persona), item.variants, item.truth)
-        r = rank_item(model, tok, moved, max_len, share_prefix)
+        r = rank_item(model, tok, moved, max_len)
         if r is not None:
             rankings.append(r)
         if progress is not None:

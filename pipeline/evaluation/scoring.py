@@ -100,14 +100,8 @@ def _cache_name(module) -> str:
     return "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
 
 
-def score_group(model, tokenizer, renders: Sequence[Rendered], share_prefix: bool = True) -> list[ReplyScore]:
-    """Score rendered examples; with ``share_prefix`` their common prompt is run once.
-
-    Use ``share_prefix=False`` for prompt-learning adapters (prefix/p-tuning),
-    which manage their own past key values.
-    """
-    if not share_prefix:
-        return [_score_full(model, r) for r in renders]
+def score_group(model, tokenizer, renders: Sequence[Rendered]) -> list[ReplyScore]:
+    """Score rendered examples; their common prompt is run once (``_score_full`` is the one-by-one twin)."""
     import torch
 
     from pipeline.training.loss import supports_fast_loss
@@ -182,14 +176,13 @@ def _score_full(model, r: Rendered) -> ReplyScore:
 
 
 def score_examples(
-    model, tokenizer, examples: Iterable[Example], max_length: int | None, share_prefix: bool = True,
-    progress=None,
+    model, tokenizer, examples: Iterable[Example], max_length: int | None, progress=None,
 ) -> list[ReplyScore | None]:
     """Score each example on its own; None where instruction + reply do not fit ``max_length``."""
     out: list[ReplyScore | None] = []
     for e in examples:
         r = render(tokenizer, e.instruction, e.context, e.persona, e.response, max_length)
-        out.append(None if r is None else score_group(model, tokenizer, [r], share_prefix)[0])
+        out.append(None if r is None else score_group(model, tokenizer, [r])[0])
         if progress is not None:
             progress.update(1)
     return out

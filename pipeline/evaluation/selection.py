@@ -131,7 +131,7 @@ def qa_items(rows: Sequence[QA], n: int, seed: int, persona: str, user: str,
 
 
 def score_items(model, tokenizer, items: Sequence[SelectionItem], instruction: str, max_length: int | None,
-                share_prefix: bool = True, progress=None,
+                progress=None,
                 bare: dict[str, ReplyScore] | None = None) -> list[Selected | None]:
     """Score every item's candidates after ``instruction``, with and without the context.
 
@@ -147,11 +147,11 @@ def score_items(model, tokenizer, items: Sequence[SelectionItem], instruction: s
         if renders is None:
             out.append(None)
         else:
-            with_context = score_group(model, tokenizer, renders, share_prefix)
+            with_context = score_group(model, tokenizer, renders)
             missing = [c for c in dict.fromkeys(item.candidates) if c not in bare]
             if missing:
                 alone = [render(tokenizer, instruction, (), e.persona, c, None) for c in missing]
-                bare.update(zip(missing, score_group(model, tokenizer, alone, share_prefix)))
+                bare.update(zip(missing, score_group(model, tokenizer, alone)))
             out.append(Selected(tuple(with_context), tuple(bare[c] for c in item.candidates)))
         if progress is not None:
             progress.update(1)
