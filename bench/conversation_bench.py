@@ -3,6 +3,7 @@
     python bench/conversation_bench.py                                   # train 4 adapters (as persona_fidelity), then measure
     python bench/conversation_bench.py --adapters runs/bench_fidelity/adapters   # reuse trained adapters (no training)
     python bench/conversation_bench.py --base-only --selection-items 100         # the base model on held-out Q/A only
+    python bench/conversation_bench.py --base-only --dialogue                    # the base with the dialogue stage
     python bench/conversation_bench.py --tiny                            # quick check on a tiny random model
 
 Next-reply selection, Hits@1 of 20 (chance 0.05), for each persona and each system
@@ -54,6 +55,7 @@ def train_adapters(out: Path, a) -> tuple[list[Path], Path]:
     names = [smilestyle.PERSONA_NAMES[s] for s in STYLES]
     argv = [*map(str, exports), *[x for n in names for x in ("--persona", n)], "--out", str(out), "--no-eval"]
     argv += base_args(out, a) + (["--max-steps", str(a.max_steps)] if a.max_steps else [])
+    argv += ["--dialogue" if a.dialogue else "--no-dialogue"]
     argv += ["--threads", str(a.threads)] if a.threads else []
     print("python -m pipeline.run " + " ".join(argv), flush=True)
     if run_main(argv):
@@ -134,14 +136,15 @@ def base_only(a) -> None:
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    model, tok, _ = load_base(a.base_model)
+    model, tok, _ = load_base(a.base_model, dialogue=a.dialogue)
     items = selection.qa_items(load_qa(split="heldout"), a.selection_items, a.seed, "봇", "친구")
     scored: list = []
     bare: dict = {}
     for start in range(0, len(items), 10):  # a running figure every 10 items: long runs report as they go
         scored += selection.score_items(model, tok, items[start:start + 10], "", None, bare=bare)
         s = selection.summarize(scored)
-        print(f"base model, held-out ChatbotData Q/A, Hits@1 of 20 (chance {s['chance']:.2f}), n={s['n']}: "
+        print(f"base model{' + dialogue stage' if a.dialogue else ''}, held-out ChatbotData Q/A, "
+              f"Hits@1 of 20 (chance {s['chance']:.2f}), n={s['n']}: "
               + ", ".join(f"{k} {s[k]['hits1']:.3f} (mean rank {s[k]['mean_rank']:.1f})" for k in selection.SCORES),
               flush=True)
 
@@ -164,6 +167,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, help="torch CPU threads for training and evaluation (default: torch's choice)")
     ap.add_argument("--out", type=Path, help="run folder (default: ADAPTERS/.. with --adapters, else runs/bench_fidelity, "
                     "or a temp dir with --tiny); the report goes to OUT/conversation_eval")
+    from pipeline.dialogue_stage import add_flag
+
+    add_flag(ap)  # the base of --base-only and of the adapters trained here
     a = ap.parse_args(argv)
     t0 = time.perf_counter()
     if a.base_only:

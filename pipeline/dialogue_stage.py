@@ -2,7 +2,7 @@
 
     python -m pipeline.run chat.txt --persona 민수 --dialogue   # persona adapters on the dialogue base
     python -m pipeline.extend --dialogue               # build (once) the extended default base with the stage merged
-    python -m pipeline.dialogue                        # retrain it from ChatbotData (40 steps of 16 Q/A pairs)
+    python -m pipeline.dialogue                        # retrain it from ChatbotData (600 steps of 16 Q/A pairs)
 
 The project ships one such adapter, ``pipeline/assets/dialogue_ko`` (LoRA r=8 plus the rows of
 the chat tokens, 1.9M weights, trained by ``python -m pipeline.dialogue`` on the *train* split
