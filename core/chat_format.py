@@ -155,7 +155,8 @@ def sanitize(text: str, tokenizer) -> str:
     return _strip_specials(text, _special_pattern(_special_strings(tokenizer)))
 
 
-def _turn(t: Any) -> tuple[str, str]:
+def speaker_text(t: Any) -> tuple[str, str]:
+    """(speaker, text) of a turn given as an object with ``speaker``/``text`` or as a dict."""
     if isinstance(t, Mapping):
         return str(t.get("speaker", "")), str(t.get("text", ""))
     return str(t.speaker), str(t.text)
@@ -215,7 +216,7 @@ def render(
     their tokens come on top of ``max_length``.
     """
     sid = special_ids(tokenizer)
-    turns = [_turn(t) for t in context]
+    turns = [speaker_text(t) for t in context]
     system = with_memory(instruction, memory)
     # one batched encode call: system text, then (speaker, text) per turn, then the reply (then the bare
     # instruction, to know what the memory adds)
@@ -269,7 +270,7 @@ def to_messages(
     clean = (lambda s: sanitize(s, tokenizer)) if tokenizer is not None else (lambda s: s)
     msgs = [{"role": "system", "content": clean(with_memory(instruction, memory))}]
     for t in context:
-        speaker, text = _turn(t)
+        speaker, text = speaker_text(t)
         if speaker == persona:
             msgs.append({"role": "assistant", "content": clean(text)})
         else:

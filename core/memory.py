@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
+from core.chat_format import speaker_text
 from core.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -67,16 +68,10 @@ def ngrams(text: str) -> Counter:
     return Counter(t[i:i + n] for n in NGRAMS for i in range(len(t) - n + 1))
 
 
-def _turn(t: Any) -> tuple[str, str]:
-    if isinstance(t, Mapping):
-        return str(t.get("speaker", "")), str(t.get("text", ""))
-    return str(t.speaker), str(t.text)
-
-
 def answered(context: Sequence[Any], persona: str) -> str:
     """The message a reply answers: the texts of the turns after the persona's last turn (at most
     :data:`ANSWERED_TURNS`, one per line); the last turn's text when the persona spoke last."""
-    turns = [_turn(t) for t in context]
+    turns = [speaker_text(t) for t in context]
     tail: list[str] = []
     for speaker, text in reversed(turns):
         if speaker == persona or len(tail) == ANSWERED_TURNS:
@@ -112,12 +107,13 @@ class MemoryIndex:
         df = Counter(g for c in grams for g in c)
         n = len(kept)
         idf = {g: math.log((n + 1) / (d + 1)) + 1 for g, d in df.items()}
-        postings: dict[str, list[tuple[int, float]]] = defaultdict(list)
+        postings: dict[str, list[tuple[int, float]]] = {g: [] for g in df}
         for doc, c in enumerate(grams):
-            w, norm = _weights(c, idf, 0.0)
-            for g, x in w.items():
+            w = [(g, idf[g] if k == 1 else (1 + math.log(k)) * idf[g]) for g, k in c.items()]  # mostly k == 1
+            norm = math.sqrt(sum(x * x for _, x in w))
+            for g, x in w:
                 postings[g].append((doc, x / norm))
-        return cls([m for m, _ in kept], [r for _, r in kept], dict(postings), idf, math.log(n + 1) + 1)
+        return cls([m for m, _ in kept], [r for _, r in kept], postings, idf, math.log(n + 1) + 1)
 
     def __len__(self) -> int:
         return len(self.messages)

@@ -176,6 +176,9 @@ def test_memory_is_shown_with_the_context_and_the_no_context_prompt_stays_bare(e
         assert ctx.logprob == pytest.approx(full.logprob, rel=1e-4, abs=1e-3) and ctx.tokens == full.tokens
         assert bare == old  # PMI's baseline is the bare instruction with or without memory
     assert got.with_context != plain.with_context
+    # an item that recalls nothing has the plain prompt: its plain scores are reused, not recomputed
+    reused = selection.score_items(None, tok, [item], "너는 봇이야.", 64, memories=[[]], without_memory=[plain])
+    assert reused == [plain]
 
 
 def test_memory_overlap_counts_recalled_items_and_candidates_shown():

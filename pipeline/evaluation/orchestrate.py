@@ -88,15 +88,17 @@ Memories = dict[str, list[list]]  # item set -> per item, the exchanges the memo
 
 
 def _select(model, tok, task: PersonaTask, items: Items, system: str, bare: dict | None = None,
-            memories: Memories | None = None) -> dict[str, list[selection.Selected | None]]:
+            memories: Memories | None = None, plain: dict | None = None) -> dict[str, list[selection.Selected | None]]:
     """Every item set scored by one system, in that system's prompt (instruction and max_length);
-    ``memories``: the adapter_memory system's recalled exchanges, shown after the instruction."""
+    ``memories``: the adapter_memory system's recalled exchanges, shown after the instruction, and
+    ``plain``: the same system's scores without them (kept for the items that recall nothing)."""
     instruction, max_len = instruction_for(task, system), max_length_for(tok, task, system)
     name = "adapter_memory" if memories is not None else system
     bare = {} if bare is None else bare  # one no-context cache: same model, same instruction
     with _bar(sum(map(len, items.values())), f"{task.persona}: {name} selection") as bar:
         return {n: selection.score_items(model, tok, its, instruction, max_len, progress=bar, bare=bare,
-                                         memories=None if memories is None else memories[n])
+                                         memories=None if memories is None else memories[n],
+                                         without_memory=None if plain is None else plain[n])
                 for n, its in items.items()}
 
 
@@ -145,7 +147,7 @@ def run_all(cfg, tasks: Sequence[PersonaTask]) -> dict[str, Any]:
         bare: dict = {}
         sel["adapter"] = _select(model, tok, task, its, "adapter", bare)
         if mem is not None:
-            sel["adapter_memory"] = _select(model, tok, task, its, "adapter", bare, mem)
+            sel["adapter_memory"] = _select(model, tok, task, its, "adapter", bare, mem, sel["adapter"])
         if attributing:
             adapted.update(_attribution_scores(model, tok, tasks, [task]))
         del model

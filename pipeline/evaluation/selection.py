@@ -138,18 +138,26 @@ def qa_items(rows: Sequence[QA], n: int, seed: int, persona: str, user: str,
 
 def score_items(model, tokenizer, items: Sequence[SelectionItem], instruction: str, max_length: int | None,
                 progress=None, bare: dict[str, ReplyScore] | None = None,
-                memories: Sequence[Sequence[Any]] | None = None) -> list[Selected | None]:
+                memories: Sequence[Sequence[Any]] | None = None,
+                without_memory: Sequence[Selected | None] | None = None) -> list[Selected | None]:
     """Score every item's candidates after ``instruction``, with and without the context.
 
     None where the candidates do not fit ``max_length`` even with no context. ``bare`` caches the
     no-context score of each text: pass the same dict to calls with the same model and instruction.
-    ``memories``: per item, the remembered exchanges shown with its context (:func:`recall_all`).
+    ``memories``: per item, the remembered exchanges shown with its context (:func:`recall_all`);
+    ``without_memory``: the same items already scored with no memory, reused for the items that
+    recall nothing (their prompt is the same, so are their scores).
     """
     bare = {} if bare is None else bare
     out: list[Selected | None] = []
     for i, item in enumerate(items):
         e = item.example
         shown = tuple(memories[i]) if memories is not None else ()
+        if not shown and without_memory is not None:
+            out.append(without_memory[i])
+            if progress is not None:
+                progress.update(1)
+            continue
         renders = render_group(
             tokenizer, [Example(instruction, e.context, e.persona, c, shown) for c in item.candidates], max_length)
         if renders is None:
