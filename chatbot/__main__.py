@@ -4,6 +4,7 @@
     python -m chatbot --adapters adapters/ --port 8080 --auth me:secret
     KAKAO_PERSONA_AUTH=me:secret python -m chatbot --adapters adapters/ --host 0.0.0.0   # reachable from the LAN
     python -m chatbot --adapters adapters/ --share --auth-file ~/.chat-login              # public link
+    python -m chatbot --adapters runs/민수/adapters --memory runs/민수/data                # with the persona's memory
 
 The page shows replies learnt from private chats: listening beyond this machine (--host
 other than loopback, or --share) needs a login (--auth USER:PASSWORD, or the same in the
@@ -22,6 +23,7 @@ from typing import Sequence
 
 from core.cli import parser, run_cli, setup_logging
 from core.errors import UserError
+from core.memory import add_memory_flag, load_memory
 from chatbot.access import is_loopback, read_secret
 
 AUTH_ENV = "KAKAO_PERSONA_AUTH"  # USER:PASSWORD, read when neither --auth nor --auth-file is given
@@ -43,6 +45,7 @@ def _args(argv: Sequence[str] | None):
                    help="base model spec (default: the one the adapters were trained on)")
     p.add_argument("--cache-dir", default=None, help="cache of extended base models (default $KAKAO_PERSONA_CACHE)")
     p.add_argument("--concurrency", type=int, default=4, help="sessions served at once (replies take turns)")
+    add_memory_flag(p)
     return p.parse_args(argv)
 
 
@@ -86,7 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from chatbot.app import launch
     from chatbot.engine import Engine
 
-    engine = Engine.from_adapters_dir(args.adapters, base_model=args.base_model, cache_dir=args.cache_dir)
+    engine = Engine.from_adapters_dir(args.adapters, base_model=args.base_model, cache_dir=args.cache_dir,
+                                      memory=load_memory(args.memory))
     for p in engine.personas:
         print(f"{'ok  ' if p.available else 'SKIP'} {p.name}: {p.label if p.available else p.reason}",
               file=sys.stderr)

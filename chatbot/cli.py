@@ -2,6 +2,7 @@
 
     python -m chatbot.cli --adapters adapters/ --persona minji
     python -m chatbot.cli --adapters adapters/ --persona base --temperature 0.7 --max-new-tokens 64
+    python -m chatbot.cli --adapters runs/민수/adapters --memory runs/민수/data   # with the persona's memory
 
 Commands while chatting:
     /personas        list the personas (and adapters that cannot be used, with the reason)
@@ -17,6 +18,7 @@ from typing import Sequence, TextIO
 
 from core.cli import parser, run_cli, setup_logging
 from core.errors import UserError
+from core.memory import add_memory_flag, load_memory
 from core.reply_shape import bubbles
 
 BASE = "base"
@@ -40,6 +42,7 @@ def _args(argv: Sequence[str] | None):
                    help=f"replies sampled per message, the one that best answers it is kept (default {d.candidates}; "
                         "1 = no reranking, the reply streams as it is generated)")
     p.add_argument("--seed", type=int, default=None, help="seed every reply (reproducible answers)")
+    add_memory_flag(p)
     return p.parse_args(argv)
 
 
@@ -147,7 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     params = GenerationParams(args.temperature, args.top_p, args.top_k, args.repetition_penalty,
                               args.max_new_tokens, args.candidates).clamped()
-    engine = Engine.from_adapters_dir(args.adapters, base_model=args.base_model, cache_dir=args.cache_dir)
+    engine = Engine.from_adapters_dir(args.adapters, base_model=args.base_model, cache_dir=args.cache_dir,
+                                      memory=load_memory(args.memory))
     chat = TerminalChat(engine, resolve_persona(engine, args.persona, "--persona"), params, args.seed, sys.stdout)
     chat.run(sys.stdin)
     return 0

@@ -9,7 +9,11 @@ No Gradio here (the web app and the terminal chat both drive this)::
 Prompts are built by :func:`core.chat_format.render`, the same builder training used:
 the adapter manifest's ``instruction`` as the system turn, the chat user's turns spoken as
 the manifest's ``user_speaker``, the bot's earlier replies as the persona's own turns; the
-oldest turns are dropped to fit the context budget. Replies come from
+oldest turns are dropped to fit the context budget. With a :class:`core.memory.Memory` (opt-in,
+``--memory DATA_DIR``) the persona's own past replies to messages like the latest one go into the
+system turn through the same builder (``render(memory=...)``); the MMI baseline keeps the bare
+instruction, so a reply that follows what the persona really said before is not penalised for it.
+Replies come from
 :func:`chatbot.decoding.decode` (the evaluation and the server call it too): several candidates sampled in
 one batch and reranked, loops and echoes rejected, the persona's limits from its ``persona.yaml``.
 
@@ -35,6 +39,7 @@ from chatbot.adapters import PersonaInfo, check_base, choose_base, choose_dialog
 from chatbot.decoding import MAX_NEW_TOKENS_CAP, Prompt, SamplingParams  # noqa: F401 (re-exported)
 from core import chat_format
 from core.errors import UserError
+from core.memory import Memory, Recalled
 from core.models import default_device, find_extended, load_adapter, load_extended
 from core.reply_shape import ReplyLimits, echo_sources
 
@@ -85,9 +90,11 @@ def _pin_token_rows(layers: list, name: str) -> None:
 class Engine:
     """Model, tokenizer and persona adapters; thread-safe :meth:`generate`."""
 
-    def __init__(self, model: Any, tokenizer: Any, personas: Sequence[PersonaInfo]):
-        """``model``: a PeftModel holding every available persona (see :meth:`from_loaded`)."""
+    def __init__(self, model: Any, tokenizer: Any, personas: Sequence[PersonaInfo], memory: Memory | None = None):
+        """``model``: a PeftModel holding every available persona (see :meth:`from_loaded`);
+        ``memory``: past exchanges to recall per persona (None: none, the prompt is the plain one)."""
         self.model = model
+        self.memory = memory
         self.tokenizer = tokenizer
         self.personas: list[PersonaInfo] = list(personas)
         self._by_name = {p.name: p for p in self.personas if p.available}
@@ -104,25 +111,27 @@ class Engine:
     @classmethod
     def from_adapters_dir(
         cls, adapters_dir: str | Path, base_model: str | None = None, cache_dir: str | Path | None = None,
-        device: str | None = None,
+        device: str | None = None, memory: Memory | None = None,
     ) -> "Engine":
         """Discover adapters, load their extended base once, load every adapter.
 
         The extended base is the cached one the adapters were trained on (found by its
         fingerprint); when the cache lacks it, ``python -m pipeline.extend`` builds it in
         its own process. ``device``: by default the GPU when torch sees one (bf16 there),
-        else the CPU (fp32)."""
+        else the CPU (fp32). ``memory``: see :class:`Engine`."""
         infos = discover(adapters_dir)
+        if memory is not None:  # before the model loads: a memory for no persona here fails fast
+            memory.check([i.persona for i in infos if i.available])
         spec = choose_base(infos, base_model)
         path = find_extended(_fingerprint_of(infos, spec), cache_dir) or build_extended(
             spec, cache_dir, dialogue=choose_dialogue(infos, spec))
         model, tokenizer, manifest = load_extended(path, device=device or default_device())
-        return cls.from_loaded(model, tokenizer, manifest, infos, spec)
+        return cls.from_loaded(model, tokenizer, manifest, infos, spec, memory)
 
     @classmethod
     def from_loaded(
         cls, base: Any, tokenizer: Any, extended_manifest: dict, infos: Sequence[PersonaInfo],
-        spec: str | None = None,
+        spec: str | None = None, memory: Memory | None = None,
     ) -> "Engine":
         """Wrap an already loaded extended base with the adapters whose fingerprint matches it."""
         infos = check_base(list(infos), spec, str(extended_manifest.get("fingerprint", "")))
@@ -131,7 +140,7 @@ class Engine:
         if model is None:
             reasons = "; ".join(f"{i.name}: {i.reason}" for i in infos)
             raise UserError(f"no usable adapter ({reasons})")
-        return cls(model.eval(), tokenizer, infos)
+        return cls(model.eval(), tokenizer, infos, memory)
 
     # ---- persona switching ----------------------------------------------------------------
     def persona(self, name: str | None) -> PersonaInfo | None:
@@ -167,19 +176,29 @@ class Engine:
         """Token ids for the reply to ``history`` (ends with a user turn), oldest turns trimmed."""
         info = self.persona(persona)
         instruction = info.instruction if info else ""
-        user = (info.user_speaker if info else "") or BASE_USER_SPEAKER
-        # a user turn may name its speaker (the server's OpenAI ``name``); else the adapter's user
-        context = [
-            {"speaker": _BOT if m["role"] == "assistant" else (m.get("name") or user), "text": str(m["content"])}
-            for m in history
-        ]
-        rendered = chat_format.render(
-            self.tokenizer, instruction, context, _BOT, response=None,
-            max_length=self._context_budget(info, max_new_tokens),
-        )
+        context = self._context(history, info)
+        budget = self._context_budget(info, max_new_tokens)
+        memory = self.recall(history, persona)
+        rendered = chat_format.render(self.tokenizer, instruction, context, _BOT, None, budget, memory)
+        if memory and rendered is not None and len(rendered.input_ids) + max_new_tokens > self.max_positions:
+            rendered = chat_format.render(self.tokenizer, instruction, context, _BOT, None, budget)
         if rendered is None or (context and rendered.context_turns == 0):
             raise MessageTooLong("the message does not fit in the model's context")
         return rendered.input_ids
+
+    def recall(self, history: Sequence[dict], persona: str | None) -> list[Recalled]:
+        """The persona's past exchanges like the message ``history`` ends with ([] without a memory)."""
+        info = self.persona(persona)
+        if self.memory is None or info is None or not history:
+            return []
+        return self.memory.recall(info.persona, self._context(history, info), _BOT)
+
+    @staticmethod
+    def _context(history: Sequence[dict], info: PersonaInfo | None) -> list[dict]:
+        user = (info.user_speaker if info else "") or BASE_USER_SPEAKER
+        # a user turn may name its speaker (the server's OpenAI ``name``); else the adapter's user
+        return [{"speaker": _BOT if m["role"] == "assistant" else (m.get("name") or user), "text": str(m["content"])}
+                for m in history]
 
     def prompt(self, history: Sequence[dict], persona: str | None, max_new_tokens: int,
                adapter: str | None = None) -> Prompt:

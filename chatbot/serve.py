@@ -2,6 +2,7 @@
 
     python -m chatbot.serve --adapters adapters/                       # http://127.0.0.1:8000/v1
     python -m chatbot.serve --adapters adapters/ --api-key-file key.txt --host 0.0.0.0
+    python -m chatbot.serve --adapters runs/민수/adapters --memory runs/민수/data  # with the persona's memory
 
     curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\
       -d '{"model": "minji", "messages": [{"role": "user", "content": "뭐해?"}]}'
@@ -34,6 +35,7 @@ from typing import Any, Iterator, Sequence
 from fastapi import Request  # at module level: FastAPI resolves the handlers' annotations here
 
 from core.errors import UserError
+from core.memory import add_memory_flag, load_memory
 from chatbot.access import is_loopback, read_secret
 from core.cli import parser, run_cli, setup_logging
 
@@ -377,6 +379,7 @@ def _args(argv: Sequence[str] | None):
     p.add_argument("--base-model", default=None, help="base model spec (default: the adapters' own)")
     p.add_argument("--cache-dir", default=None, help="cache of extended base models (default $KAKAO_PERSONA_CACHE)")
     p.add_argument("--max-batch", type=int, default=8, help="replies generated together in one batch (default 8)")
+    add_memory_flag(p)
     return p.parse_args(argv)
 
 
@@ -402,7 +405,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from chatbot.batching import Batcher
     from chatbot.engine import Engine
 
-    engine = Engine.from_adapters_dir(args.adapters, base_model=args.base_model, cache_dir=args.cache_dir)
+    engine = Engine.from_adapters_dir(args.adapters, base_model=args.base_model, cache_dir=args.cache_dir,
+                                      memory=load_memory(args.memory))
     for p in engine.personas:
         print(f"{'ok  ' if p.available else 'SKIP'} {p.name}: {p.label if p.available else p.reason}",
               file=sys.stderr)

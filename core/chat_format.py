@@ -13,6 +13,10 @@ tokens (SentencePiece drift). :data:`CHAT_TEMPLATE` renders the same thing as a
 string so ``tokenizer.apply_chat_template`` gives the same ids; a test holds
 them equal. User text is stripped of every special-token string first, so a
 message containing ``<|eot|>`` or ``<usr>`` cannot inject that token.
+
+With ``memory`` (the persona's own past exchanges, retrieved by :mod:`core.memory`), the
+system turn is the instruction followed by :func:`memory_section`; that section does not
+count against ``max_length``, so the conversation kept is the same with and without it.
 """
 from __future__ import annotations
 
@@ -42,6 +46,10 @@ CHAT_TEMPLATE = (
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}<|bot|>{%- endif -%}"
 )
+
+
+MEMORY_HEADER = "예전에 비슷한 말에 이렇게 답했어:"  # "you once answered similar messages like this:"
+MEMORY_CHARS = 200  # a remembered message or reply is cut to this many characters in the prompt
 
 
 @dataclass(frozen=True)
@@ -147,7 +155,8 @@ def sanitize(text: str, tokenizer) -> str:
     return _strip_specials(text, _special_pattern(_special_strings(tokenizer)))
 
 
-def _turn(t: Any) -> tuple[str, str]:
+def speaker_text(t: Any) -> tuple[str, str]:
+    """(speaker, text) of a turn given as an object with ``speaker``/``text`` or as a dict."""
     if isinstance(t, Mapping):
         return str(t.get("speaker", "")), str(t.get("text", ""))
     return str(t.speaker), str(t.text)
@@ -161,6 +170,31 @@ def _encode_all(tokenizer, texts: list[str]) -> list[list[int]]:
     return [list(x) for x in tokenizer(clean, add_special_tokens=False)["input_ids"]]
 
 
+def _cut(text: str) -> str:
+    text = " / ".join(line.strip() for line in str(text).splitlines() if line.strip())
+    return text if len(text) <= MEMORY_CHARS else text[:MEMORY_CHARS - 1] + "…"
+
+
+def memory_section(memory: Sequence[Any]) -> str:
+    """The remembered exchanges as system-turn text: a header, then ``- "message" → "reply"`` a line.
+
+    ``memory`` items have ``message`` and ``reply`` (a :class:`core.memory.Recalled`) or are
+    (message, reply) pairs; "" when there are none. A multi-line message or reply is joined with " / "."""
+    lines = []
+    for m in memory:
+        message, reply = (m.message, m.reply) if hasattr(m, "reply") else (m[0], m[1])
+        lines.append(f'- "{_cut(message)}" → "{_cut(reply)}"')
+    return MEMORY_HEADER + "\n" + "\n".join(lines) if lines else ""
+
+
+def with_memory(instruction: str, memory: Sequence[Any]) -> str:
+    """The system-turn text: the instruction, then the memory section after a blank line (if any)."""
+    section = memory_section(memory)
+    if not section:
+        return instruction
+    return f"{instruction}\n\n{section}" if instruction else section
+
+
 def render(
     tokenizer,
     instruction: str,
@@ -168,6 +202,7 @@ def render(
     persona: str,
     response: str | None = None,
     max_length: int | None = None,
+    memory: Sequence[Any] = (),
 ) -> Rendered | None:
     """Build token ids (and labels) for one example.
 
@@ -177,14 +212,22 @@ def render(
     it, with ``<|bot|>`` as the generation prompt. Context is trimmed from the
     oldest turn to fit ``max_length``; the reply is never cut: if instruction
     plus reply alone do not fit, returns None (the caller counts the drop).
+    ``memory``: past exchanges shown after the instruction (:func:`with_memory`);
+    their tokens come on top of ``max_length``.
     """
     sid = special_ids(tokenizer)
-    turns = [_turn(t) for t in context]
-    # one batched encode call: instruction, then (speaker, text) per turn, then the reply
-    texts = [instruction] + [x for sp, tx in turns for x in (sp, tx)]
+    turns = [speaker_text(t) for t in context]
+    system = with_memory(instruction, memory)
+    # one batched encode call: system text, then (speaker, text) per turn, then the reply (then the bare
+    # instruction, to know what the memory adds)
+    texts = [system] + [x for sp, tx in turns for x in (sp, tx)]
     if response is not None:
         texts.append(response)
+    if system != instruction:
+        texts.append(instruction)
     enc = _encode_all(tokenizer, texts)
+    bare = enc.pop() if system != instruction else enc[0]
+    extra = max(len(enc[0]) - len(bare), 0)  # the memory's tokens
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     head = bos + [sid[SYSTEM]] + enc[0] + [sid[EOT]]
     body = []
@@ -199,7 +242,7 @@ def render(
         tail, tail_labels = [sid[BOT]] + reply, [IGNORE_INDEX] + reply
     else:
         tail, tail_labels = [sid[BOT]], [IGNORE_INDEX]
-    budget = None if max_length is None else max_length - len(head) - len(tail)
+    budget = None if max_length is None else max_length + extra - len(head) - len(tail)
     if budget is not None and budget < 0:
         return None
     kept: list[list[int]] = []
@@ -218,16 +261,16 @@ def render(
 
 def to_messages(
     instruction: str, context: Iterable[Any], persona: str, response: str | None = None,
-    tokenizer=None,
+    tokenizer=None, memory: Sequence[Any] = (),
 ) -> list[dict[str, str]]:
     """The same example as chat ``messages`` (system/user/assistant) for ``apply_chat_template``.
 
-    Pass ``tokenizer`` to sanitize the texts exactly as :func:`render` does.
+    Pass ``tokenizer`` to sanitize the texts exactly as :func:`render` does; ``memory`` as in :func:`render`.
     """
     clean = (lambda s: sanitize(s, tokenizer)) if tokenizer is not None else (lambda s: s)
-    msgs = [{"role": "system", "content": clean(instruction)}]
+    msgs = [{"role": "system", "content": clean(with_memory(instruction, memory))}]
     for t in context:
-        speaker, text = _turn(t)
+        speaker, text = speaker_text(t)
         if speaker == persona:
             msgs.append({"role": "assistant", "content": clean(text)})
         else:

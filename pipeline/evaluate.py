@@ -10,7 +10,9 @@ held-out replies (validation split) of its persona:
 
   base      the extended base model, prompted with the persona instruction;
   few-shot  the same, with --shots real train replies added to the instruction (no training);
-  adapter   the fine-tuned persona adapter.
+  adapter   the fine-tuned persona adapter;
+  adapter + memory (--memory, next-reply selection only): the adapter with the persona's own past
+            replies to similar messages (its train pairs in --data, core.memory) in the system turn.
 
 Measured: perplexity of held-out replies; next-reply selection (the true held-out reply ranked
 among 20 candidates by mean log-prob and by PMI, on the persona's replies and on general Korean
@@ -62,6 +64,7 @@ class EvalConfig:
     selection_items: int = 8  # --selection-items: next-reply selection items per item set (0: skip)
     qa: Path | None = None  # --qa: ChatbotData-format CSV (Q, A) for selection on general Q/A (held-out split)
     threads: int | None = None  # --threads: torch CPU threads (default: torch's choice)
+    memory: bool = False  # --memory: also rank the selection items with the adapter plus its memory
 
     def validate(self) -> None:
         problems = [f"--adapter {a}: not a directory" for a in self.adapters if not a.is_dir()]
@@ -79,6 +82,8 @@ class EvalConfig:
                              ("--threads", self.threads or 1, 1), ("--selection-items", self.selection_items, 0)):
             if v < low:
                 problems.append(f"{flag} must be >= {low}")
+        if self.memory and not self.selection_items:
+            problems.append("--memory is measured by next-reply selection: give --selection-items above 0")
         if problems:
             raise UserError("; ".join(problems))
 
@@ -135,6 +140,10 @@ def build_parser():
     p.add_argument("--qa", type=Path, help="Q/A CSV with Q and A columns for selection on general Korean "
                    "(its fixed held-out split; default ../shared/data/chatbot_data/ChatbotData.csv when it exists)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: all CPUs available)")
+    p.add_argument("--memory", action="store_true",
+                   help="also rank the next-reply selection items with the adapter plus the persona's memory (its "
+                        "own past replies to the most similar messages of --data's train.jsonl, as the chat's "
+                        "--memory shows them): system 'adapter + memory', same items, same model")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
@@ -145,6 +154,7 @@ def config_from_args(a) -> EvalConfig:
         max_examples=a.max_examples, general_lines=a.general_lines, shots=a.shots, samples=a.samples,
         generate=a.generate, max_new_tokens=a.max_new_tokens, seed=a.seed, cache_dir=a.cache_dir,
         no_identification=a.no_identification, selection_items=a.selection_items, qa=a.qa, threads=a.threads,
+        memory=a.memory,
     )
 
 

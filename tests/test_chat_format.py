@@ -14,6 +14,7 @@ from core.chat_format import (
     CHAT_TEMPLATE,
     EOT,
     IGNORE_INDEX,
+    MEMORY_HEADER,
     SEP,
     SPECIAL_TOKENS,
     SYSTEM,
@@ -157,6 +158,29 @@ def test_left_trim_limits(tok):
     assert only_reply.context_turns == 0 and only_reply.input_ids == bare.input_ids
     assert render(tok, INSTRUCTION, context, PERSONA, response=REPLY, max_length=len(bare.input_ids) - 1) is None
     assert render(tok, INSTRUCTION, context, PERSONA, max_length=10_000).context_turns == 4
+
+
+MEMORY = [("저녁 뭐 먹을래", "국밥 ㄱㄱ"), ("과제 했어?\n나도 아직", "아니 <|eot|> 막힘")]
+
+
+def test_memory_is_a_section_of_the_system_turn_and_the_label_mask_stays_on_the_reply(tok):
+    r = render(tok, INSTRUCTION, CONTEXT, PERSONA, REPLY, memory=MEMORY)
+    plain = render(tok, INSTRUCTION, CONTEXT, PERSONA, REPLY)
+    system = f'{INSTRUCTION}\n\n{MEMORY_HEADER}\n- "저녁 뭐 먹을래" → "국밥 ㄱㄱ"\n- "과제 했어? / 나도 아직" → "아니  막힘"'
+    head = [tok.bos_token_id, special_ids(tok)[SYSTEM]] + _enc(tok, system) + [special_ids(tok)[EOT]]
+    assert r.input_ids == head + plain.input_ids[plain.input_ids.index(special_ids(tok)[EOT]) + 1:]
+    assert [y for y in r.labels if y != IGNORE_INDEX] == [y for y in plain.labels if y != IGNORE_INDEX]
+    assert r.labels[:len(r.input_ids) - r.supervised] == [IGNORE_INDEX] * (len(r.input_ids) - r.supervised)
+    msgs = to_messages(INSTRUCTION, CONTEXT, PERSONA, REPLY, tokenizer=tok, memory=MEMORY)
+    assert list(tok.apply_chat_template(msgs, tokenize=True, return_dict=False)) == r.input_ids
+    assert render(tok, INSTRUCTION, CONTEXT, PERSONA, REPLY, memory=()).input_ids == plain.input_ids
+
+
+def test_memory_tokens_do_not_count_against_max_length(tok):
+    context = _long_context(8)
+    two = render(tok, INSTRUCTION, context[-2:], PERSONA, response=REPLY)
+    kept = render(tok, INSTRUCTION, context, PERSONA, REPLY, max_length=len(two.input_ids), memory=MEMORY)
+    assert kept.context_turns == 2  # the same turns as without memory
 
 
 @pytest.mark.slow

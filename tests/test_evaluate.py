@@ -221,7 +221,7 @@ def test_evaluate_cli_writes_json_markdown_and_charts(adapter_and_data, cache_di
     argv = ["--adapter", str(adapter), "--data", str(data), "--out", str(out), "--cache-dir", str(cache_dir),
             "--max-examples", "3", "--general-lines", "3", "--generate", "2", "--samples", "2",
             "--max-new-tokens", "4", "--shots", "2", "--smilestyle", str(SMILESTYLE_TSV),
-            "--selection-items", "2", "--qa", str(CHATBOT_CSV)]
+            "--selection-items", "2", "--qa", str(CHATBOT_CSV), "--memory"]
     assert run_cli(main, argv) == 0
     assert "eval.md" in capsys.readouterr().out
     result = json.loads((out / "eval.json").read_text(encoding="utf-8"))
@@ -239,8 +239,10 @@ def test_evaluate_cli_writes_json_markdown_and_charts(adapter_and_data, cache_di
     column = confusion["styles"].index(STYLE)
     assert confusion["adapter"][0][column] == pytest.approx(r["identification"]["adapter"]["top1"], abs=1e-3)
     sel = r["selection"]
-    assert set(sel) == {"persona", "qa"} and set(sel["qa"]) == {"base", "few_shot", "adapter"}
+    assert set(sel) == {"persona", "qa"} and set(sel["qa"]) == {"base", "few_shot", "adapter", "adapter_memory"}
+    assert r["selection_memory"]["persona"]["items"] == 2 and r["selection_memory"]["qa"]["items"] == 2
     for s in ("persona", "qa"):
+        assert sel[s]["adapter_memory"]["n"] == 2
         got = sel[s]["adapter"]
         assert got["n"] == 2 and got["chance"] == 0.05 and set(got) >= {"mean", "pmi", "pmi_mean"}
         assert 1 <= got["pmi"]["mean_rank"] <= 20
@@ -252,6 +254,7 @@ def test_evaluate_cli_writes_json_markdown_and_charts(adapter_and_data, cache_di
     assert replies["real"]["n"] == 3 and replies["adapter"]["loop"] == 0 and replies["adapter"]["empty"] == 0
     md = (out / "eval.md").read_text(encoding="utf-8")
     assert "Persona identification" in md and "few-shot" in md and "Next-reply selection" in md
+    assert "adapter + memory" in md and "Memory: " in md
     assert "Generated replies: empty, echoes" in md
     for png in ("perplexity.png", "style.png", "identification.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -159,3 +159,34 @@ def test_attribution_leaves_out_a_reply_that_an_adapter_could_not_score():
     scores = {"A": [ReplyScore(-1, 1), None], "B": [ReplyScore(-2, 1), ReplyScore(-1, 1)]}
     ranked = attribution.attribute(["A", "B"], scores)
     assert len(ranked) == 1 and ranked[0].predicted == "A"
+
+
+def test_memory_is_shown_with_the_context_and_the_no_context_prompt_stays_bare(extended_dir):
+    from core.memory import Recalled
+    from core.models import load_extended
+
+    model, tok, _ = load_extended(extended_dir)
+    item = items()[0]
+    shown = [Recalled("비 온다", "우산 챙겨", 0.8)]
+    got = selection.score_items(model.eval(), tok, [item], "너는 봇이야.", 64, memories=[shown])[0]
+    plain = selection.score_items(model.eval(), tok, [item], "너는 봇이야.", 64)[0]
+    for cand, ctx, bare, old in zip(item.candidates, got.with_context, got.without_context, plain.without_context):
+        full = score_group(model, tok, [render(tok, "너는 봇이야.", item.example.context, PERSONA, cand,
+                                               memory=shown)])[0]
+        assert ctx.logprob == pytest.approx(full.logprob, rel=1e-4, abs=1e-3) and ctx.tokens == full.tokens
+        assert bare == old  # PMI's baseline is the bare instruction with or without memory
+    assert got.with_context != plain.with_context
+    # an item that recalls nothing has the plain prompt: its plain scores are reused, not recomputed
+    reused = selection.score_items(None, tok, [item], "너는 봇이야.", 64, memories=[[]], without_memory=[plain])
+    assert reused == [plain]
+
+
+def test_memory_overlap_counts_recalled_items_and_candidates_shown():
+    from core.memory import Recalled
+
+    its = items()[:3]
+    memories = [[Recalled("x", its[0].candidates[0], 1.0)],  # the true reply itself
+                [Recalled("y", its[1].distractors[0], 0.5), Recalled("z", "딴 얘기", 0.4)],
+                []]
+    assert selection.memory_overlap(its, memories) == {"items": 3, "with_memory": 2, "shown": 3,
+                                                       "truth_shown": 1, "distractor_shown": 1}

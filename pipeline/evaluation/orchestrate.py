@@ -4,7 +4,9 @@ The base model is loaded once and runs the base and few-shot systems for every
 persona (and, with several adapters, scores every held-out reply in each adapter's
 prompt: the attribution reference); each adapter is then loaded onto a fresh base (so
 adapters of different methods never mix), runs its system, scores every persona's
-held-out replies for speaker attribution, and is freed before the next.
+held-out replies for speaker attribution, and is freed before the next. With ``--memory`` the
+adapter also ranks the selection items with the persona's memory in its prompt (system
+``adapter_memory``: the same model, items and no-context scores, only the memory added).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from chatbot.decoding import SamplingParams
+from core.memory import Memory
 from data_prep.chatbot_data import load_qa
 from pipeline.evaluation import attribution, charts, report, selection
 from pipeline.evaluation.generation import SamplingConfig
@@ -81,13 +84,29 @@ def selection_items(cfg, task: PersonaTask) -> Items:
     return items
 
 
-def _select(model, tok, task: PersonaTask, items: Items,
-            system: str) -> dict[str, list[selection.Selected | None]]:
-    """Every item set scored by one system, in that system's prompt (instruction and max_length)."""
+Memories = dict[str, list[list]]  # item set -> per item, the exchanges the memory recalls
+
+
+def _select(model, tok, task: PersonaTask, items: Items, system: str, bare: dict | None = None,
+            memories: Memories | None = None, plain: dict | None = None) -> dict[str, list[selection.Selected | None]]:
+    """Every item set scored by one system, in that system's prompt (instruction and max_length);
+    ``memories``: the adapter_memory system's recalled exchanges, shown after the instruction, and
+    ``plain``: the same system's scores without them (kept for the items that recall nothing)."""
     instruction, max_len = instruction_for(task, system), max_length_for(tok, task, system)
-    with _bar(sum(map(len, items.values())), f"{task.persona}: {system} selection") as bar:
-        return {name: selection.score_items(model, tok, its, instruction, max_len, progress=bar)
-                for name, its in items.items()}
+    name = "adapter_memory" if memories is not None else system
+    bare = {} if bare is None else bare  # one no-context cache: same model, same instruction
+    with _bar(sum(map(len, items.values())), f"{task.persona}: {name} selection") as bar:
+        return {n: selection.score_items(model, tok, its, instruction, max_len, progress=bar, bare=bare,
+                                         memories=None if memories is None else memories[n],
+                                         without_memory=None if plain is None else plain[n])
+                for n, its in items.items()}
+
+
+def recall_items(task: PersonaTask, items: Items) -> Memories:
+    """What the persona's memory (its train pairs in the task's data folder) recalls for every item."""
+    memory = Memory.load([task.data])
+    memory.check([task.persona])
+    return {name: selection.recall_all(memory, its) for name, its in items.items()}
 
 
 def _attribution_scores(model, tok, tasks: Sequence[PersonaTask],
@@ -110,6 +129,7 @@ def run_all(cfg, tasks: Sequence[PersonaTask]) -> dict[str, Any]:
     selections: list[Selections] = [{} for _ in tasks]
     general = [_general(cfg, t) for t in tasks]
     items = [selection_items(cfg, t) for t in tasks]
+    memories = [recall_items(t, its) if cfg.memory and its else None for t, its in zip(tasks, items)]
     attributing = _attributes(tasks)
     reference: dict[str, list[ReplyScore | None]] = {}  # the base model in each adapter's prompt
     adapted: dict[str, list[ReplyScore | None]] = {}
@@ -121,18 +141,25 @@ def run_all(cfg, tasks: Sequence[PersonaTask]) -> dict[str, Any]:
     if attributing:
         reference = _attribution_scores(model, tok, tasks, tasks)
     del model
-    for task, out, sel, its, (gen, _) in zip(tasks, outputs, selections, items, general):
+    for task, out, sel, its, mem, (gen, _) in zip(tasks, outputs, selections, items, memories, general):
         model, tok = load_adapter(task, cfg.cache_dir)
         out["adapter"] = _run(model, tok, cfg, task, gen, "adapter")
-        sel["adapter"] = _select(model, tok, task, its, "adapter")
+        bare: dict = {}
+        sel["adapter"] = _select(model, tok, task, its, "adapter", bare)
+        if mem is not None:
+            sel["adapter_memory"] = _select(model, tok, task, its, "adapter", bare, mem, sel["adapter"])
         if attributing:
             adapted.update(_attribution_scores(model, tok, tasks, [task]))
         del model
-    personas = {t.persona: report.persona_results(t, o, cfg.samples, source, s)
-                for t, o, s, (_, source) in zip(tasks, outputs, selections, general)}
+    personas = {t.persona: report.persona_results(t, o, cfg.samples, source, s, _overlap(its, mem))
+                for t, o, s, its, mem, (_, source) in zip(tasks, outputs, selections, items, memories, general)}
     truths = [t.persona for t in tasks for _ in t.held_out]
     return {"personas": personas, "confusion": report.confusion_block(tasks, outputs),
             "attribution": attribution.results(truths, adapted, reference) if attributing else None}
+
+
+def _overlap(items: Items, memories: Memories | None) -> dict[str, dict[str, int]] | None:
+    return None if memories is None else {n: selection.memory_overlap(its, memories[n]) for n, its in items.items()}
 
 
 def write_outputs(out: Path, data: dict[str, Any]) -> dict[str, dict[str, str]]:

@@ -19,7 +19,8 @@ from pipeline.evaluation.scoring import perplexity
 from pipeline.evaluation.style import mean_distance, style_distances, style_stats
 from pipeline.evaluation.tasks import PersonaTask
 
-SYSTEM_LABELS = {"base": "base", "few_shot": "few-shot (prompted)", "adapter": "adapter (fine-tuned)"}
+SYSTEM_LABELS = {"base": "base", "few_shot": "few-shot (prompted)", "adapter": "adapter (fine-tuned)",
+                 "adapter_memory": "adapter + memory (retrieved past replies)"}
 
 
 def _r(x: float | None, nd: int = 3) -> float | None:
@@ -31,8 +32,10 @@ def _context_tail(task: PersonaTask, i: int, turns: int = 2) -> list[dict[str, s
 
 
 def persona_results(task: PersonaTask, out: Mapping[str, SystemOutput], samples: int,
-                    general_source: str, selected: Mapping[str, Mapping[str, Sequence]] | None = None) -> dict[str, Any]:
-    """Everything measured for one persona, as JSON-able data (``selected``: system -> item set -> scored items)."""
+                    general_source: str, selected: Mapping[str, Mapping[str, Sequence]] | None = None,
+                    memory: Mapping[str, Mapping[str, int]] | None = None) -> dict[str, Any]:
+    """Everything measured for one persona, as JSON-able data (``selected``: system -> item set -> scored items;
+    ``memory``: item set -> how the memory met the selection items, :func:`selection.memory_overlap`)."""
     real = style_stats(task.real_replies)
     style = {s: style_stats([g for g in o.generated if g]) for s, o in out.items()}
     dist = {s: style_distances(real, st) for s, st in style.items()}
@@ -48,6 +51,7 @@ def persona_results(task: PersonaTask, out: Mapping[str, SystemOutput], samples:
             "total": task.style_match.total},
         "identification": {s: _summary(o) for s, o in out.items()} if task.id_items else None,
         "selection": _selection(selected or {}),
+        "selection_memory": dict(memory) if memory else None,
         "style": {"real": real, **style},
         "style_distance": dist,
         "style_mean_distance": {s: round(mean_distance(d), 4) for s, d in dist.items()},
@@ -147,7 +151,7 @@ def _persona_md(name: str, r: dict[str, Any], charts: Mapping[str, str]) -> list
                       for s, v in r["identification"].items()])
         md.append("")
     if r.get("selection"):
-        md += _selection_md(r["selection"])
+        md += _selection_md(r["selection"], r.get("selection_memory"))
     md += ["### Style of generated replies vs the persona's real replies (distance; 0 = same)", ""]
     stats = list(r["style_distance"][systems[0]])
     md += _table(["statistic", "real"] + [SYSTEM_LABELS[s] for s in systems],
@@ -171,7 +175,7 @@ SELECTION_SETS = {"persona": "own held-out replies (distractors: the persona's r
 SCORE_LABELS = {"mean": "mean log-prob", "pmi": "PMI", "pmi_mean": "PMI per token"}
 
 
-def _selection_md(sel: Mapping[str, Any]) -> list[str]:
+def _selection_md(sel: Mapping[str, Any], memory: Mapping[str, Any] | None = None) -> list[str]:
     md = ["### Next-reply selection (Hits@1: the true reply ranked first among the candidates)", ""]
     for name, per in sel.items():
         first = next(iter(per.values()))
@@ -179,6 +183,11 @@ def _selection_md(sel: Mapping[str, Any]) -> list[str]:
         md += _table(["system"] + [f"Hits@1 {SCORE_LABELS[k]}" for k in selection.SCORES] + ["mean rank (PMI)"],
                      [[SYSTEM_LABELS[s]] + [v[k]["hits1"] for k in selection.SCORES] + [v["pmi"]["mean_rank"]]
                       for s, v in per.items()])
+        m = (memory or {}).get(name)
+        if m:
+            md += ["", f"Memory: {m['with_memory']} of {m['items']} items recalled a past exchange ({m['shown']} "
+                   f"shown); a shown reply was the true reply in {m['truth_shown']} and a distractor in "
+                   f"{m['distractor_shown']} of them."]
         md.append("")
     return md
 

@@ -30,6 +30,7 @@ class Example:
     context: tuple[Any, ...]  # ContextTurn-like: .speaker, .text (oldest first)
     persona: str
     response: str | None = None
+    memory: tuple[Any, ...] = ()  # past exchanges shown in the system turn (core.memory.Recalled)
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,8 @@ def render_group(tokenizer, examples: Sequence[Example], max_length: int | None)
     the longest reply, so every variant is scored on the same prompt. None when
     even the instruction plus the longest reply do not fit.
     """
-    first = [render(tokenizer, e.instruction, e.context, e.persona, e.response, max_length) for e in examples]
+    first = [render(tokenizer, e.instruction, e.context, e.persona, e.response, max_length, e.memory)
+             for e in examples]
     if any(r is None for r in first):
         return None
     keep = min(r.context_turns for r in first)
@@ -62,7 +64,7 @@ def render_group(tokenizer, examples: Sequence[Example], max_length: int | None)
     out = []
     for e in examples:
         ctx = tuple(e.context)[len(e.context) - keep:] if keep else ()
-        out.append(render(tokenizer, e.instruction, ctx, e.persona, e.response, None))
+        out.append(render(tokenizer, e.instruction, ctx, e.persona, e.response, None, e.memory))
     return out
 
 
@@ -181,7 +183,7 @@ def score_examples(
     """Score each example on its own; None where instruction + reply do not fit ``max_length``."""
     out: list[ReplyScore | None] = []
     for e in examples:
-        r = render(tokenizer, e.instruction, e.context, e.persona, e.response, max_length)
+        r = render(tokenizer, e.instruction, e.context, e.persona, e.response, max_length, e.memory)
         out.append(None if r is None else score_group(model, tokenizer, [r])[0])
         if progress is not None:
             progress.update(1)

@@ -22,6 +22,11 @@ Three scores rank the candidates (each is reported, see :data:`SCORES`):
 - ``pmi_mean``: PMI per reply token (PMI favours long replies, whose many tokens can
   each gain a little from the context).
 
+With a memory (``python -m pipeline.evaluate --memory``, system ``adapter_memory``) each item's
+prompt also shows the persona's own past replies to messages like the item's (:mod:`core.memory`,
+train pairs only; the items are held-out ones); the no-context prompt stays the bare instruction,
+the memory being part of what the context brings.
+
 Cost: each item is one shared-prefix pass (:func:`.scoring.score_group`: the context
 once, the 20 candidates as a batch of tails) plus the candidates' no-context scores,
 cached by text, since the candidates come from a small pool.
@@ -31,10 +36,11 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from core.chat_format import render
 from core.errors import UserError
+from core.memory import Memory, Recalled
 from data_prep.chatbot_data import QA
 from data_prep.records import ContextTurn
 from pipeline.evaluation.scoring import Example, ReplyScore, render_group, score_group
@@ -131,19 +137,29 @@ def qa_items(rows: Sequence[QA], n: int, seed: int, persona: str, user: str,
 
 
 def score_items(model, tokenizer, items: Sequence[SelectionItem], instruction: str, max_length: int | None,
-                progress=None,
-                bare: dict[str, ReplyScore] | None = None) -> list[Selected | None]:
+                progress=None, bare: dict[str, ReplyScore] | None = None,
+                memories: Sequence[Sequence[Any]] | None = None,
+                without_memory: Sequence[Selected | None] | None = None) -> list[Selected | None]:
     """Score every item's candidates after ``instruction``, with and without the context.
 
     None where the candidates do not fit ``max_length`` even with no context. ``bare`` caches the
     no-context score of each text: pass the same dict to calls with the same model and instruction.
+    ``memories``: per item, the remembered exchanges shown with its context (:func:`recall_all`);
+    ``without_memory``: the same items already scored with no memory, reused for the items that
+    recall nothing (their prompt is the same, so are their scores).
     """
     bare = {} if bare is None else bare
     out: list[Selected | None] = []
-    for item in items:
+    for i, item in enumerate(items):
         e = item.example
-        renders = render_group(tokenizer, [Example(instruction, e.context, e.persona, c) for c in item.candidates],
-                               max_length)
+        shown = tuple(memories[i]) if memories is not None else ()
+        if not shown and without_memory is not None:
+            out.append(without_memory[i])
+            if progress is not None:
+                progress.update(1)
+            continue
+        renders = render_group(
+            tokenizer, [Example(instruction, e.context, e.persona, c, shown) for c in item.candidates], max_length)
         if renders is None:
             out.append(None)
         else:
@@ -156,6 +172,24 @@ def score_items(model, tokenizer, items: Sequence[SelectionItem], instruction: s
         if progress is not None:
             progress.update(1)
     return out
+
+
+def recall_all(memory: Memory, items: Sequence[SelectionItem]) -> list[list[Recalled]]:
+    """What ``memory`` recalls for each item's context, as the item's persona."""
+    return [memory.recall(it.example.persona, it.example.context) for it in items]
+
+
+def memory_overlap(items: Sequence[SelectionItem], memories: Sequence[Sequence[Recalled]]) -> dict[str, int]:
+    """How the memory met the items: items with a recalled exchange, exchanges shown, and items where a
+    shown reply is the true reply or one of the distractors (the memory then points at a candidate)."""
+    def shown(i: int) -> set[str]:
+        return {m.reply.strip() for m in memories[i]}
+
+    return {"items": len(items), "with_memory": sum(1 for m in memories if m),
+            "shown": sum(len(m) for m in memories),
+            "truth_shown": sum(1 for i, it in enumerate(items) if it.candidates[0].strip() in shown(i)),
+            "distractor_shown": sum(1 for i, it in enumerate(items)
+                                    if shown(i) & {c.strip() for c in it.distractors})}
 
 
 def summarize(selected: Sequence[Selected | None]) -> dict[str, object]:
