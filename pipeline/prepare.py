@@ -26,7 +26,6 @@ import time
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from operator import attrgetter
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -43,17 +42,16 @@ from data_prep.normalize import NormalizeConfig, canonical_speaker, normalize
 from data_prep.pairs import (
     EXPORTS,
     PairConfig,
-    build_all_pairs,
+    PairLines,
+    build_pair_lines,
     count_by_persona,
-    dedupe,
     parse_jsonl_chunk,
-    split_by_conversation,
     write_dataset,
     write_pairs,
 )
 from data_prep.persona_card import build_card, card_path, resolve_card
 from data_prep.pii import PIIConfig, Pseudonymizer, read_redact_list, redact_text, remove_pii, scrub
-from data_prep.records import Conversation, Message, Pair
+from data_prep.records import Conversation, Message
 from data_prep.report import FileInfo, build_stats, file_stats, write_report, write_stats
 from data_prep.sentences import SentenceConfig, split_long_turns
 
@@ -61,7 +59,7 @@ log = logging.getLogger("prepare")
 UNPARSED_SAMPLES = 5
 BIG_INPUT_BYTES = 5_000_000  # progress bars only above this (small runs stay quiet)
 STAGES = ("parse", "normalise", "drop_non_speech", "remove_pii", "merge_bursts", "split_conversations",
-          "sentences", "persona_cards", "build_pairs", "dedupe", "split", "write")
+          "sentences", "persona_cards", "build_pairs", "split", "write")
 
 
 # each stage's config holds its own defaults; PrepareConfig and the flags take them from there
@@ -229,20 +227,19 @@ def _stages(cfg: PrepareConfig, t: Timer, bg: BackgroundWriter) -> Result:
     with staging(out) as tmp, bg:  # bg: a failed run stops the worker before tmp is removed
         with t("persona_cards"):
             instructions = persona_cards(convs, personas, out / "personas", tmp / "personas")
-        with t("build_pairs"):
+        with t("build_pairs"):  # de-duplicated as they are built
             sources = {f.path: _label(f.path, pseudo, cfg) for f in files}
-            pairs = build_all_pairs(convs, {name: instructions[name] for name in personas}, cfg.context_turns, sources)
-        with t("dedupe"):
-            pairs, duplicates = dedupe(pairs)
+            pairs = build_pair_lines(convs, {name: instructions[name] for name in personas}, cfg.context_turns, sources)
         with t("split"):
-            train, val = split_by_conversation(pairs, cfg.val_ratio, cfg.seed)
-        check_pairs(personas, train + val, speakers)
+            train, val = pairs.split(cfg.val_ratio, cfg.seed)
+        counts = count_by_persona(train, val)
+        check_pairs(personas, counts, speakers)
         shown = speakers if cfg.keep_pii else Counter({pseudo.speaker(s): n for s, n in speakers.items()})
         stats = build_stats(
             [file_stats(f, _cleaner(pseudo, cfg)) for f in files], shown, personas, len(messages),
             dropped=dropped, redactions=redactions, cleaning=cleaning, sentences=sentence_counts,
-            conversations=len(convs), turns=sum(len(c.turns) for c in convs), duplicates_removed=duplicates,
-            pairs=count_by_persona(train, val),
+            conversations=len(convs), turns=sum(len(c.turns) for c in convs), duplicates_removed=pairs.duplicates,
+            pairs=counts,
         )
         with t("write"):
             write_outputs(tmp, cfg, train, val, stats, _cleaner(pseudo, cfg), bg)
@@ -321,10 +318,9 @@ def persona_cards(convs: list[Conversation], personas: Sequence[str], previous: 
     return instructions
 
 
-def check_pairs(personas: Sequence[str], pairs: list[Pair], speakers: Counter) -> None:
-    """Zero pairs for a persona is an error naming it and the speakers that exist."""
-    have = Counter(map(attrgetter("persona"), pairs))
-    empty = [p for p in personas if not have[p]]
+def check_pairs(personas: Sequence[str], counts: dict[str, dict[str, int]], speakers: Counter) -> None:
+    """Zero pairs for a persona (``counts``: count_by_persona) is an error naming it and the speakers that exist."""
+    empty = [p for p in personas if p not in counts]
     if empty:
         raise UserError(f"no pairs for persona {', '.join(empty)} (they never answer anyone); "
                         f"speakers: {_speaker_list(speakers)}")
@@ -341,7 +337,7 @@ def _label(path: str, pseudo: Pseudonymizer, cfg: PrepareConfig) -> str:
 
 # ---------------------------------------------------------------- stats and writing
 
-def write_outputs(tmp: Path, cfg: PrepareConfig, train: list[Pair], val: list[Pair], stats: dict,
+def write_outputs(tmp: Path, cfg: PrepareConfig, train: PairLines, val: PairLines, stats: dict,
                   clean: Callable[[str], str], bg: BackgroundWriter) -> None:
     """Every output file into ``tmp``.
 
@@ -349,7 +345,7 @@ def write_outputs(tmp: Path, cfg: PrepareConfig, train: list[Pair], val: list[Pa
     the chart and parses each block of JSONL lines into Arrow while the next
     block is encoded here; only the last block and the save are left to wait for.
     """
-    bg.submit(write_report, tmp, stats, list(map(len, map(attrgetter("response"), train + val))))
+    bg.submit(write_report, tmp, stats, train.response_chars + val.response_chars)
     for split, pairs in (("train", train), ("validation", val)):
         write_pairs(tmp, split, pairs, cfg.exports, on_chunk=lambda *block: bg.submit(parse_jsonl_chunk, *block))
     bg.submit(write_dataset, tmp / "dataset", {s: tmp / f"{s}.jsonl" for s in ("train", "validation")})
