@@ -52,7 +52,7 @@ class PairLines:
     (conversation id, source) is one object per conversation.
     """
 
-    heads: dict[str, bytes]
+    heads: dict[str, bytes] = field(default_factory=dict)  # set by :meth:`instruct`
     personas: list[str] = field(default_factory=list)
     bodies: list[bytes] = field(default_factory=list)
     tails: list[bytes] = field(default_factory=list)
@@ -62,6 +62,11 @@ class PairLines:
 
     def __len__(self) -> int:
         return len(self.bodies)
+
+    def instruct(self, instructions: Mapping[str, str]) -> None:
+        """Set each persona's instruction (the line heads); needed before :meth:`encode`."""
+        self.heads = {name: b'{"persona": %s, "instruction": %s, "context": [' % (_json_str(name), _json_str(text))
+                      for name, text in instructions.items()}
 
     def _columns(self) -> tuple[list, ...]:
         return self.personas, self.bodies, self.tails, self.conversation_ids, self.response_chars
@@ -89,14 +94,13 @@ class PairLines:
 
 
 def build_pair_lines(
-    convs: list[Conversation], instructions: Mapping[str, str], context_turns: int,
-    sources: Mapping[str, str] | None = None,
+    convs: list[Conversation], personas: Iterable[str], context_turns: int, sources: Mapping[str, str] | None = None,
 ) -> PairLines:
     """Stage: one pair per persona turn that has at least one earlier turn in its conversation,
     exact repeats of (persona, context, response) dropped (the first is kept).
 
-    ``instructions`` maps each persona to its instruction; pairs come persona by
-    persona, each in conversation order. The context is the up to
+    Pairs come persona by persona (in the order of ``personas``), each in
+    conversation order; :meth:`PairLines.instruct` adds the instructions. The context is the up to
     ``context_turns`` previous turns (any speakers). ``sources`` maps a message's
     source path to the label written as ``source`` (the file name may hold a
     person's name, so the caller passes a scrubbed one).
@@ -106,10 +110,8 @@ def build_pair_lines(
     pair's context is one slice of that (contexts are consecutive turns).
     """
     sources = sources or {}
-    heads = {name: b'{"persona": %s, "instruction": %s, "context": [' % (_json_str(name), _json_str(text))
-             for name, text in instructions.items()}
-    rows: dict[str, list[tuple[bytes, bytes, str, int]]] = {name: [] for name in instructions}
-    seen: dict[str, set[bytes]] = {name: set() for name in instructions}
+    rows: dict[str, list[tuple[bytes, bytes, str, int]]] = {name: [] for name in personas}
+    seen: dict[str, set[bytes]] = {name: set() for name in rows}
     speakers: dict[str, bytes] = {}  # speaker -> the JSON of a context turn up to its text
     duplicates = 0
     for conv in convs:
@@ -133,7 +135,7 @@ def build_pair_lines(
                 tail = tails[turn.source] = b', "conversation_id": %s, "source": %s}\n' % (
                     _json_str(conv.id), _json_str(sources.get(turn.source, turn.source)))
             persona_rows.append((body, tail, conv.id, len(turn.text)))
-    out = PairLines(heads, duplicates=duplicates)
+    out = PairLines(duplicates=duplicates)
     for name, persona_rows in rows.items():
         out.personas += [name] * len(persona_rows)
         for column, values in zip(out._columns()[1:], zip(*persona_rows)):

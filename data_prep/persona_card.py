@@ -65,16 +65,21 @@ def sentence_ending(sentence: str) -> str | None:
 CARD_SAMPLE = 20_000  # turns a card's habits are measured on (an evenly spaced sample above this)
 
 
-def build_card(name: str, texts: list[str], sample: int = CARD_SAMPLE) -> PersonaCard:
+def sample_texts(texts: list[str], sample: int = CARD_SAMPLE) -> list[str]:
+    """``texts``, or above ``sample`` of them an evenly spaced sample of at most that many (a sample is its own sample)."""
+    return texts[:: -(-len(texts) // sample)] if sample and len(texts) > sample else texts
+
+
+def build_card(name: str, texts: list[str], sample: int = CARD_SAMPLE, turns: int | None = None) -> PersonaCard:
     """Measure ``name``'s habits from their turn texts and render the instruction.
 
     Above ``sample`` turns the habits are measured on an evenly spaced sample of
     that many (shares and the median move by well under a percent; a
     million-message export saves most of a second); ``turns`` stays the full count.
+    ``turns``: the full count when ``texts`` already is :func:`sample_texts` of the turns.
     """
-    total = len(texts)
-    if sample and total > sample:
-        texts = texts[:: -(-total // sample)]
+    total = len(texts) if turns is None else turns
+    texts = sample_texts(texts, sample)
     n = max(len(texts), 1)
     joined = "\n".join(texts)  # one regex pass over all turns instead of a Python loop per turn
     card = PersonaCard(

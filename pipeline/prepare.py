@@ -5,8 +5,9 @@
 
 Stages, in order (see run()): parse -> normalise -> drop non-speech -> remove
 personal data -> merge bursts -> split conversations -> split long turns (kss)
--> persona cards -> build pairs -> de-duplicate -> split train/validation by
-conversation -> write.
+-> build and de-duplicate pairs (the writer process measures the persona cards
+meanwhile) -> split train/validation by conversation -> persona cards (their
+instructions head every pair) -> write.
 
 Writes into --out: train.jsonl, validation.jsonl, dataset/ (datasets.DatasetDict),
 personas/NAME.yaml (editable; an edited card is kept on re-runs), stats.json,
@@ -49,7 +50,7 @@ from data_prep.pairs import (
     write_dataset,
     write_pairs,
 )
-from data_prep.persona_card import build_card, card_path, resolve_card
+from data_prep.persona_card import build_card, card_path, resolve_card, sample_texts
 from data_prep.pii import PIIConfig, Pseudonymizer, read_redact_list, redact_text, remove_pii, scrub
 from data_prep.records import Conversation, Message
 from data_prep.report import FileInfo, build_stats, file_stats, write_report, write_stats
@@ -59,7 +60,7 @@ log = logging.getLogger("prepare")
 UNPARSED_SAMPLES = 5
 BIG_INPUT_BYTES = 5_000_000  # progress bars only above this (small runs stay quiet)
 STAGES = ("parse", "normalise", "drop_non_speech", "remove_pii", "merge_bursts", "split_conversations",
-          "sentences", "persona_cards", "build_pairs", "split", "write")
+          "sentences", "build_pairs", "split", "persona_cards", "write")
 
 
 # each stage's config holds its own defaults; PrepareConfig and the flags take them from there
@@ -225,13 +226,18 @@ def _stages(cfg: PrepareConfig, t: Timer, bg: BackgroundWriter) -> Result:
         convs, sentence_counts = split_long_turns(convs, cfg.sentences)
     out = Path(cfg.out)
     with staging(out) as tmp, bg:  # bg: a failed run stops the worker before tmp is removed
-        with t("persona_cards"):
-            instructions = persona_cards(convs, personas, out / "personas", tmp / "personas")
-        with t("build_pairs"):  # de-duplicated as they are built
+        with t("build_pairs"):  # de-duplicated as they are built; the worker measures the cards meanwhile
+            cards = bg.start(persona_cards, card_texts(convs, personas), out / "personas", tmp / "personas")
             sources = {f.path: _label(f.path, pseudo, cfg) for f in files}
-            pairs = build_pair_lines(convs, {name: instructions[name] for name in personas}, cfg.context_turns, sources)
+            pairs = build_pair_lines(convs, personas, cfg.context_turns, sources)
         with t("split"):
             train, val = pairs.split(cfg.val_ratio, cfg.seed)
+        with t("persona_cards"):
+            instructions, kept = cards()
+            for name in kept:
+                log.info("persona %s: using your edited card %s", name, card_path(out / "personas", name))
+            train.instruct(instructions)
+            val.instruct(instructions)
         counts = count_by_persona(train, val)
         check_pairs(personas, counts, speakers)
         shown = speakers if cfg.keep_pii else Counter({pseudo.speaker(s): n for s, n in speakers.items()})
@@ -302,20 +308,27 @@ def choose_personas(cfg: PrepareConfig, speakers: Counter, messages: list[Messag
     return chosen
 
 
-def persona_cards(convs: list[Conversation], personas: Sequence[str], previous: Path, target: Path) -> dict[str, str]:
-    """Card per persona (the user's edited card when there is one); returns persona -> instruction."""
+def card_texts(convs: list[Conversation], personas: Sequence[str]) -> dict[str, tuple[int, list[str]]]:
+    """persona -> (their turn count, the sample of their turn texts a card is measured on)."""
     texts: dict[str, list[str]] = {p: [] for p in personas}
     for conv in convs:
         for turn in conv.turns:
             if turn.speaker in texts:
                 texts[turn.speaker].append(turn.text)
-    instructions = {}
-    for name in personas:
-        card, kept = resolve_card(card_path(previous, name), card_path(target, name), build_card(name, texts[name]))
-        if kept:
-            log.info("persona %s: using your edited card %s", name, card_path(previous, name))
+    return {p: (len(t), sample_texts(t)) for p, t in texts.items()}  # the sample: less to send to the worker
+
+
+def persona_cards(texts: dict[str, tuple[int, list[str]]], previous: Path, target: Path) -> tuple[dict[str, str], list[str]]:
+    """Card per persona of ``texts`` (card_texts), the user's edited card when there is one, written to
+    ``target``; returns (persona -> instruction, the personas whose edited card was kept)."""
+    instructions, kept = {}, []
+    for name, (turns, sample) in texts.items():
+        generated = build_card(name, sample, turns=turns)
+        card, edited = resolve_card(card_path(previous, name), card_path(target, name), generated)
+        if edited:
+            kept.append(name)
         instructions[name] = card.instruction
-    return instructions
+    return instructions, kept
 
 
 def check_pairs(personas: Sequence[str], counts: dict[str, dict[str, int]], speakers: Counter) -> None:

@@ -13,7 +13,9 @@ def conv(cid, *turns, source="a.txt"):
 
 
 def build(convs, persona="민수", instruction="i", context_turns=8, sources=None):
-    return build_pair_lines(convs, {persona: instruction}, context_turns, sources)
+    lines = build_pair_lines(convs, [persona], context_turns, sources)
+    lines.instruct({persona: instruction})
+    return lines
 
 
 def test_pairs_need_context_and_keep_the_window():
@@ -29,7 +31,8 @@ def test_lines_are_pair_dumps_persona_by_persona():
     """Each line is Pair.dumps() byte for byte (escapes, emoji, U+2028 kept raw); personas one after another."""
     a = conv("c1", ("영희", 'say "hi"\n\t\\ 😀'), ("민수", "응</s>"), ("영희", "\u2028 ㅋ"), ("민수", "끝"))
     b = conv("c2", ("민수", "또"), ("영희", "왜"), source="b.txt")
-    lines = build_pair_lines([a, b], {"민수": 'i "q"', "영희": "j"}, 2, {"a.txt": "파일.txt"})
+    lines = build_pair_lines([a, b], ["민수", "영희"], 2, {"a.txt": "파일.txt"})
+    lines.instruct({"민수": 'i "q"', "영희": "j"})
     pairs = lines.pairs()
     assert [(p.persona, p.response, p.source) for p in pairs] == [
         ("민수", "응</s>", "파일.txt"), ("민수", "끝", "파일.txt"), ("영희", "\u2028 ㅋ", "파일.txt"), ("영희", "왜", "b.txt")]
@@ -43,7 +46,7 @@ def test_dedupe_keeps_first():
     lines = build(c + [conv("c3", ("영희", "안녕!"), ("민수", "응"))])
     assert lines.duplicates == 2 and lines.conversation_ids == ["c0", "c3"]
     # the same context and response for another persona is no repeat
-    other = build_pair_lines(c[:1] + [conv("c9", ("영희", "안녕"), ("철수", "응"))], {"민수": "i", "철수": "i"}, 8)
+    other = build_pair_lines(c[:1] + [conv("c9", ("영희", "안녕"), ("철수", "응"))], ["민수", "철수"], 8)
     assert other.duplicates == 0 and other.personas == ["민수", "철수"]
 
 
