@@ -69,7 +69,8 @@ CARD_SAMPLE = 20_000  # turns a card's habits are measured on (an evenly spaced 
 
 
 def sample_texts(texts: list[str], sample: int = CARD_SAMPLE) -> list[str]:
-    """``texts``, or above ``sample`` of them an evenly spaced sample of at most that many (a sample is its own sample)."""
+    """``texts``, or above ``sample`` of them an evenly spaced sample of at most that many
+    (a sample is its own sample)."""
     return texts[:: -(-len(texts) // sample)] if sample and len(texts) > sample else texts
 
 

@@ -318,7 +318,8 @@ def card_texts(convs: list[Conversation], personas: Sequence[str]) -> dict[str, 
     return {p: (len(t), sample_texts(t)) for p, t in texts.items()}  # the sample: less to send to the worker
 
 
-def persona_cards(texts: dict[str, tuple[int, list[str]]], previous: Path, target: Path) -> tuple[dict[str, str], list[str]]:
+def persona_cards(texts: dict[str, tuple[int, list[str]]], previous: Path,
+                  target: Path) -> tuple[dict[str, str], list[str]]:
     """Card per persona of ``texts`` (card_texts), the user's edited card when there is one, written to
     ``target``; returns (persona -> instruction, the personas whose edited card was kept)."""
     instructions, kept = {}, []
