@@ -28,7 +28,11 @@ iOS, macOS CSV): four speakers, short messages (one to four words). Each case
 runs with and without ``--persona`` (without: pairs for all four speakers), the
 best of ``--repeat`` (default 3) wall times counts; the table gives messages/s,
 peak memory of the process tree (RSS of prepare and its writer process, summed,
-sampled every 20 ms) and the load average before each run.
+sampled every 20 ms) and the load average before each run. ``--baseline GITREF``
+also runs the code at that git ref on every case, alternating with the current
+code, and prints the CPU ratios (wall times on a busy machine mean little).
+
+    .venv/bin/python bench/prepare_bench.py --platforms --baseline main --platform-messages 100000
 """
 from __future__ import annotations
 
@@ -248,8 +252,9 @@ def _cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
-def run_cli_once(path: Path, persona: str | None) -> tuple[float, float, float, float, int]:
-    """(wall s, CPU s, main CPU s, peak tree RSS MB, pairs) of one ``python -m pipeline.prepare``, fresh process.
+def run_cli_once(path: Path, persona: str | None, root: Path = ROOT) -> tuple[float, float, float, float, int]:
+    """(wall s, CPU s, main CPU s, peak tree RSS MB, pairs) of one ``python -m pipeline.prepare`` (the code
+    under ``root``), fresh process.
 
     CPU: user + system seconds of the process and the writer process it waited
     for (RUSAGE_CHILDREN before/after); on a busy machine wall > CPU. Main CPU:
@@ -259,11 +264,11 @@ def run_cli_once(path: Path, persona: str | None) -> tuple[float, float, float, 
     out = Path(tempfile.mkdtemp(prefix="prepare-bench-")) / "data"
     cmd = [sys.executable, "-m", "pipeline.prepare", str(path), "--out", str(out)]
     cmd += ["--persona", persona] if persona else []
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(root)}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     log = tempfile.TemporaryFile("w+")  # not a pipe: progress bars would fill it and block the run
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log, text=True)
+    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=log, text=True)
     peak = main_cpu = 0.0
     while proc.poll() is None:
         peak = max(peak, _tree_rss_mb(proc.pid))
@@ -280,12 +285,26 @@ def run_cli_once(path: Path, persona: str | None) -> tuple[float, float, float, 
     return wall, cpu, main_cpu, peak, sum(c["train"] + c["validation"] for c in stats["pairs"].values())
 
 
-def platforms(n: int, repeat: int) -> None:
-    """The --platforms table: every platform, with and without --persona, best of ``repeat`` fresh processes."""
+def checkout(ref: str, folder: str) -> Path:
+    """The repository's files at git ``ref`` extracted into ``folder`` (a baseline to run side by side)."""
+    archive = subprocess.run(["git", "archive", ref], cwd=ROOT, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", folder], input=archive, check=True)
+    return Path(folder)
+
+
+def platforms(n: int, repeat: int, baseline: str | None = None) -> None:
+    """The --platforms table: every platform, with and without --persona, best of ``repeat`` fresh processes.
+
+    ``baseline``: a git ref whose code runs each case too, alternating with the
+    current code, and gets a row of its own plus the ratios (robust on a busy machine).
+    """
     from data_prep.formats import PARSERS
 
     msgs = short_messages(n)
     work = tempfile.TemporaryDirectory(prefix="prepare-bench-")
+    roots = {"": ROOT}
+    if baseline:
+        roots[baseline] = checkout(baseline, tempfile.mkdtemp(dir=work.name))
     print(f"{'export':<11} {'persona':<8} {'MB':>5} {'pairs':>9} {'best s':>7} {'msg/s':>9} {'CPU s':>6} "
           f"{'main CPU':>8} {'msg/main-CPU-s':>14} {'peak MB':>8}  wall s@load average, every run")
     met = True
@@ -293,17 +312,23 @@ def platforms(n: int, repeat: int) -> None:
         path = Path(work.name) / f"KakaoTalk_{name}.{'csv' if fmt == 'kakao_macos' else 'txt'}"
         path.write_text(PARSERS[fmt].write(msgs, **opts), encoding="utf-8")
         for persona in (FOUR[0], None):
-            runs = []
+            runs: dict[str, list] = {label: [] for label in roots}
             for _ in range(repeat):
-                load = os.getloadavg()[0]
-                runs.append((*run_cli_once(path, persona), load))  # (wall, cpu, main cpu, peak, pairs, load)
-            wall, pairs = min(runs)[0], runs[0][4]
-            cpu, main_cpu, peak = min(r[1] for r in runs), min(r[2] for r in runs), max(r[3] for r in runs)
-            met &= n / wall >= 100_000 and peak < 2048
-            walls = " ".join(f"{r[0]:.2f}@{r[5]:.1f}" for r in runs)
-            print(f"{name:<11} {'yes' if persona else 'no':<8} {path.stat().st_size / 1e6:>5.0f} {pairs:>9,} "
-                  f"{wall:>7.2f} {n / wall:>9,.0f} {cpu:>6.2f} {main_cpu:>8.2f} {n / main_cpu:>14,.0f} {peak:>8.0f}  "
-                  f"{walls}", flush=True)
+                for label, root in roots.items():  # alternating: both see the same load
+                    load = os.getloadavg()[0]
+                    runs[label].append((*run_cli_once(path, persona, root), load))  # (wall, cpu, main, peak, pairs, load)
+            best = {}
+            for label, rs in runs.items():
+                wall, pairs = min(rs)[0], rs[0][4]
+                best[label] = cpu, main_cpu, peak = min(r[1] for r in rs), min(r[2] for r in rs), max(r[3] for r in rs)
+                met &= bool(label) or (n / wall >= 100_000 and peak < 2048)
+                walls = " ".join(f"{r[0]:.2f}@{r[5]:.1f}" for r in rs)
+                print(f"{name + (f' @{label}' if label else ''):<11} {'yes' if persona else 'no':<8} "
+                      f"{path.stat().st_size / 1e6:>5.0f} {pairs:>9,} {wall:>7.2f} {n / wall:>9,.0f} {cpu:>6.2f} "
+                      f"{main_cpu:>8.2f} {n / main_cpu:>14,.0f} {peak:>8.0f}  {walls}", flush=True)
+            if baseline:
+                (cpu, main_cpu, _), (base_cpu, base_main, _) = best[""], best[baseline]
+                print(f"{'':<11} {'':<8} current/{baseline}: CPU s {cpu / base_cpu:.2f}x, main CPU {main_cpu / base_main:.2f}x")
     print(f"({os.cpu_count()} cores. best s: the best wall time, start-up included. CPU s: the least user+system "
           "time of prepare and its writer process together; main CPU: of prepare alone, what bounds the wall time "
           "when the writer has a core of its own, i.e. on an idle machine)")
@@ -318,12 +343,14 @@ def main() -> None:
     ap.add_argument("--platforms", action="store_true",
                     help="instead: the per-platform table, python -m pipeline.prepare in fresh processes")
     ap.add_argument("--platform-messages", type=int, default=300_000, help="messages per platform export (--platforms)")
+    ap.add_argument("--baseline", metavar="GITREF",
+                    help="--platforms: also run the code at this git ref, alternating, and print the CPU ratios")
     ap.add_argument("--child", nargs=2, metavar=("FILE", "MODE"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
         return child(*a.child)
     if a.platforms:
-        return platforms(a.platform_messages, a.repeat or 3)
+        return platforms(a.platform_messages, a.repeat or 3, a.baseline)
     from data_prep.formats import PARSERS
 
     t0 = time.perf_counter()

@@ -88,20 +88,46 @@ def bubbles(text: str) -> list[str]:
     return [ln.strip() for ln in text.split("\n") if ln.strip()]
 
 
-def measure_limits(texts: Iterable[str]) -> dict[str, object]:
+_OTHER_CHAR = re.compile(f"[^\\s{re.escape(''.join(RUN_CLASSES))}]")
+_OTHER_REPEAT = re.compile(f"({_OTHER_CHAR.pattern})\\1+")  # two or more of one other character
+
+
+def _longest_run_of(ch: str, text: str) -> int:
+    """Longest run of ``ch`` in ``text``: doubling then bisecting on ``ch * n in text`` (C substring search)."""
+    if ch not in text:
+        return 0
+    have, lack = 1, 2
+    while ch * lack in text:
+        have, lack = lack, lack * 2
+    while lack - have > 1:
+        mid = (have + lack) // 2
+        have, lack = (mid, lack) if ch * mid in text else (have, mid)
+    return have
+
+
+def longest_class_runs(texts: Sequence[str]) -> dict[str, int]:
+    """Longest run of each :data:`RUN_CLASSES` character and of any :data:`OTHER` character over ``texts``.
+
+    :func:`longest_runs` of every text, merged, but as substring searches and
+    one regex pass over the texts joined by newlines (whitespace ends a run, so
+    none crosses two texts): only runs of two or more other characters reach Python.
+    """
+    joined = "\n".join(texts)
+    runs = {ch: _longest_run_of(ch, joined) for ch in RUN_CLASSES}
+    repeats = [len(m.group()) for m in _OTHER_REPEAT.finditer(joined)]
+    runs[OTHER] = max(repeats) if repeats else 1 if _OTHER_CHAR.search(joined) else 0
+    return runs
+
+
+def measure_limits(texts: Sequence[str]) -> dict[str, object]:
     """Card fields measured on real turns: ``max_runs`` per class (+ other), ``max_lines``,
     ``p90_reply_chars``, ``burst_share``."""
-    runs = {k: 0 for k in (*RUN_CLASSES, OTHER)}
-    lines, lengths = [], []
-    for t in texts:
-        for ch, n in longest_runs(t).items():
-            key = ch if ch in runs and ch != OTHER else OTHER
-            runs[key] = max(runs[key], n)
-        lines.append(len(bubbles(t)) or 1)
-        lengths.append(len(t))
+    # a text without a newline is one bubble: only the others are split
+    lines = [len(bubbles(t)) or 1 if "\n" in t else 1 for t in texts]
+    lengths = list(map(len, texts))
     n = max(len(lines), 1)
     return {
-        "max_runs": runs,
+        "max_runs": longest_class_runs(texts),
         "max_lines": max(lines, default=DEFAULT_MAX_LINES),
         "p90_reply_chars": int(statistics.quantiles(lengths, n=10)[-1]) if len(lengths) > 1 else sum(lengths),
         "burst_share": round(sum(1 for x in lines if x > 1) / n, 3),

@@ -63,9 +63,15 @@ class BackgroundWriter:
     def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(*args)``'s result: computed in the worker after the jobs queued before it (a job
         there can have loaded what ``fn`` needs), or inline when disabled."""
+        return self.start(fn, *args)()
+
+    def start(self, fn: Callable[..., Any], *args: Any) -> Callable[[], Any]:
+        """Queue ``fn(*args)`` like :meth:`call` but return at once: the returned function waits
+        for the result (raising the worker's error). Disabled: computed now."""
         if self._pool is None:
-            return fn(*args)
-        return self._pool.submit(fn, *args).result()
+            result = fn(*args)
+            return lambda: result
+        return self._pool.submit(fn, *args).result
 
     def wait(self) -> None:
         """Block until every job is done; the first failure is raised here."""

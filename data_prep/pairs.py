@@ -1,4 +1,4 @@
-"""Instruction pairs: context turns -> the persona's turn; de-duplication; split by conversation.
+"""Instruction pairs: context turns -> the persona's turn; de-duplication; split by conversation; JSONL.
 
 Splitting happens on conversation ids (seeded), never on pairs: overlapping
 context windows of one conversation would otherwise leak validation text into
@@ -10,13 +10,12 @@ import json
 import operator
 import random
 from collections import Counter
-from itertools import compress
-from operator import attrgetter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from itertools import accumulate, chain, compress
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from data_prep.records import ContextTurn, Conversation, Pair
+from data_prep.records import Conversation, Message, Pair
 
 EXPORTS = ("alpaca", "messages")  # extra shapes --export can write beside the native JSONL
 
@@ -36,58 +35,124 @@ class PairConfig:
         return problems
 
 
-def build_pairs(
-    convs: list[Conversation], persona: str, instruction: str, context_turns: int,
-    sources: Mapping[str, str] | None = None,
-) -> list[Pair]:
-    """Stage: one pair per persona turn that has at least one earlier turn in its conversation.
+def _json_str(s: str) -> bytes:
+    return json.encoder.encode_basestring(s).encode("utf-8")  # what json.dumps(ensure_ascii=False) writes
 
-    ``sources`` maps a message's source path to the label written in ``Pair.source``
-    (the file name may hold a person's name, so the caller passes a scrubbed one).
+
+_RESPONSE = b'], "response": '
+
+
+@dataclass
+class PairLines:
+    """Pairs as their JSONL lines (``Pair.dumps()`` byte for byte), a column per field prepare uses.
+
+    Pair ``k``'s line is ``heads[personas[k]] + bodies[k] + tails[k]``: the head
+    (persona, instruction, up to the context's ``[``) is one per persona, the
+    body (context turns and response) is what de-duplication compares, the tail
+    (conversation id, source) is one object per conversation.
     """
-    return build_all_pairs(convs, {persona: instruction}, context_turns, sources)
+
+    heads: dict[str, bytes] = field(default_factory=dict)  # set by :meth:`instruct`
+    personas: list[str] = field(default_factory=list)
+    bodies: list[bytes] = field(default_factory=list)
+    tails: list[bytes] = field(default_factory=list)
+    conversation_ids: list[str] = field(default_factory=list)
+    response_chars: list[int] = field(default_factory=list)  # len(response), for the report
+    duplicates: int = 0  # exact repeats dropped while building
+
+    def __len__(self) -> int:
+        return len(self.bodies)
+
+    def instruct(self, instructions: Mapping[str, str]) -> None:
+        """Set each persona's instruction (the line heads); needed before :meth:`encode`."""
+        self.heads = {name: b'{"persona": %s, "instruction": %s, "context": [' % (_json_str(name), _json_str(text))
+                      for name, text in instructions.items()}
+
+    def _columns(self) -> tuple[list, ...]:
+        return self.personas, self.bodies, self.tails, self.conversation_ids, self.response_chars
+
+    def select(self, keep: Iterable[bool]) -> "PairLines":
+        """The pairs where ``keep`` is true, in order."""
+        keep = list(keep)
+        return PairLines(self.heads, *(list(compress(column, keep)) for column in self._columns()))
+
+    def split(self, val_ratio: float, seed: int) -> tuple["PairLines", "PairLines"]:
+        """Stage: (train, validation) with every conversation wholly on one side."""
+        held = validation_conversations(self.conversation_ids, val_ratio, seed)
+        is_held = list(map(held.__contains__, self.conversation_ids))  # C-level loops: this runs on every pair
+        return self.select(map(operator.not_, is_held)), self.select(is_held)
+
+    def encode(self, start: int = 0, stop: int | None = None) -> bytes:
+        """The JSONL lines of pairs ``start:stop``, UTF-8 (one join in C)."""
+        part = slice(start, stop)
+        heads = map(self.heads.__getitem__, self.personas[part])
+        return b"".join(chain.from_iterable(zip(heads, self.bodies[part], self.tails[part])))
+
+    def pairs(self) -> list[Pair]:
+        """The pairs as :class:`Pair` objects (parsed back from their lines)."""
+        return [Pair.from_json(json.loads(self.encode(k, k + 1))) for k in range(len(self))]
 
 
-def build_all_pairs(
-    convs: list[Conversation], instructions: Mapping[str, str], context_turns: int,
-    sources: Mapping[str, str] | None = None,
-) -> list[Pair]:
-    """:func:`build_pairs` for every persona of ``instructions`` (persona -> instruction) in one pass.
+def build_pair_lines(
+    convs: list[Conversation], personas: Iterable[str], context_turns: int, sources: Mapping[str, str] | None = None,
+) -> PairLines:
+    """Stage: one pair per persona turn that has at least one earlier turn in its conversation,
+    exact repeats of (persona, context, response) dropped (the first is kept).
 
-    The same pairs in the same order (persona by persona), but each
-    conversation's context turns are built once and shared by every persona's
-    windows (no per-pair or per-persona copies).
+    Pairs come persona by persona (in the order of ``personas``), each in
+    conversation order; :meth:`PairLines.instruct` adds the instructions. The context is the up to
+    ``context_turns`` previous turns (any speakers). ``sources`` maps a message's
+    source path to the label written as ``source`` (the file name may hold a
+    person's name, so the caller passes a scrubbed one).
+
+    Every pair repeats up to ``context_turns`` turns of its conversation, so each
+    turn is encoded to JSON once, the conversation's turns are joined once, and a
+    pair's context is one slice of that (contexts are consecutive turns).
     """
     sources = sources or {}
-    by_persona: dict[str, list[Pair]] = {name: [] for name in instructions}
-    new_turn = tuple.__new__  # ContextTurn(...) minus the NamedTuple's Python-level __new__
+    rows: dict[str, list[tuple[bytes, bytes, str, int]]] = {name: [] for name in personas}
+    seen: dict[str, set[bytes]] = {name: set() for name in rows}
+    speakers: dict[str, bytes] = {}  # speaker -> the JSON of a context turn up to its text
+    duplicates = 0
     for conv in convs:
-        turns = conv.turns
-        ctx_turns = None
+        turns, texts = conv.turns, None
         for i in range(1, len(turns)):
             turn = turns[i]
-            pairs = by_persona.get(turn.speaker)
-            if pairs is None:
+            persona_rows = rows.get(turn.speaker)
+            if persona_rows is None:
                 continue
-            if ctx_turns is None:
-                ctx_turns = [new_turn(ContextTurn, (t.speaker, t.text)) for t in turns]
-            src = sources.get(turn.source, turn.source)
-            pairs.append(Pair(turn.speaker, instructions[turn.speaker], tuple(ctx_turns[max(0, i - context_turns):i]),
-                              turn.text, conv.id, src))
-    return [p for name in instructions for p in by_persona[name]]
+            if texts is None:  # the conversation's first pair: encode its turns
+                texts, buf, starts = _encode_turns(turns, speakers)
+                tails: dict[str, bytes] = {}
+            body = b"".join((buf[starts[max(0, i - context_turns)]:starts[i] - 2], _RESPONSE, texts[i]))
+            persona_seen = seen[turn.speaker]
+            if body in persona_seen:
+                duplicates += 1
+                continue
+            persona_seen.add(body)
+            tail = tails.get(turn.source)
+            if tail is None:
+                tail = tails[turn.source] = b', "conversation_id": %s, "source": %s}\n' % (
+                    _json_str(conv.id), _json_str(sources.get(turn.source, turn.source)))
+            persona_rows.append((body, tail, conv.id, len(turn.text)))
+    out = PairLines(duplicates=duplicates)
+    for name, persona_rows in rows.items():
+        out.personas += [name] * len(persona_rows)
+        for column, values in zip(out._columns()[1:], zip(*persona_rows)):
+            column += values
+    return out
 
 
-def dedupe(pairs: list[Pair]) -> tuple[list[Pair], int]:
-    """Stage: drop exact repeats of (persona, context, response); keeps the first. Returns (kept, removed)."""
-    seen: set = set()
-    kept = []
-    for p in pairs:
-        key = (p.persona, p.response, p.context)  # tuples of str: hashed and compared in C
-        if key in seen:
-            continue
-        seen.add(key)
-        kept.append(p)
-    return kept, len(pairs) - len(kept)
+def _encode_turns(turns: Sequence[Message], speakers: dict[str, bytes]) -> tuple[list[bytes], bytes, list[int]]:
+    """(each turn's text as JSON, the turns as context JSON joined by ", ", where each turn starts in it)."""
+    texts = [_json_str(t.text) for t in turns]
+    parts = []
+    for t, text in zip(turns, texts):
+        head = speakers.get(t.speaker)
+        if head is None:
+            head = speakers[t.speaker] = b'{"speaker": %s, "text": ' % _json_str(t.speaker)
+        parts.append(b"%s%s}" % (head, text))
+    return texts, b", ".join(parts), list(accumulate([len(p) + 2 for p in parts], initial=0))
 
 
 def validation_conversations(conv_ids: list[str], val_ratio: float, seed: int) -> set[str]:
@@ -100,20 +165,9 @@ def validation_conversations(conv_ids: list[str], val_ratio: float, seed: int) -
     return set(ids[:n])
 
 
-def split_by_conversation(pairs: list[Pair], val_ratio: float, seed: int) -> tuple[list[Pair], list[Pair]]:
-    """Stage: (train, validation) with every conversation wholly on one side."""
-    ids = list(map(attrgetter("conversation_id"), pairs))  # C-level loops: this runs on every pair
-    held = validation_conversations(ids, val_ratio, seed)
-    is_held = list(map(held.__contains__, ids))
-    train = list(compress(pairs, map(operator.not_, is_held)))
-    val = list(compress(pairs, is_held))
-    return train, val
-
-
-def count_by_persona(train: list[Pair], val: list[Pair]) -> dict[str, dict[str, int]]:
+def count_by_persona(train: PairLines, val: PairLines) -> dict[str, dict[str, int]]:
     """{persona: {"train": n, "validation": n}} for stats.json."""
-    persona = attrgetter("persona")
-    tr, va = Counter(map(persona, train)), Counter(map(persona, val))
+    tr, va = Counter(train.personas), Counter(val.personas)
     return {name: {"train": tr[name], "validation": va[name]} for name in sorted(set(tr) | set(va))}
 
 
@@ -134,76 +188,28 @@ def chat_messages(p: Pair) -> dict[str, Any]:
     return {"messages": to_messages(p.instruction, p.context, p.persona, p.response)}
 
 
-class _JSONCache(dict):
-    """value -> its UTF-8 JSON, computed on first lookup (``__missing__``): hits stay in C."""
-
-    def __init__(self, encode: Callable[[Any], bytes]) -> None:
-        super().__init__()
-        self._encode = encode
-
-    def __missing__(self, key: Any) -> bytes:
-        out = self[key] = self._encode(key)
-        return out
-
-
-def _json_str(s: str) -> bytes:
-    return json.encoder.encode_basestring(s).encode("utf-8")  # what json.dumps(ensure_ascii=False) writes
-
-
-class PairEncoder:
-    """``Pair.dumps()`` byte for byte (UTF-8, one line per pair), each distinct context turn encoded once.
-
-    Every pair repeats up to ``context_turns`` turns of its conversation, so the
-    JSON of each turn is cached (ContextTurn is a tuple: hashed in C) and a
-    pair's context is a ``map`` over that cache plus a bytes join, both in C.
-    """
-
-    def __init__(self) -> None:
-        self._strings = _JSONCache(_json_str)  # personas, sources, conversation ids repeat across pairs
-        self._turns = _JSONCache(self._encode_turn)
-        self._heads = _JSONCache(lambda key: b'{"persona": %s, "instruction": %s, "context": [' % (
-            _json_str(key[0]), _json_str(key[1])))
-
-    def _encode_turn(self, t: ContextTurn) -> bytes:
-        return b'{"speaker": %s, "text": %s}' % (self._strings[t.speaker], _json_str(t.text))
-
-    def chunk(self, pairs: Iterable[Pair]) -> bytes:
-        """The JSONL lines of ``pairs``, UTF-8."""
-        out: list[bytes] = []
-        add, turn, head = out.extend, self._turns.__getitem__, self._heads.__getitem__
-        string = self._strings.__getitem__
-        for p in pairs:
-            add((head((p.persona, p.instruction)), b", ".join(map(turn, p.context)), b'], "response": ',
-                 _json_str(p.response), b', "conversation_id": ', string(p.conversation_id),
-                 b', "source": ', string(p.source), b"}\n"))
-        return b"".join(out)
-
-    def line(self, p: Pair) -> str:
-        """One pair's line (with its newline) as text."""
-        return self.chunk((p,)).decode("utf-8")
-
-
 CHUNK_PAIRS = 16_384  # pairs per block of a JSONL split handed to ``on_chunk``
 
 
-def write_pairs(directory: Path, split: str, pairs: list[Pair], exports: Iterable[str] = (),
+def write_pairs(directory: Path, split: str, lines: PairLines, exports: Iterable[str] = (),
                 on_chunk: Callable[[Path, int, int], None] | None = None) -> None:
     """``SPLIT.jsonl`` (one Pair.dumps() per line) and ``SPLIT_alpaca.jsonl``/``SPLIT_messages.jsonl``, streamed.
 
     ``on_chunk(path, start, end)`` is called after each block of :data:`CHUNK_PAIRS`
     lines is on disk (byte offsets), so a worker can parse it while the next block
-    is encoded (:func:`parse_jsonl_chunk`).
+    is written (:func:`parse_jsonl_chunk`).
     """
     path = directory / f"{split}.jsonl"
-    enc, start = PairEncoder(), 0
+    start = 0
     with open(path, "wb") as f:
-        for i in range(0, len(pairs), CHUNK_PAIRS):
-            data = enc.chunk(pairs[i:i + CHUNK_PAIRS])
+        for i in range(0, len(lines), CHUNK_PAIRS):
+            data = lines.encode(i, i + CHUNK_PAIRS)
             f.write(data)
             if on_chunk is not None:
                 f.flush()
                 on_chunk(path, start, start + len(data))
             start += len(data)
+    pairs = lines.pairs() if exports else []
     if "alpaca" in exports:
         _write_jsonl(directory / f"{split}_alpaca.jsonl", (alpaca(p) for p in pairs))
     if "messages" in exports:

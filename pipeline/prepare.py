@@ -5,8 +5,9 @@
 
 Stages, in order (see run()): parse -> normalise -> drop non-speech -> remove
 personal data -> merge bursts -> split conversations -> split long turns (kss)
--> persona cards -> build pairs -> de-duplicate -> split train/validation by
-conversation -> write.
+-> build and de-duplicate pairs (the writer process measures the persona cards
+meanwhile) -> split train/validation by conversation -> persona cards (their
+instructions head every pair) -> write.
 
 Writes into --out: train.jsonl, validation.jsonl, dataset/ (datasets.DatasetDict),
 personas/NAME.yaml (editable; an edited card is kept on re-runs), stats.json,
@@ -26,7 +27,6 @@ import time
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from operator import attrgetter
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -43,17 +43,16 @@ from data_prep.normalize import NormalizeConfig, canonical_speaker, normalize
 from data_prep.pairs import (
     EXPORTS,
     PairConfig,
-    build_all_pairs,
+    PairLines,
+    build_pair_lines,
     count_by_persona,
-    dedupe,
     parse_jsonl_chunk,
-    split_by_conversation,
     write_dataset,
     write_pairs,
 )
-from data_prep.persona_card import build_card, card_path, resolve_card
+from data_prep.persona_card import build_card, card_path, resolve_card, sample_texts
 from data_prep.pii import PIIConfig, Pseudonymizer, read_redact_list, redact_text, remove_pii, scrub
-from data_prep.records import Conversation, Message, Pair
+from data_prep.records import Conversation, Message
 from data_prep.report import FileInfo, build_stats, file_stats, write_report, write_stats
 from data_prep.sentences import SentenceConfig, split_long_turns
 
@@ -61,7 +60,7 @@ log = logging.getLogger("prepare")
 UNPARSED_SAMPLES = 5
 BIG_INPUT_BYTES = 5_000_000  # progress bars only above this (small runs stay quiet)
 STAGES = ("parse", "normalise", "drop_non_speech", "remove_pii", "merge_bursts", "split_conversations",
-          "sentences", "persona_cards", "build_pairs", "dedupe", "split", "write")
+          "sentences", "build_pairs", "split", "persona_cards", "write")
 
 
 # each stage's config holds its own defaults; PrepareConfig and the flags take them from there
@@ -227,22 +226,26 @@ def _stages(cfg: PrepareConfig, t: Timer, bg: BackgroundWriter) -> Result:
         convs, sentence_counts = split_long_turns(convs, cfg.sentences)
     out = Path(cfg.out)
     with staging(out) as tmp, bg:  # bg: a failed run stops the worker before tmp is removed
-        with t("persona_cards"):
-            instructions = persona_cards(convs, personas, out / "personas", tmp / "personas")
-        with t("build_pairs"):
+        with t("build_pairs"):  # de-duplicated as they are built; the worker measures the cards meanwhile
+            cards = bg.start(persona_cards, card_texts(convs, personas), out / "personas", tmp / "personas")
             sources = {f.path: _label(f.path, pseudo, cfg) for f in files}
-            pairs = build_all_pairs(convs, {name: instructions[name] for name in personas}, cfg.context_turns, sources)
-        with t("dedupe"):
-            pairs, duplicates = dedupe(pairs)
+            pairs = build_pair_lines(convs, personas, cfg.context_turns, sources)
         with t("split"):
-            train, val = split_by_conversation(pairs, cfg.val_ratio, cfg.seed)
-        check_pairs(personas, train + val, speakers)
+            train, val = pairs.split(cfg.val_ratio, cfg.seed)
+        with t("persona_cards"):
+            instructions, kept = cards()
+            for name in kept:
+                log.info("persona %s: using your edited card %s", name, card_path(out / "personas", name))
+            train.instruct(instructions)
+            val.instruct(instructions)
+        counts = count_by_persona(train, val)
+        check_pairs(personas, counts, speakers)
         shown = speakers if cfg.keep_pii else Counter({pseudo.speaker(s): n for s, n in speakers.items()})
         stats = build_stats(
             [file_stats(f, _cleaner(pseudo, cfg)) for f in files], shown, personas, len(messages),
             dropped=dropped, redactions=redactions, cleaning=cleaning, sentences=sentence_counts,
-            conversations=len(convs), turns=sum(len(c.turns) for c in convs), duplicates_removed=duplicates,
-            pairs=count_by_persona(train, val),
+            conversations=len(convs), turns=sum(len(c.turns) for c in convs), duplicates_removed=pairs.duplicates,
+            pairs=counts,
         )
         with t("write"):
             write_outputs(tmp, cfg, train, val, stats, _cleaner(pseudo, cfg), bg)
@@ -305,26 +308,33 @@ def choose_personas(cfg: PrepareConfig, speakers: Counter, messages: list[Messag
     return chosen
 
 
-def persona_cards(convs: list[Conversation], personas: Sequence[str], previous: Path, target: Path) -> dict[str, str]:
-    """Card per persona (the user's edited card when there is one); returns persona -> instruction."""
+def card_texts(convs: list[Conversation], personas: Sequence[str]) -> dict[str, tuple[int, list[str]]]:
+    """persona -> (their turn count, the sample of their turn texts a card is measured on)."""
     texts: dict[str, list[str]] = {p: [] for p in personas}
     for conv in convs:
         for turn in conv.turns:
             if turn.speaker in texts:
                 texts[turn.speaker].append(turn.text)
-    instructions = {}
-    for name in personas:
-        card, kept = resolve_card(card_path(previous, name), card_path(target, name), build_card(name, texts[name]))
-        if kept:
-            log.info("persona %s: using your edited card %s", name, card_path(previous, name))
+    return {p: (len(t), sample_texts(t)) for p, t in texts.items()}  # the sample: less to send to the worker
+
+
+def persona_cards(texts: dict[str, tuple[int, list[str]]], previous: Path,
+                  target: Path) -> tuple[dict[str, str], list[str]]:
+    """Card per persona of ``texts`` (card_texts), the user's edited card when there is one, written to
+    ``target``; returns (persona -> instruction, the personas whose edited card was kept)."""
+    instructions, kept = {}, []
+    for name, (turns, sample) in texts.items():
+        generated = build_card(name, sample, turns=turns)
+        card, edited = resolve_card(card_path(previous, name), card_path(target, name), generated)
+        if edited:
+            kept.append(name)
         instructions[name] = card.instruction
-    return instructions
+    return instructions, kept
 
 
-def check_pairs(personas: Sequence[str], pairs: list[Pair], speakers: Counter) -> None:
-    """Zero pairs for a persona is an error naming it and the speakers that exist."""
-    have = Counter(map(attrgetter("persona"), pairs))
-    empty = [p for p in personas if not have[p]]
+def check_pairs(personas: Sequence[str], counts: dict[str, dict[str, int]], speakers: Counter) -> None:
+    """Zero pairs for a persona (``counts``: count_by_persona) is an error naming it and the speakers that exist."""
+    empty = [p for p in personas if p not in counts]
     if empty:
         raise UserError(f"no pairs for persona {', '.join(empty)} (they never answer anyone); "
                         f"speakers: {_speaker_list(speakers)}")
@@ -341,7 +351,7 @@ def _label(path: str, pseudo: Pseudonymizer, cfg: PrepareConfig) -> str:
 
 # ---------------------------------------------------------------- stats and writing
 
-def write_outputs(tmp: Path, cfg: PrepareConfig, train: list[Pair], val: list[Pair], stats: dict,
+def write_outputs(tmp: Path, cfg: PrepareConfig, train: PairLines, val: PairLines, stats: dict,
                   clean: Callable[[str], str], bg: BackgroundWriter) -> None:
     """Every output file into ``tmp``.
 
@@ -349,7 +359,7 @@ def write_outputs(tmp: Path, cfg: PrepareConfig, train: list[Pair], val: list[Pa
     the chart and parses each block of JSONL lines into Arrow while the next
     block is encoded here; only the last block and the save are left to wait for.
     """
-    bg.submit(write_report, tmp, stats, list(map(len, map(attrgetter("response"), train + val))))
+    bg.submit(write_report, tmp, stats, train.response_chars + val.response_chars)
     for split, pairs in (("train", train), ("validation", val)):
         write_pairs(tmp, split, pairs, cfg.exports, on_chunk=lambda *block: bg.submit(parse_jsonl_chunk, *block))
     bg.submit(write_dataset, tmp / "dataset", {s: tmp / f"{s}.jsonl" for s in ("train", "validation")})

@@ -204,7 +204,7 @@ def test_background_writer_writes_the_same_files(export, tmp_path):
         run(PrepareConfig(inputs=(str(export),), out=str(outs[bg]), personas=("민수",)), background=bg)
     names = {p.relative_to(outs[True]) for p in outs[True].rglob("*") if p.is_file()}
     assert names == {p.relative_to(outs[False]) for p in outs[False].rglob("*") if p.is_file()}
-    for name in ("train.jsonl", "validation.jsonl", "stats.json", "report.md"):
+    for name in ("train.jsonl", "validation.jsonl", "stats.json", "report.md", "personas/민수.yaml"):
         assert (outs[True] / name).read_bytes() == (outs[False] / name).read_bytes(), name
     import datasets
     a, b = (datasets.load_from_disk(str(o / "dataset")) for o in (outs[True], outs[False]))
@@ -222,3 +222,7 @@ def test_background_writer_raises_the_workers_error():
         bg.submit(_fail)
         with pytest.raises(OSError, match="disk full"):
             bg.wait()
+        result = bg.start(_fail)  # start(): the error comes with the result
+        with pytest.raises(OSError, match="disk full"):
+            result()
+        assert bg.start(divmod, 7, 2)() == (3, 1)

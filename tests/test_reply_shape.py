@@ -5,7 +5,8 @@ from core.reply_shape import read_limits
 from chatbot.decoding import Candidate, _choose
 from data_prep.persona_card import build_card, write_card
 from core.reply_shape import (
-    DEFAULT_RUNS, ReplyLimits, bubbles, echo_sources, is_echo, loop_reason, measure_limits, new_loop, problem,
+    DEFAULT_RUNS, OTHER, RUN_CLASSES, ReplyLimits, bubbles, echo_sources, is_echo, longest_class_runs, longest_runs,
+    loop_reason, measure_limits, new_loop, problem,
 )
 from pipeline.evaluation.reply_stats import reply_stats
 
@@ -18,6 +19,19 @@ def test_limits_measured_per_character_class():
     assert m["max_runs"]["ㅠ"] == 2 and m["max_runs"]["ㅎ"] == 0 and m["max_runs"]["other"] == 1
     assert m["max_lines"] == 3 and m["burst_share"] == 0.2
     assert MINSU.cap("ㅋ") == 4 and MINSU.cap("ㅎ") == 2 and MINSU.cap("가") == 2  # never below 2
+
+
+def test_class_runs_are_the_per_text_runs_merged():
+    """The joined-text regex passes give what longest_runs of each text gives, merged by class."""
+    texts = ["ㅋㅋㅋ\nㅋㅋ", "아아아 ㅋ", "!!?", "..~~~~", "", "  ", "a", "ㅠㅠ\n\nㅠㅠㅠ", "zzzz!!!! ???"]
+    for cut in range(len(texts) + 1):
+        part = texts[:cut]
+        want = dict.fromkeys((*RUN_CLASSES, OTHER), 0)
+        for t in part:
+            for ch, n in longest_runs(t).items():
+                key = ch if ch in RUN_CLASSES else OTHER
+                want[key] = max(want[key], n)
+        assert longest_class_runs(part) == want, part
 
 
 def test_loops():
