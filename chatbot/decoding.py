@@ -31,8 +31,9 @@ rounding of batched matrix products, none seen on the CPU).
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from chatbot.routing import BASE_ADAPTER
 
@@ -44,6 +45,7 @@ MAX_CANDIDATES = 16
 _RANK = {None: 0, "echo": 1, "unfinished": 1, "empty": 3}  # loops rank 2: see _rank
 LAGGARD_FACTOR = 2  # a row this many times longer than a finished sibling (+ LAGGARD_SLACK tokens) is cut
 LAGGARD_SLACK = 8
+NARROW_POSITIONS = 8  # up to this many positions needing logits, the output layer runs as W @ h.T (CPU)
 
 
 @dataclass(frozen=True)
@@ -289,9 +291,11 @@ def decode(model, tokenizer, jobs: Sequence[Job]) -> list[Reply]:
         temperature=None, repetition_penalty=1.0, eos_token_id=stops, pad_token_id=pad,
         logits_processor=LogitsProcessorList(processors), stopping_criteria=StoppingCriteriaList([batch.done]),
     )
-    names = _adapter_names([j.prompt for j, _ in rows])
-    with _routed(model, names), torch.inference_mode():
-        seqs = model.generate(**kw)
+    with torch.inference_mode(), narrow_output_layer(model):
+        with _routed(model, _adapter_names([j.prompt for j in jobs])):
+            cache = shared_prefill(model, ids, mask, groups)
+        with _routed(model, _adapter_names([j.prompt for j, _ in rows])):
+            seqs = model.generate(**kw, **({} if cache is None else {"cache": cache}))
     batch.end_streams()
     gen = seqs[:, ids.shape[1]:].cpu()
     logps = recorder.finish(seqs[:, -1])
@@ -301,6 +305,70 @@ def decode(model, tokenizer, jobs: Sequence[Job]) -> list[Reply]:
         out.append(_choose(cands[at:at + j.params.rows]))
         at += j.params.rows
     return out
+
+
+def _output_linear(model):
+    """The ``nn.Linear`` that computes the logits (under PEFT's wrappers), or None."""
+    import torch
+
+    head = model.get_output_embeddings()
+    while head is not None and not isinstance(head, torch.nn.Linear):
+        head = getattr(head, "base_layer", None)
+    return head
+
+
+@contextmanager
+def narrow_output_layer(model, max_positions: int = NARROW_POSITIONS) -> Iterator[None]:
+    """On the CPU, compute the output layer as ``W @ h.T`` while at most ``max_positions`` positions
+    need logits (a decoding step: one per row).
+
+    ``F.linear`` (``h @ W.T``) with a few rows and Gemma's 262k x 640 matrix takes a slow matrix
+    product path: single-threaded, 67 ms for 4 rows against 43 ms for one, while ``W @ h.T`` reads the
+    matrix once for all rows (30 ms for 4). The sums are the same up to float rounding."""
+    head = _output_linear(model)
+    if head is None or head.weight.device.type != "cpu":
+        yield
+        return
+    plain = head.__dict__.get("forward")
+
+    def forward(x):
+        flat = x.reshape(-1, x.shape[-1])
+        if flat.shape[0] > max_positions:
+            return (plain or type(head).forward.__get__(head))(x)
+        out = (head.weight @ flat.T).T
+        out = out + head.bias if head.bias is not None else out.contiguous()
+        return out.reshape(*x.shape[:-1], out.shape[-1])
+
+    head.forward = forward
+    try:
+        yield
+    finally:
+        if plain is None:
+            del head.forward
+        else:
+            head.forward = plain
+
+
+def shared_prefill(model, ids, mask, groups: Sequence[int]):
+    """The KV cache of every row's prompt but its last token (``generate`` feeds that one), computed
+    once per job and repeated to the job's rows: a job's candidates share one prompt, so prefilling
+    them as identical rows would repeat the same work ``candidates`` times. None for one-token prompts.
+
+    ``ids``/``mask``: the batch's left-padded prompts (a job's rows adjacent); ``groups``: each row's
+    job. Positions follow the attention mask as ``generate`` numbers them (left padding excluded)."""
+    import torch
+
+    if ids.shape[1] < 2:
+        return None
+    first = [list(groups).index(g) for g in sorted(set(groups))]  # one row per job
+    u_ids, u_mask = ids[first, :-1], mask[first, :-1]
+    pos = (u_mask.cumsum(-1) - 1).masked_fill(u_mask == 0, 0)
+    dev = model.device
+    out = model(input_ids=u_ids.to(dev), attention_mask=u_mask.to(dev), position_ids=pos.to(dev), use_cache=True,
+                logits_to_keep=1)
+    cache = out.cache
+    cache.batch_select_indices(torch.tensor(list(groups), device=dev))
+    return cache
 
 
 def _routed(model, names: list[str] | None):

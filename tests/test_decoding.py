@@ -177,3 +177,42 @@ def test_a_rambling_candidate_is_cut_once_a_sibling_has_finished():
     assert lag(rows, None).tolist() == [True, False, False, False]
     longer = torch.cat([rows, torch.full((4, 3), 6)], dim=1)
     assert lag(longer, None).tolist() == [True, True, False, False]  # prompt 1: nobody finished yet
+
+
+def _padded_rows(tok, rows):
+    ids, mask = decoding._left_pad(rows, chat_format.pad_id(tok))
+    return ids, mask, (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+
+
+def test_shared_prefill_gives_the_logits_of_prefilled_rows(tiny):
+    import torch
+
+    model, tok = tiny
+    a, b = _prompt(tok, "뭐해?").ids, _prompt(tok, "오늘 점심 뭐 먹었어? 김치찌개 맛있더라").ids
+    ids, mask, pos = _padded_rows(tok, [a, a, a, b, b])
+    with torch.inference_mode():
+        full = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, -1]
+        cache = decoding.shared_prefill(model, ids, mask, [0, 0, 0, 1, 1])
+        cached = cache.get_seq_length()
+        step = model(input_ids=ids[:, -1:], attention_mask=mask, position_ids=pos[:, -1:], cache=cache).logits[:, -1]
+    assert cached == ids.shape[1] - 1
+    assert step.shape == full.shape and not torch.equal(full[0], full[3])  # two different prompts
+    torch.testing.assert_close(step, full, rtol=1e-4, atol=1e-4)
+
+
+def test_narrow_output_layer_gives_the_same_logits_and_is_restored(tiny):
+    import torch
+
+    model, tok = tiny
+    a = _prompt(tok, "뭐해?").ids
+    ids, mask, _ = _padded_rows(tok, [a, a[:-2], a[:-1]])
+    head = decoding._output_linear(model)
+    with torch.inference_mode():
+        plain = model(input_ids=ids, attention_mask=mask, logits_to_keep=1).logits
+        with decoding.narrow_output_layer(model):
+            assert "forward" in head.__dict__  # the W @ h.T path is in place
+            narrow = model(input_ids=ids, attention_mask=mask, logits_to_keep=1).logits
+            wide = model(input_ids=ids, attention_mask=mask).logits  # more positions: the plain path
+    assert "forward" not in head.__dict__
+    torch.testing.assert_close(narrow, plain, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(wide[:, -1:], plain, rtol=1e-5, atol=1e-5)
