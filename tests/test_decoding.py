@@ -216,3 +216,58 @@ def test_narrow_output_layer_gives_the_same_logits_and_is_restored(tiny):
     assert "forward" not in head.__dict__
     torch.testing.assert_close(narrow, plain, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(wide[:, -1:], plain, rtol=1e-5, atol=1e-5)
+
+
+class _Recorder:
+    """A streamer keeping each put's token ids."""
+
+    def __init__(self):
+        self.puts, self.ended = [], False
+
+    def put(self, value):
+        self.puts.append([int(t) for t in value.reshape(-1).tolist()])
+
+    def end(self):
+        self.ended = True
+
+
+def _newline_ids(tok) -> list[int]:
+    return [i for i, b in enumerate(decoding.token_bytes(tok)) if b"\n" in b]
+
+
+def test_first_bubble_rerank_picks_what_the_whole_reply_rerank_picks_for_one_bubble(tiny):
+    model, tok = tiny
+    ban = _biased(model, tok, {tok.convert_ids_to_tokens(i): -100.0 for i in _newline_ids(tok)})
+    params = SamplingParams(max_new_tokens=12)
+    try:
+        jobs = [decoding.Job(_prompt(tok, text), params, seed) for seed, text in enumerate(["뭐해?", "배고파"])]
+        first = decoding.decode(model, tok, jobs)
+        whole = decoding.decode(model, tok, jobs, by_bubble=False)
+    finally:
+        ban.remove()
+    key = lambda r: (r.text, r.chosen.ids, [(c.ids, c.score, c.problem) for c in r.candidates])  # noqa: E731
+    assert [key(r) for r in first] == [key(r) for r in whole]
+    assert all(len(r.candidates) == 4 and "\n" not in r.text for r in first)
+
+
+def test_first_bubble_rerank_streams_the_chosen_bubble_then_goes_on_with_one_row(tiny):
+    model, tok = tiny
+    newline = tok.convert_ids_to_tokens(_newline_ids(tok)[0])
+    hook = _biased(model, tok, {"▁응": 40.0, newline: 30.0, chat_format.EOT: 10.0})
+    params = SamplingParams(max_new_tokens=24)
+    try:
+        streamed = _Recorder()
+        job = decoding.Job(_prompt(tok, "뭐해?"), params, 5, streamed)
+        reply = decoding.decode(model, tok, [job])[0]
+        other = decoding.Job(_prompt(tok, "배고파 뭐 먹지"), replace(params, candidates=2), 9)
+        together = decoding.decode(model, tok, [other, replace(job, streamer=None)])[1]
+    finally:
+        hook.remove()
+    assert len(reply.bubbles) >= 2 and reply.chosen.text == reply.text
+    others = [c for c in reply.candidates if c is not reply.chosen]
+    assert len(others) == 3 and all(len(c.text.splitlines()) <= 1 for c in others)  # first bubbles only
+    first, *rest = streamed.puts
+    assert "\n" in tok.decode(first) and tok.decode(first).strip() == reply.bubbles[0]
+    assert rest and all(len(p) == 1 for p in rest) and streamed.ended  # then token by token
+    assert list(reply.chosen.ids[:len(first)]) == first
+    assert (together.text, together.chosen.ids) == (reply.text, reply.chosen.ids)  # the same in a batch
