@@ -9,8 +9,9 @@ persona differs), in the adapter-directory layout ``pipeline.train`` writes. The
 loads them all into one ``chatbot.engine.Engine`` and prints:
 
 - time to the first bubble (first line of a reply, or the whole reply when it has one line) of a
-  ~20-token reply with reranking (the default candidates), with one candidate and greedy, and the
-  load average it was measured under;
+  ~20-token reply with reranking (the default candidates), the same on the old decoding path (no
+  shared prefill, plain output layer, whole-reply reranking: the baseline of the same run), with one candidate and greedy,
+  and the load average it was measured under;
 - swap latency (median / max over ``--swaps`` persona switches; target < 50 ms) against
   the time a full reload of the extended base takes (what switching would cost without
   one shared PeftModel), as a ratio;
@@ -27,8 +28,11 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
+from typing import Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -75,17 +79,37 @@ def time_first_bubble(engine, persona, tokens: int, repeats: int) -> None:
     from chatbot.decoding import SamplingParams
 
     default = SamplingParams(max_new_tokens=tokens)
-    runs = {"reranked": default, "1 candidate (no reranking)": replace(default, candidates=1),
-            "greedy": replace(default, temperature=0)}
+    runs = {"reranked": default, "reranked, old path": default,
+            "1 candidate (no reranking)": replace(default, candidates=1), "greedy": replace(default, temperature=0)}
     med = {}
     for label, params in runs.items():
-        got = [first_bubble(engine, persona, params, seed) for seed in range(repeats)]
+        with old_path(label.endswith("old path")):
+            got = [first_bubble(engine, persona, params, seed) for seed in range(repeats)]
         med[label] = statistics.median(t for t, _, _ in got)
         cpu = statistics.median(c for _, c, _ in got)
         print(f"first bubble, {label} ({params.rows} rows, max {tokens} new tokens): median {med[label]:.2f} s "
               f"wall, {cpu:.2f} s CPU over {repeats} (target < 2 s wall); load {os.getloadavg()[0]:.1f}; "
               f"e.g. {got[0][2]!r}")
-    print(f"reranking costs {med['reranked'] / med['1 candidate (no reranking)']:.2f}x the single-candidate time")
+    print(f"reranking costs {med['reranked'] / med['1 candidate (no reranking)']:.2f}x the single-candidate time; "
+          f"the old path takes {med['reranked, old path'] / med['reranked']:.2f}x the current one")
+
+
+@contextmanager
+def old_path(on: bool) -> Iterator[None]:
+    """Decoding as it was before the shared prefill, the narrow output layer and the first-bubble
+    reranking (the baseline)."""
+    from chatbot import decoding
+
+    if not on:
+        yield
+        return
+    saved = decoding.shared_prefill, decoding.narrow_output_layer, decoding.decode
+    decoding.shared_prefill, decoding.narrow_output_layer = (lambda *a: None), (lambda model: nullcontext())
+    decoding.decode = partial(saved[2], by_bubble=False)
+    try:
+        yield
+    finally:
+        decoding.shared_prefill, decoding.narrow_output_layer, decoding.decode = saved
 
 
 def time_stream(engine, persona, tokens: int) -> tuple[float, float, int]:

@@ -37,7 +37,7 @@ class PacedEngine:
         return getattr(self._engine, name)
 
     def generate(self, history, persona, params, seed=None):
-        # one candidate: the reply streams (several candidates arrive in one piece, once reranked)
+        # one candidate: the reply streams token by token from its first token
         for text in self._engine.generate(history, persona, replace(params, candidates=1), seed):
             time.sleep(self._pause)
             yield text

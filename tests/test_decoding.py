@@ -177,3 +177,97 @@ def test_a_rambling_candidate_is_cut_once_a_sibling_has_finished():
     assert lag(rows, None).tolist() == [True, False, False, False]
     longer = torch.cat([rows, torch.full((4, 3), 6)], dim=1)
     assert lag(longer, None).tolist() == [True, True, False, False]  # prompt 1: nobody finished yet
+
+
+def _padded_rows(tok, rows):
+    ids, mask = decoding._left_pad(rows, chat_format.pad_id(tok))
+    return ids, mask, (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+
+
+def test_shared_prefill_gives_the_logits_of_prefilled_rows(tiny):
+    import torch
+
+    model, tok = tiny
+    a, b = _prompt(tok, "뭐해?").ids, _prompt(tok, "오늘 점심 뭐 먹었어? 김치찌개 맛있더라").ids
+    ids, mask, pos = _padded_rows(tok, [a, a, a, b, b])
+    with torch.inference_mode():
+        full = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, -1]
+        cache = decoding.shared_prefill(model, ids, mask, [0, 0, 0, 1, 1])
+        cached = cache.get_seq_length()
+        step = model(input_ids=ids[:, -1:], attention_mask=mask, position_ids=pos[:, -1:], cache=cache).logits[:, -1]
+    assert cached == ids.shape[1] - 1
+    assert step.shape == full.shape and not torch.equal(full[0], full[3])  # two different prompts
+    torch.testing.assert_close(step, full, rtol=1e-4, atol=1e-4)
+
+
+def test_narrow_output_layer_gives_the_same_logits_and_is_restored(tiny):
+    import torch
+
+    model, tok = tiny
+    a = _prompt(tok, "뭐해?").ids
+    ids, mask, _ = _padded_rows(tok, [a, a[:-2], a[:-1]])
+    head = decoding._output_linear(model)
+    with torch.inference_mode():
+        plain = model(input_ids=ids, attention_mask=mask, logits_to_keep=1).logits
+        with decoding.narrow_output_layer(model):
+            assert "forward" in head.__dict__  # the W @ h.T path is in place
+            narrow = model(input_ids=ids, attention_mask=mask, logits_to_keep=1).logits
+            wide = model(input_ids=ids, attention_mask=mask).logits  # more positions: the plain path
+    assert "forward" not in head.__dict__
+    torch.testing.assert_close(narrow, plain, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(wide[:, -1:], plain, rtol=1e-5, atol=1e-5)
+
+
+class _Recorder:
+    """A streamer keeping each put's token ids."""
+
+    def __init__(self):
+        self.puts, self.ended = [], False
+
+    def put(self, value):
+        self.puts.append([int(t) for t in value.reshape(-1).tolist()])
+
+    def end(self):
+        self.ended = True
+
+
+def _newline_ids(tok) -> list[int]:
+    return [i for i, b in enumerate(decoding.token_bytes(tok)) if b"\n" in b]
+
+
+def test_first_bubble_rerank_picks_what_the_whole_reply_rerank_picks_for_one_bubble(tiny):
+    model, tok = tiny
+    ban = _biased(model, tok, {tok.convert_ids_to_tokens(i): -100.0 for i in _newline_ids(tok)})
+    params = SamplingParams(max_new_tokens=12)
+    try:
+        jobs = [decoding.Job(_prompt(tok, text), params, seed) for seed, text in enumerate(["뭐해?", "배고파"])]
+        first = decoding.decode(model, tok, jobs)
+        whole = decoding.decode(model, tok, jobs, by_bubble=False)
+    finally:
+        ban.remove()
+    key = lambda r: (r.text, r.chosen.ids, [(c.ids, c.score, c.problem) for c in r.candidates])  # noqa: E731
+    assert [key(r) for r in first] == [key(r) for r in whole]
+    assert all(len(r.candidates) == 4 and "\n" not in r.text for r in first)
+
+
+def test_first_bubble_rerank_streams_the_chosen_bubble_then_goes_on_with_one_row(tiny):
+    model, tok = tiny
+    newline = tok.convert_ids_to_tokens(_newline_ids(tok)[0])
+    hook = _biased(model, tok, {"▁응": 40.0, newline: 30.0, chat_format.EOT: 10.0})
+    params = SamplingParams(max_new_tokens=24)
+    try:
+        streamed = _Recorder()
+        job = decoding.Job(_prompt(tok, "뭐해?"), params, 5, streamed)
+        reply = decoding.decode(model, tok, [job])[0]
+        other = decoding.Job(_prompt(tok, "배고파 뭐 먹지"), replace(params, candidates=2), 9)
+        together = decoding.decode(model, tok, [other, replace(job, streamer=None)])[1]
+    finally:
+        hook.remove()
+    assert len(reply.bubbles) >= 2 and reply.chosen.text == reply.text
+    others = [c for c in reply.candidates if c is not reply.chosen]
+    assert len(others) == 3 and all(len(c.text.splitlines()) <= 1 for c in others)  # first bubbles only
+    first, *rest = streamed.puts
+    assert "\n" in tok.decode(first) and tok.decode(first).strip() == reply.bubbles[0]
+    assert rest and all(len(p) == 1 for p in rest) and streamed.ended  # then token by token
+    assert list(reply.chosen.ids[:len(first)]) == first
+    assert (together.text, together.chosen.ids) == (reply.text, reply.chosen.ids)  # the same in a batch

@@ -69,12 +69,13 @@ def test_concurrent_sessions_get_their_own_persona(engine):
 
 
 def test_streaming_grows(engine):
-    one = replace(P, candidates=1)  # several candidates come in one piece, once reranked
+    one = replace(P, candidates=1)
     parts = list(engine.generate(HELLO, "minji", one, seed=2))
     assert len(parts) >= 2
     assert all(b.startswith(a) for a, b in zip(parts, parts[1:]))
     assert parts[-1] == engine.reply(HELLO, "minji", one, seed=2)
-    assert len(list(engine.generate(HELLO, "minji", P, seed=2))) == 1
+    ranked = list(engine.generate(HELLO, "minji", P, seed=2))  # the chosen first bubble arrives at once
+    assert all(b.startswith(a) for a, b in zip(ranked, ranked[1:])) and ranked[-1] != parts[-1]
 
 
 def test_history_trimmed_from_oldest(engine):
