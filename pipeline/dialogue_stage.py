@@ -1,14 +1,14 @@
 """The dialogue stage: a LoRA that makes the extended base answer the message, merged at extension time.
 
-    python -m pipeline.run chat.txt --persona 민수 --dialogue   # persona adapters on the dialogue base
-    python -m pipeline.extend --dialogue               # build (once) the extended default base with the stage merged
+    python -m pipeline.run chat.txt --persona 민수                # persona adapters on the dialogue base (the default)
+    python -m pipeline.run chat.txt --persona 민수 --no-dialogue  # on the plain extended base
+    python -m pipeline.extend                          # build (once) the extended default base with the stage merged
     python -m pipeline.dialogue                        # retrain it from ChatbotData (600 steps of 16 Q/A pairs)
 
 The project ships one such adapter, ``pipeline/assets/dialogue_ko`` (LoRA r=8 plus the rows of
 the chat tokens, 1.9M weights, trained by ``python -m pipeline.dialogue`` on the *train* split
-of ChatbotData, MIT licence: ``LICENSE-ChatbotData`` beside it). With ``--dialogue`` (extend,
-train, run; off by default until the persona-fidelity bench has been run on it, see
-docs/dialogue.md) :func:`pipeline.extension.ensure_extended` merges it into the extended default
+of ChatbotData, MIT licence: ``LICENSE-ChatbotData`` beside it). Unless ``--no-dialogue`` is given (extend,
+train, run; docs/dialogue.md has the measurements behind the default) :func:`pipeline.extension.ensure_extended` merges it into the extended default
 base (:func:`merge_into`), so persona adapters train on a base that already answers in the chat
 format. An adapter records the base model it was trained on and is merged only
 into that one; ``python -m pipeline.dialogue --base-model X`` trains one for another base, kept
@@ -31,7 +31,7 @@ ASSET = Path(__file__).resolve().parent / "assets" / "dialogue_ko"  # the shippe
 MANIFEST = "manifest.json"
 
 
-DEFAULT = False  # extend/train/run merge the stage only with --dialogue (see docs/dialogue.md for why)
+DEFAULT = True  # extend/train/run merge the stage unless --no-dialogue (docs/dialogue.md has the measurements)
 MERGE_TOLERANCE = 1e-3  # max |logit| difference between the adapter and its merge on a sample
 
 
