@@ -22,34 +22,24 @@ if TYPE_CHECKING:
     from concurrent.futures import Future, ProcessPoolExecutor
 
 
-def warm_chart() -> None:
-    """Import what the chart needs (runs in a worker while the main process works)."""
+def warm_up() -> None:
+    """Import what the writers need (runs in the worker while the main process works)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot  # noqa: F401
+    import pyarrow.json  # noqa: F401
 
     from data_prep.report import _korean_font
 
     _korean_font()  # font_manager builds its font list on first use
 
 
-def warm_arrow() -> None:
-    """Import what the dataset writer needs (data_prep.pairs.parse_jsonl_chunk, write_dataset)."""
-    import pyarrow.json  # noqa: F401
-
-
-def warm_up() -> None:
-    """Import what every writer needs (one worker doing all the jobs)."""
-    warm_chart()
-    warm_arrow()
-
-
 class BackgroundWriter:
     """One forked worker process for the write jobs, in submit order; inline when disabled."""
 
-    def __init__(self, enabled: bool = True, warm: tuple[Callable[[], Any], ...] = (warm_up,)):
-        """``warm``: the jobs the worker starts with, in order (imports, what the caller needs soonest)."""
+    def __init__(self, enabled: bool = True, first: tuple[Callable[[], Any], ...] = ()):
+        """``first``: warm-up jobs the worker runs before its own (what the caller needs soonest)."""
         self._pool: ProcessPoolExecutor | None = None
         self._jobs: list[Future] = []
         if not enabled:
@@ -61,7 +51,7 @@ class BackgroundWriter:
         # __main__, as spawn would do); forked before any progress-bar thread exists
         if "fork" in multiprocessing.get_all_start_methods():
             self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"))
-            self._jobs += [self._pool.submit(fn) for fn in warm]
+            self._jobs += [self._pool.submit(fn) for fn in (*first, warm_up)]
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> None:
         """Queue ``fn(*args)`` (arguments are pickled) or, when disabled, run it now."""
@@ -101,4 +91,4 @@ class BackgroundWriter:
         self.close()
 
 
-__all__ = ["BackgroundWriter", "warm_arrow", "warm_chart", "warm_up"]
+__all__ = ["BackgroundWriter", "warm_up"]

@@ -34,7 +34,7 @@ from core.cli import parser as make_parser
 from core.cli import run_cli, setup_logging
 from core.errors import UserError
 from core.files import atomic_dir
-from data_prep.background import BackgroundWriter, warm_arrow, warm_chart
+from data_prep.background import BackgroundWriter
 from data_prep.conversations import TurnConfig, merge_bursts, reply_counts, split_conversations
 from data_prep import names
 from data_prep.errors import ParseError
@@ -165,19 +165,15 @@ class Result:
 def run(cfg: PrepareConfig, timer: Timer | None = None, background: bool | None = None) -> Result:
     """All stages in order; raises UserError for bad input; writes nothing until everything worked.
 
-    ``background``: write the dataset and the chart in two forked worker processes
+    ``background``: write the dataset and the chart in a forked worker process
     (data_prep.background); None = only for big inputs, where it saves seconds.
     """
     cfg.validate()
     t = timer or Timer()
     big = sum(Path(p).stat().st_size for p in cfg.inputs) >= BIG_INPUT_BYTES
-    enabled = big and not cfg.list_speakers if background is None else background
-    # two workers, so that the chart and the dataset (the run's tail, after this process is done)
-    # are built side by side: ``bg`` loads the name analyser first (remove_pii needs it soon)
-    # while this process parses, then measures the cards and draws the chart; ``ds`` parses
-    # the JSONL blocks into the dataset's Arrow tables
-    bg = BackgroundWriter(enabled, warm=(warm_chart,) if cfg.keep_pii else (names.warm_up, warm_chart))
-    ds = BackgroundWriter(enabled, warm=(warm_arrow,))
+    # the worker loads the name analyser first (remove_pii needs it soon) while this process parses
+    bg = BackgroundWriter(enabled=big and not cfg.list_speakers if background is None else background,
+                          first=() if cfg.keep_pii else (names.warm_up,))
     if t.bar is None and big:
         from tqdm import tqdm
 
@@ -187,8 +183,8 @@ def run(cfg: PrepareConfig, timer: Timer | None = None, background: bool | None 
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        with bg, ds:
-            return _stages(cfg, t, bg, ds)
+        with bg:
+            return _stages(cfg, t, bg)
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -196,7 +192,7 @@ def run(cfg: PrepareConfig, timer: Timer | None = None, background: bool | None 
             t.bar.close()
 
 
-def _stages(cfg: PrepareConfig, t: Timer, bg: BackgroundWriter, ds: BackgroundWriter) -> Result:
+def _stages(cfg: PrepareConfig, t: Timer, bg: BackgroundWriter) -> Result:
     """The stages, in the order they run (names as in STAGES and in the timing log)."""
     with t("parse"):
         parsed = parse_all(cfg)
@@ -229,7 +225,7 @@ def _stages(cfg: PrepareConfig, t: Timer, bg: BackgroundWriter, ds: BackgroundWr
     with t("sentences"):
         convs, sentence_counts = split_long_turns(convs, cfg.sentences)
     out = Path(cfg.out)
-    with staging(out) as tmp, bg, ds:  # a failed run stops the workers before tmp is removed
+    with staging(out) as tmp, bg:  # bg: a failed run stops the worker before tmp is removed
         with t("build_pairs"):  # de-duplicated as they are built; the worker measures the cards meanwhile
             cards = bg.start(persona_cards, card_texts(convs, personas), out / "personas", tmp / "personas")
             sources = {f.path: _label(f.path, pseudo, cfg) for f in files}
@@ -252,7 +248,7 @@ def _stages(cfg: PrepareConfig, t: Timer, bg: BackgroundWriter, ds: BackgroundWr
             pairs=counts,
         )
         with t("write"):
-            write_outputs(tmp, cfg, train, val, stats, _cleaner(pseudo, cfg), bg, ds)
+            write_outputs(tmp, cfg, train, val, stats, _cleaner(pseudo, cfg), bg)
     log_summary(stats, t.seconds)
     return Result(stats, t.seconds)
 
@@ -356,22 +352,21 @@ def _label(path: str, pseudo: Pseudonymizer, cfg: PrepareConfig) -> str:
 # ---------------------------------------------------------------- stats and writing
 
 def write_outputs(tmp: Path, cfg: PrepareConfig, train: PairLines, val: PairLines, stats: dict,
-                  clean: Callable[[str], str], bg: BackgroundWriter, ds: BackgroundWriter) -> None:
+                  clean: Callable[[str], str], bg: BackgroundWriter) -> None:
     """Every output file into ``tmp``.
 
-    The chart goes to ``bg`` and the dataset to ``ds``: with workers, one draws
-    the chart while the other parses each block of JSONL lines into Arrow as the
-    next block is encoded here; only the last block and the save are left to wait for.
+    The chart and the dataset go to ``bg``: its worker, when it has one, draws
+    the chart and parses each block of JSONL lines into Arrow while the next
+    block is encoded here; only the last block and the save are left to wait for.
     """
     bg.submit(write_report, tmp, stats, train.response_chars + val.response_chars)
     for split, pairs in (("train", train), ("validation", val)):
-        write_pairs(tmp, split, pairs, cfg.exports, on_chunk=lambda *block: ds.submit(parse_jsonl_chunk, *block))
-    ds.submit(write_dataset, tmp / "dataset", {s: tmp / f"{s}.jsonl" for s in ("train", "validation")})
+        write_pairs(tmp, split, pairs, cfg.exports, on_chunk=lambda *block: bg.submit(parse_jsonl_chunk, *block))
+    bg.submit(write_dataset, tmp / "dataset", {s: tmp / f"{s}.jsonl" for s in ("train", "validation")})
     write_stats(tmp / "stats.json", stats)
     # input paths may hold a friend's name (KakaoTalk_김영희.txt): ``clean`` pseudonymises them
     config = {**asdict(cfg), "inputs": [clean(str(Path(p).resolve())) for p in cfg.inputs]}
     (tmp / "config.json").write_text(json.dumps(config, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    ds.wait()
     bg.wait()
 
 
