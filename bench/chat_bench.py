@@ -68,8 +68,8 @@ def first_bubble(engine, persona, params, seed: int) -> tuple[float, float, str]
     t0, c0 = time.perf_counter(), time.process_time()
     first, text = None, ""
     for text in engine.generate(HISTORY, persona, params, seed=seed):
-        if first is None and "\n" in text.strip():
-            first = (time.perf_counter() - t0, time.process_time() - c0)  # a streamed burst: line 1 is done
+        if first is None and "\n" in text.lstrip():
+            first = (time.perf_counter() - t0, time.process_time() - c0)  # a burst: line 1 ended, on screen
     wall, cpu = first or (time.perf_counter() - t0, time.process_time() - c0)
     return wall, cpu, text
 

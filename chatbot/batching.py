@@ -20,7 +20,7 @@ import threading
 import time
 from typing import Any, Iterator, Sequence
 
-from chatbot import decoding
+from chatbot import decoding, model_thread
 from chatbot.engine import Engine, GenerationParams
 from chatbot.routing import BASE_ADAPTER
 
@@ -163,7 +163,8 @@ class Batcher:
         try:
             self._ensure_rows_pinned(batch)
             with self.engine.exclusive():
-                replies = decoding.decode(self.engine.model, self.engine.tokenizer, [r.job for r in batch])
+                replies = model_thread.run(decoding.decode, self.engine.model, self.engine.tokenizer,
+                                           [r.job for r in batch])
         except BaseException as e:  # surfaced in every waiting consumer
             log.exception("batched generation failed")
             for r in batch:

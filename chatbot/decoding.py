@@ -43,8 +43,8 @@ from core import chat_format
 MAX_NEW_TOKENS_CAP = 512  # hard cap whatever the caller asks for
 MAX_CANDIDATES = 16
 _RANK = {None: 0, "echo": 1, "unfinished": 1, "empty": 3}  # loops rank 2: see _rank
-LAGGARD_FACTOR = 2  # a row this many times longer than a finished sibling (+ LAGGARD_SLACK tokens) is cut
-LAGGARD_SLACK = 8
+LAGGARD_FACTOR = 1.5  # a row this many times longer than a finished sibling (+ LAGGARD_SLACK tokens) is cut
+LAGGARD_SLACK = 4
 CONTINUATION_SEED = 0x5DEECE66D  # xor-ed into a job's seed for the row that goes on after its first bubble
 NARROW_POSITIONS = 8  # up to this many positions needing logits, the output layer runs as W @ h.T (CPU)
 
@@ -363,12 +363,16 @@ def _decode_rows(model, tokenizer, jobs: Sequence[Job], by_bubble: bool) -> list
 
 
 def _output_linear(model):
-    """The ``nn.Linear`` that computes the logits (under PEFT's wrappers), or None."""
+    """The ``nn.Linear`` that computes the logits, or None.
+
+    PEFT wraps it: a LoRA layer keeps it as ``base_layer``; the tied new-token rows of an adapter
+    (``TrainableTokensWrapper``) as ``token_adapter.base_layer``, which their forward calls while the
+    rows are merged in place (what the chat engine does)."""
     import torch
 
     head = model.get_output_embeddings()
     while head is not None and not isinstance(head, torch.nn.Linear):
-        head = getattr(head, "base_layer", None)
+        head = getattr(head, "token_adapter", None) or getattr(head, "base_layer", None)
     return head
 
 
@@ -378,8 +382,10 @@ def narrow_output_layer(model, max_positions: int = NARROW_POSITIONS) -> Iterato
     need logits (a decoding step: one per row).
 
     ``F.linear`` (``h @ W.T``) with a few rows and Gemma's 262k x 640 matrix takes a slow matrix
-    product path: single-threaded, 67 ms for 4 rows against 43 ms for one, while ``W @ h.T`` reads the
-    matrix once for all rows (30 ms for 4). The sums are the same up to float rounding."""
+    product path (2 threads: 82 ms for 4 rows, 42 ms for one), while ``W @ h.T`` reads the matrix once
+    for all rows (17 ms for 4). One row is computed as two equal columns: a matrix-vector product takes
+    a single-threaded path (42 ms), two columns the matrix-matrix one (16 ms). The sums are the same up
+    to float rounding."""
     head = _output_linear(model)
     if head is None or head.weight.device.type != "cpu":
         yield
@@ -388,9 +394,10 @@ def narrow_output_layer(model, max_positions: int = NARROW_POSITIONS) -> Iterato
 
     def forward(x):
         flat = x.reshape(-1, x.shape[-1])
-        if flat.shape[0] > max_positions:
+        n = flat.shape[0]
+        if n > max_positions:
             return (plain or type(head).forward.__get__(head))(x)
-        out = (head.weight @ flat.T).T
+        out = (head.weight @ (flat.repeat(2, 1) if n == 1 else flat).T).T[:n]
         out = out + head.bias if head.bias is not None else out.contiguous()
         return out.reshape(*x.shape[:-1], out.shape[-1])
 
@@ -417,7 +424,7 @@ def shared_prefill(model, ids, mask, groups: Sequence[int]):
         return None
     first = [list(groups).index(g) for g in sorted(set(groups))]  # one row per job
     u_ids, u_mask = ids[first, :-1], mask[first, :-1]
-    pos = (u_mask.cumsum(-1) - 1).masked_fill(u_mask == 0, 0)
+    pos = _positions(u_mask)
     dev = model.device
     out = model(input_ids=u_ids.to(dev), attention_mask=u_mask.to(dev), position_ids=pos.to(dev), use_cache=True,
                 logits_to_keep=1)
@@ -455,8 +462,9 @@ class _Rows:
         self.first = torch.tensor([[j.prompt.ids[0]] for j, _ in rows])
         self.real = _left_pad([[1] * (len(j.prompt.ids) + len(j.prompt.reply_prefix)) for j, _ in rows],
                               0)[0].bool()  # not left padding
-        self.laggards = Laggards(width, self.groups, stops)
+        self.laggards = Laggards(self.groups)
         self.ended = [False] * len(rows)
+        self.finished: list[int | None] = [None] * len(rows)  # the step a row ended its reply or first bubble
         self.table = table
         self.said = [b""] * len(rows)  # each row's reply so far, while it may end at a bubble
         self.bubble = [False] * len(rows)  # the row stopped at the end of its first bubble
@@ -499,14 +507,18 @@ class _Rows:
         import torch
 
         gen = input_ids[:, self.width:]
-        lag = self.laggards(input_ids, scores).tolist()
+        step = gen.shape[1]
         last = gen[:, -1].tolist()
         for r, (job, _) in enumerate(self.rows):
-            full = gen.shape[1] + self.before[r] >= job.params.max_new_tokens
+            full = step + self.before[r] >= job.params.max_new_tokens
             if not self.ended[r] and self.table is not None and job.params.rows > 1:
                 self.bubble[r] = self._bubble_ends(r, last[r]) and not full and last[r] not in self.stops
-            self.ended[r] = self.ended[r] or self.bubble[r] or lag[r] or last[r] in self.stops or full or \
+            if self.finished[r] is None and (self.bubble[r] or last[r] in self.stops):
+                self.finished[r] = step
+            self.ended[r] = self.ended[r] or self.finished[r] is not None or full or \
                 bool(job.cancelled and job.cancelled())
+        lag = self.laggards(step, self.finished)
+        self.ended = [e or g for e, g in zip(self.ended, lag)]
         return torch.tensor(self.ended, device=input_ids.device)
 
     def _bubble_ends(self, r: int, token: int) -> bool:
@@ -543,28 +555,22 @@ def row_distribution(logits, temperature: float, top_k: int, top_p: float):
 class Laggards:
     """Per-row stop for a candidate that rambles on after a sibling (same job) has finished.
 
-    The batch runs until its last row ends, so one candidate heading for ``max_new_tokens`` would
-    hold back the reply; a row at ``LAGGARD_FACTOR`` times the length of its job's shortest
-    finished candidate plus ``LAGGARD_SLACK`` tokens is cut (and ranked as ``unfinished``).
-    ``groups``: the job index of each row."""
+    The batch runs until its last row ends, so one long candidate holds back the reply (and, with
+    first-bubble reranking, the first bubble): a row still going at ``LAGGARD_FACTOR`` times the length
+    of its job's shortest finished candidate (its reply or its first bubble) plus ``LAGGARD_SLACK``
+    tokens is cut (and ranked as ``unfinished``). ``groups``: the job index of each row."""
 
-    def __init__(self, prompt_width: int, groups: Sequence[int], stops: Sequence[int]):
-        import torch
+    def __init__(self, groups: Sequence[int]):
+        self.groups = list(groups)
 
-        self.width, self.stops = prompt_width, list(stops)
-        self.groups = torch.tensor(list(groups))
-
-    def __call__(self, input_ids, scores, **kwargs):
-        import torch
-
-        gen = input_ids[:, self.width:]
-        hit = torch.isin(gen, torch.tensor(self.stops, device=gen.device))
-        done = hit.any(dim=1)
-        ended_at = torch.where(done, hit.float().argmax(dim=1) + 1, torch.full_like(done, 10**6, dtype=torch.long))
-        groups = self.groups.to(gen.device)
-        shortest = torch.full((int(groups.max()) + 1,), 10**6, dtype=torch.long, device=gen.device)
-        shortest = shortest.scatter_reduce(0, groups, ended_at, "amin")[groups]
-        return done | (gen.shape[1] >= shortest * LAGGARD_FACTOR + LAGGARD_SLACK)
+    def __call__(self, step: int, finished: Sequence[int | None]) -> list[bool]:
+        """Which rows to cut at ``step`` tokens; ``finished``: the step each row ended at (None: going on)."""
+        shortest: dict[int, int] = {}
+        for g, f in zip(self.groups, finished):
+            if f is not None:
+                shortest[g] = min(f, shortest.get(g, f))
+        return [f is None and g in shortest and step >= shortest[g] * LAGGARD_FACTOR + LAGGARD_SLACK
+                for g, f in zip(self.groups, finished)]
 
 
 def _adapter_names(rows: Sequence[Prompt]) -> list[str] | None:
@@ -586,50 +592,124 @@ def _reply_tokens(row, stops: Sequence[int], pad: int) -> tuple[list[int], int]:
 
 def _candidates(model, tokenizer, rows: Sequence[tuple[Job, int]], gen, logps, stops,
                 bubble: Sequence[bool]) -> list[Candidate]:
-    """Each row's candidate: its reply (after its job's reply prefix) scored, checked and ranked."""
+    """Each row's candidate: its reply (after its job's reply prefix) scored, checked and ranked.
+
+    ``log p(reply | no context)`` is computed only where it can change the choice: for a job's
+    acceptable candidates (no problem) when it has two or more of them, once per distinct reply."""
     parts = [_reply_tokens(g, stops, chat_format.pad_id(tokenizer)) for g in gen]
     logp = [float(logps[i, :k].sum()) if logps is not None and k else 0.0 for i, (_, k) in enumerate(parts)]
     scored = [gen[i, :k].tolist() for i, (_, k) in enumerate(parts)]
-    rerank = [i for i, (j, _) in enumerate(rows) if j.params.rows > 1 and j.params.mmi_lambda > 0]
-    base: list[float | None] = [None] * len(rows)
-    if rerank:
-        got = no_context_logp(model, tokenizer, [rows[i][0].prompt for i in rerank], [scored[i] for i in rerank])
-        for i, lb in zip(rerank, got):
-            base[i] = lb
+    texts, why = [], []
+    for (job, _), (ids, k), sc, bub in zip(rows, parts, scored, bubble):
+        before = list(job.prompt.reply_prefix)
+        texts.append(tokenizer.decode(before + ids, skip_special_tokens=True).strip())
+        w = problem(texts[-1], job.prompt.sources, job.prompt.limits)
+        if w is None and len(sc) == len(ids) and not bub and len(before) + len(ids) < job.params.max_new_tokens:
+            w = "unfinished"  # cut by Laggards: no stop token, under its token limit
+        why.append(w)
+    base = _no_context(model, tokenizer, rows, scored, why)
     out = []
-    for (job, _), (ids, k), lp, lb, sc, bub in zip(rows, parts, logp, base, scored, bubble):
-        p = job.prompt
-        before = list(p.reply_prefix)
-        text = tokenizer.decode(before + ids, skip_special_tokens=True).strip()
+    for (job, _), (ids, k), lp, lb, sc, bub, text, w in zip(rows, parts, logp, base, scored, bubble, texts, why):
+        before = list(job.prompt.reply_prefix)
         score = (lp - job.params.mmi_lambda * (lb or 0.0)) / max(k, 1)
-        why = problem(text, p.sources, p.limits)
-        ended = len(sc) > len(ids)
-        if why is None and not ended and not bub and len(before) + len(ids) < job.params.max_new_tokens:
-            why = "unfinished"  # cut by Laggards: no stop token, under its token limit
-        out.append(Candidate(text, len(before) + k, tuple(before + sc), lp, lb, score, why, ended, bub))
+        out.append(Candidate(text, len(before) + k, tuple(before + sc), lp, lb, score, w, len(sc) > len(ids), bub))
     return out
+
+
+def _no_context(model, tokenizer, rows: Sequence[tuple[Job, int]], scored: Sequence[list[int]],
+                why: Sequence[str | None]) -> list[float | None]:
+    """log p(reply | no context) of the rows whose job reranks among two or more acceptable candidates."""
+    ok: dict[int, list[int]] = {}
+    for i, (job, _) in enumerate(rows):
+        if job.params.rows > 1 and job.params.mmi_lambda > 0 and why[i] is None:
+            ok.setdefault(id(job), []).append(i)
+    need = [i for group in ok.values() if len(group) > 1 for i in group]
+    base: list[float | None] = [None] * len(rows)
+    if need:
+        first: dict[tuple, int] = {}  # (job, reply) -> the row scored for it
+        for i in need:
+            first.setdefault((id(rows[i][0]), tuple(scored[i])), i)
+        uniq = list(first.values())
+        got = dict(zip(uniq, no_context_logp(model, tokenizer, [rows[i][0].prompt for i in uniq],
+                                             [scored[i] for i in uniq])))
+        for i in need:
+            base[i] = got[first[(id(rows[i][0]), tuple(scored[i]))]]
+    return base
 
 
 def no_context_logp(model, tokenizer, rows: Sequence[Prompt], replies: Sequence[Sequence[int]]) -> list[float]:
     """log p(reply | the instruction alone) of each row's reply ids, in one batched forward."""
-    with _routed(model, _adapter_names(rows)):
-        return reply_logp(model, tokenizer, [p.no_context_ids for p in rows], replies)
+    return reply_logp(model, tokenizer, [p.no_context_ids for p in rows], replies, _adapter_names(rows))
 
 
-def reply_logp(model, tokenizer, prefixes: Sequence[Sequence[int]], replies: Sequence[Sequence[int]]) -> list[float]:
-    """Summed log p(reply ids | prefix ids) per row, one batched forward (left-padded).
+def reply_logp(model, tokenizer, prefixes: Sequence[Sequence[int]], replies: Sequence[Sequence[int]],
+               adapters: Sequence[str] | None = None) -> list[float]:
+    """Summed log p(reply ids | prefix ids) per row (0 for an empty reply); ``adapters``: each row's
+    PEFT adapter in a mixed batch (None: whatever is active).
 
-    Logits are computed only for the last positions, where the replies are: the output layer
-    is most of the cost of a forward with Gemma's 262k-token vocabulary."""
+    Rows with the same prefix share its forward: each distinct prefix runs once (a left-padded
+    batch) and its KV cache is repeated to its rows, then the replies run on top of it (right-padded),
+    all but their last token (whose output predicts nothing scored). A reply's candidates share one
+    instruction, so the instruction's ~50 tokens go through the model once instead of once per candidate.
+    Logits are computed only at positions that predict a reply token: the output layer is most of the
+    cost of a position with Gemma's 262k-token vocabulary."""
     import torch
 
-    ids, mask = _left_pad([list(p) + list(r) for p, r in zip(prefixes, replies)], chat_format.pad_id(tokenizer))
-    keep = max(len(r) for r in replies) + 1
-    with torch.inference_mode():
-        logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), logits_to_keep=keep).logits
-    target = ids[:, -keep + 1:, None].to(logits.device) if keep > 1 else ids[:, :0, None]
-    logp = torch.log_softmax(logits[:, -keep:-1].float(), dim=-1).gather(2, target)[..., 0]
-    return [float(logp[i, logp.shape[1] - len(r):].sum()) if len(r) else 0.0 for i, r in enumerate(replies)]
+    out = [0.0] * len(replies)
+    rows = [i for i, r in enumerate(replies) if len(r)]
+    if not rows:
+        return out
+    index: dict[tuple, int] = {}  # (adapter, prefix) -> its row in the prefix batch
+    sel = torch.tensor([index.setdefault((adapters and adapters[i], tuple(prefixes[i])), len(index)) for i in rows])
+    pad, dev = chat_format.pad_id(tokenizer), model.device
+    p_ids, p_mask = _left_pad([p for _, p in index], pad)
+    reps = [list(replies[i]) for i in rows]
+    with torch.inference_mode(), narrow_output_layer(model):
+        with _routed(model, adapters and [a for a, _ in index]):
+            head = model(input_ids=p_ids.to(dev), attention_mask=p_mask.to(dev), position_ids=_positions(p_mask).to(dev),
+                         use_cache=True, logits_to_keep=1)
+        first = torch.log_softmax(head.logits[:, -1].float(), dim=-1)[sel.to(dev)]
+        logp = first.gather(1, torch.tensor([[r[0]] for r in reps], device=dev))[:, 0].cpu()
+        width = max(len(r) for r in reps) - 1
+        if width > 0:
+            t_ids = torch.full((len(reps), width), pad, dtype=torch.long)
+            t_mask = torch.zeros((len(reps), width), dtype=torch.long)
+            for b, r in enumerate(reps):
+                t_ids[b, :len(r) - 1], t_mask[b, :len(r) - 1] = torch.tensor(r[:-1]), 1
+            cache = head.cache
+            cache.batch_select_indices(sel.to(dev))
+            mask = torch.cat([p_mask[sel], t_mask], dim=1)
+            pos = p_mask.sum(1)[sel, None] + torch.arange(width)
+            keep = t_mask.bool()
+            packed = _PACKED_LOGITS and adapters is None  # per-row adapter routing needs (rows, positions)
+            with _routed(model, adapters and [adapters[i] for i in rows]):
+                logits = model(input_ids=t_ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
+                               cache=cache, logits_to_keep=keep.to(dev) if packed else 0).logits
+            logits = logits if packed else logits[keep.to(dev)]  # (reply tokens but the first, vocab)
+            target = torch.tensor([t for r in reps for t in r[1:]], device=dev)
+            tail = torch.log_softmax(logits.float(), dim=-1).gather(1, target[:, None])[:, 0].cpu()
+            logp.index_add_(0, keep.nonzero()[:, 0], tail)
+    for i, lp in zip(rows, logp.tolist()):
+        out[i] = lp
+    return out
+
+
+def _packed_logits() -> bool:
+    """Whether this transformers takes a boolean ``logits_to_keep`` mask (logits of the True positions
+    only, flattened); older 5.x releases take an int or positions shared by every row."""
+    try:
+        from transformers.modeling_utils import slice_logits_to_keep  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+_PACKED_LOGITS = _packed_logits()
+
+
+def _positions(mask):
+    """Position ids of a left-padded batch as ``generate`` numbers them (padding excluded)."""
+    return (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
 
 
 def _rank(c: Candidate) -> tuple[int, float]:

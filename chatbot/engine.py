@@ -20,7 +20,8 @@ one batch and reranked, loops and echoes rejected, the persona's limits from its
 Switching persona is ``set_adapter`` plus writing the adapter's new-token embedding rows
 into the base matrix in place (see :func:`_pin_token_rows`); ``set_adapter`` is global, so
 a lock is held from the swap to the end of each streamed generation: concurrent sessions
-take turns, and each gets exactly the reply its persona gives alone.
+take turns, and each gets exactly the reply its persona gives alone. The model is loaded, swapped
+and run on one thread (:mod:`chatbot.model_thread`), whichever thread asks for a reply.
 """
 from __future__ import annotations
 
@@ -30,11 +31,12 @@ import sys
 import threading
 import time
 from collections import Counter
+from concurrent.futures import wait
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from chatbot import decoding
+from chatbot import decoding, model_thread
 from chatbot.adapters import PersonaInfo, check_base, choose_base, choose_dialogue, discover
 from chatbot.decoding import MAX_NEW_TOKENS_CAP, Prompt, SamplingParams  # noqa: F401 (re-exported)
 from core import chat_format
@@ -125,7 +127,7 @@ class Engine:
         spec = choose_base(infos, base_model)
         path = find_extended(_fingerprint_of(infos, spec), cache_dir) or build_extended(
             spec, cache_dir, dialogue=choose_dialogue(infos, spec))
-        model, tokenizer, manifest = load_extended(path, device=device or default_device())
+        model, tokenizer, manifest = model_thread.run(load_extended, path, device=device or default_device())
         return cls.from_loaded(model, tokenizer, manifest, infos, spec, memory)
 
     @classmethod
@@ -136,7 +138,7 @@ class Engine:
         """Wrap an already loaded extended base with the adapters whose fingerprint matches it."""
         infos = check_base(list(infos), spec, str(extended_manifest.get("fingerprint", "")))
         base.eval()
-        model, infos = _load_adapters(base, infos)
+        model, infos = model_thread.run(_load_adapters, base, infos)
         if model is None:
             reasons = "; ".join(f"{i.name}: {i.reason}" for i in infos)
             raise UserError(f"no usable adapter ({reasons})")
@@ -155,12 +157,15 @@ class Engine:
         """Make ``name`` the active adapter (None: adapters off); returns the seconds it took."""
         self.persona(name)
         with self._lock:
-            t0 = time.perf_counter()
-            self._activate(name)
-            return time.perf_counter() - t0
+            return model_thread.run(self._timed_activate, name)
+
+    def _timed_activate(self, name: str | None) -> float:
+        t0 = time.perf_counter()
+        self._activate(name)
+        return time.perf_counter() - t0
 
     def _activate(self, name: str | None) -> None:
-        # caller holds the lock
+        # caller holds the lock; on the model thread
         if name == self._active:
             return
         for layer in self._token_layers:
@@ -258,8 +263,13 @@ class Engine:
         streamer = TextIteratorStreamer(self.tokenizer, skip_special_tokens=True, timeout=600)
         cancel = threading.Event()
         job = decoding.Job(prompt, params, seed, streamer, cancel.is_set)
-        worker = threading.Thread(target=self._generate_locked, args=(job, persona), daemon=True)
-        worker.start()
+        self._lock.acquire()  # released by the model thread when the reply is done
+        try:
+            done = model_thread.submit(self._generate, job, persona)
+        except BaseException:
+            self._lock.release()
+            raise
+        done.add_done_callback(lambda _: self._lock.release())
         text = shown = ""
         try:
             for piece in streamer:
@@ -270,26 +280,23 @@ class Engine:
                         yield shown
         finally:
             cancel.set()  # the consumer stopped early (closed tab): free the lock soon
-            worker.join()
-        if getattr(worker, "error", None) is not None:
-            raise worker.error
-        final = getattr(worker, "reply", None)
-        if final is not None and final.text != shown:  # the chosen reply as decoded whole (no trailing space)
+            wait([done])
+        final = done.result()  # raises the generation's error here, in the consumer's thread
+        if final.text != shown:  # the chosen reply as decoded whole (no trailing space)
             yield final.text
 
-    def _generate_locked(self, job: decoding.Job, persona: str | None) -> None:
+    def _generate(self, job: decoding.Job, persona: str | None) -> decoding.Reply:
+        """On the model thread, the caller holding the lock: swap to ``persona`` and decode ``job``."""
         import contextlib
 
-        me = threading.current_thread()
         try:
-            with self._lock:
-                self._activate(persona)
-                off = self.model.disable_adapter() if persona is None else contextlib.nullcontext()
-                with off:
-                    me.reply = decoding.decode(self.model, self.tokenizer, [job])[0]
-        except BaseException as e:  # surfaced in the consumer thread
-            me.error = e
+            self._activate(persona)
+            off = self.model.disable_adapter() if persona is None else contextlib.nullcontext()
+            with off:
+                return decoding.decode(self.model, self.tokenizer, [job])[0]
+        except BaseException:
             log.exception("generation failed")
+            raise
         finally:
             job.streamer.end()  # a no-op for the consumer when decode already ended it
 

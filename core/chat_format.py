@@ -91,11 +91,15 @@ NATIVE_END_TOKENS = ("<end_of_turn>", "<|im_end|>", "<|eot_id|>", "<|endoftext|>
 
 
 def native_end_id(tokenizer) -> int | None:
-    """The base's own end-of-turn token id (Gemma: ``<end_of_turn>``), else its EOS id."""
-    vocab = tokenizer.get_vocab()
+    """The base's own end-of-turn token id (Gemma: ``<end_of_turn>``), else its EOS id.
+
+    Looked up token by token: ``get_vocab()`` builds a dict of the whole vocabulary (0.2 s for
+    Gemma's 262k tokens), and this runs for every reply."""
+    unknown = (None, tokenizer.unk_token_id)
     for tok in NATIVE_END_TOKENS:
-        if tok in vocab:
-            return vocab[tok]
+        tid = tokenizer.convert_tokens_to_ids(tok)
+        if tid not in unknown:
+            return tid
     return tokenizer.eos_token_id
 
 

@@ -99,6 +99,45 @@ def test_recorded_logp_is_the_models_and_scores_follow_the_context(tiny):
     assert [c.logp_no_context for c in reply.candidates] == pytest.approx(alone, abs=1e-3)
 
 
+def test_reply_logp_with_shared_prefixes_equals_each_row_alone(tiny):
+    """Rows sharing a prefix run it once; each row's sum is still log p(reply | its own prefix), as a
+    plain forward of that row alone gives it (different prefixes, repeated ones, 1-token and empty replies)."""
+    import torch
+
+    model, tok = tiny
+    a, b = _prompt(tok, "뭐해?"), _prompt(tok, "주말에 시간 돼? 영화 보러 가자")
+    replies = [tok.encode(t, add_special_tokens=False) for t in ("응 집이야", "ㅋㅋ 좋아 가자", "응", "", "몰라")]
+    prefixes = [a.ids, b.ids, a.ids, b.ids, a.no_context_ids]
+
+    def alone(prefix, reply):
+        if not reply:
+            return 0.0
+        ids = torch.tensor([list(prefix) + list(reply)])
+        with torch.inference_mode():
+            logits = model(input_ids=ids).logits[0, len(prefix) - 1:-1]
+        return float(torch.log_softmax(logits.float(), -1).gather(1, torch.tensor(reply)[:, None]).sum())
+
+    got = decoding.reply_logp(model, tok, prefixes, replies)
+    assert got == pytest.approx([alone(p, r) for p, r in zip(prefixes, replies)], abs=1e-3)
+    assert got[3] == 0.0 and got[0] != got[1]
+
+
+def test_no_context_scoring_runs_once_per_distinct_acceptable_reply(tiny, monkeypatch):
+    """The MMI baseline costs a forward: identical candidates share one, and a job whose candidates
+    are all the same reply gets it once (four sampled rows, one scored)."""
+    model, tok = tiny
+    calls = []
+    real = decoding.no_context_logp
+    monkeypatch.setattr(decoding, "no_context_logp", lambda m, t, rows, replies: calls.append(len(rows)) or real(m, t, rows, replies))
+    hook = _biased(model, tok, {"▁응": 60.0})
+    try:
+        reply = decoding.generate(model, tok, [_prompt(tok, "뭐해?")], SamplingParams(max_new_tokens=2, candidates=4), seed=0)[0]
+    finally:
+        hook.remove()
+    assert len({c.ids for c in reply.candidates}) == 1 and calls == [1]
+    assert len({c.logp_no_context for c in reply.candidates}) == 1 and reply.candidates[0].logp_no_context is not None
+
+
 def test_same_seed_different_messages_different_replies(engine):
     replies = [engine.reply([{"role": "user", "content": m}], "minji", SamplingParams(max_new_tokens=12), seed=1)
                for m in ("민수야 뭐해?", "이번 주말에 시간 돼?", "밥 먹었어?")]
@@ -168,15 +207,12 @@ def test_row_distribution_equals_transformers_warpers():
 
 
 def test_a_rambling_candidate_is_cut_once_a_sibling_has_finished():
-    import torch
-
-    stop, pad = 9, 0
-    lag = decoding.Laggards(prompt_width=2, groups=[0, 0, 1, 1], stops=[stop])
-    rows = torch.tensor([[1, 1, 5, stop] + [pad] * 7, [1, 1] + [6] * 9, [1, 1] + [7] * 9, [1, 1] + [8] * 9])
-    # prompt 0: a sibling ended after 2 tokens, so its other row stops at 2 * 2 + 8 = 12 tokens, not before
-    assert lag(rows, None).tolist() == [True, False, False, False]
-    longer = torch.cat([rows, torch.full((4, 3), 6)], dim=1)
-    assert lag(longer, None).tolist() == [True, True, False, False]  # prompt 1: nobody finished yet
+    lag = decoding.Laggards(groups=[0, 0, 0, 1, 1])
+    # job 0: a sibling ended (its reply or its first bubble) after 4 tokens, so its rows still going stop
+    # at 4 * 1.5 + 4 = 10 tokens, not before; job 1: nobody finished yet
+    assert lag(9, [4, None, 7, None, None]) == [False, False, False, False, False]
+    assert lag(10, [4, None, 7, None, None]) == [False, True, False, False, False]
+    assert lag(40, [None] * 5) == [False] * 5
 
 
 def _padded_rows(tok, rows):
@@ -216,6 +252,29 @@ def test_narrow_output_layer_gives_the_same_logits_and_is_restored(tiny):
     assert "forward" not in head.__dict__
     torch.testing.assert_close(narrow, plain, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(wide[:, -1:], plain, rtol=1e-5, atol=1e-5)
+
+
+def test_narrow_output_layer_reaches_the_head_of_a_persona_with_new_token_rows(engine):
+    """The chat's model is a PeftModel whose tied output layer carries the adapter's new-token rows
+    (pinned in place): the W @ h.T path must reach the nn.Linear under PEFT's token wrapper, and be
+    the one a decoding step goes through."""
+    import torch
+
+    with engine.exclusive():
+        engine._activate("minji")
+        model = engine.model
+        head = decoding._output_linear(model)
+        assert isinstance(head, torch.nn.Linear) and head.weight.shape[0] == model.get_output_embeddings().weight.shape[0]
+        ids = torch.tensor([engine.prompt_ids([{"role": "user", "content": "뭐해?"}], "minji", 8)])
+        seen = []
+        with torch.inference_mode():
+            plain = model(input_ids=ids, logits_to_keep=1).logits
+            with decoding.narrow_output_layer(model):
+                narrow_forward = head.forward
+                head.forward = lambda x: (seen.append(tuple(x.shape)), narrow_forward(x))[1]
+                narrow = model(input_ids=ids, logits_to_keep=1).logits
+        assert seen and "forward" not in head.__dict__
+    torch.testing.assert_close(narrow, plain, rtol=1e-5, atol=1e-5)
 
 
 class _Recorder:
