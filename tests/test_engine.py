@@ -68,6 +68,29 @@ def test_concurrent_sessions_get_their_own_persona(engine):
     assert len(set(alone[:3])) == 3
 
 
+def test_replies_from_any_thread_are_decoded_on_the_one_model_thread(engine, monkeypatch):
+    """Every reply is decoded on the model thread, whichever thread asks (a second OpenMP team per
+    asking thread oversubscribes the CPU); its errors reach the asking thread; nested calls run at once."""
+    from chatbot import decoding, model_thread
+
+    seen = []
+    real = decoding.decode
+    monkeypatch.setattr(decoding, "decode", lambda *a, **k: seen.append(threading.get_ident()) or real(*a, **k))
+    history = [{"role": "user", "content": "뭐해?"}]
+    params = GenerationParams(max_new_tokens=4)
+    engine.reply(history, "minji", params, seed=0)
+    asker = threading.Thread(target=engine.reply, args=(history, "junho", params, 0))
+    asker.start()
+    asker.join()
+    assert len(seen) >= 2 and len(set(seen)) == 1 and seen[0] not in (threading.get_ident(), asker.ident)
+    assert model_thread.run(lambda: model_thread.run(model_thread.on_model_thread))  # nested: no deadlock
+    monkeypatch.setattr(decoding, "decode", lambda *a, **k: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        engine.reply(history, "minji", params, seed=0)
+    assert engine.exclusive().acquire(timeout=5)  # the failed reply released the lock
+    engine.exclusive().release()
+
+
 def test_streaming_grows(engine):
     one = replace(P, candidates=1)
     parts = list(engine.generate(HELLO, "minji", one, seed=2))
