@@ -58,6 +58,8 @@ def parse_csv(lines: list[str], source: str, roles: Callable[[list[str]], tuple[
     a row the CSV reader rejects are unparsed and reading resumes after them.
     """
     table = _Table(lines, source, roles, _with_max(headerless))
+    if not lines:
+        return table.result(0)
     # split_lines keeps the text it split (data_prep.encoding.Lines): no second join
     text = getattr(lines, "text", None) or "\n".join(lines) + "\n"
     # StringIO iteration splits at "\n" only, like split_lines did; csv reads it at C speed.
