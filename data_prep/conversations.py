@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import timedelta
+from itertools import chain
 
 from data_prep.records import Conversation, Message
 
@@ -29,36 +30,34 @@ class TurnConfig:
         return problems
 
 
-def _within(a: Message, b: Message, gap: timedelta) -> bool:
-    return a.ts is not None and b.ts is not None and timedelta(0) <= b.ts - a.ts <= gap
+# ends the last burst: no speaker equals None
+_END = Message(None, None, None, None, None)  # type: ignore[arg-type]
 
 
 def merge_bursts(messages: list[Message], burst_gap_s: float) -> list[Message]:
     """Stage: consecutive messages of one speaker within the gap become one turn (texts joined by newline).
 
     The turn keeps the first message's line and the last message's time, so the
-    next gap is measured from where the burst ended.
+    next gap is measured from where the burst ended. Runs on every message: fields
+    are unpacked once, and a burst is a slice of ``messages`` closed when the next
+    message does not continue it.
     """
-    gap = timedelta(seconds=burst_gap_s)
+    gap, zero = timedelta(seconds=burst_gap_s), timedelta(0)
     out: list[Message] = []
-    group: list[Message] = []
-    for m in messages:
-        if group and m.speaker == group[-1].speaker and m.source == group[-1].source and _within(group[-1], m, gap):
-            group.append(m)
-            continue
-        if group:
-            out.append(_merge(group))
-        group = [m]
-    if group:
-        out.append(_merge(group))
+    append, new_tuple = out.append, tuple.__new__
+    start, last_speaker, last_source, last_ts = 0, None, None, None
+    for i, (ts, speaker, _, source, _) in enumerate(chain(messages, (_END,))):
+        if (speaker != last_speaker or source != last_source or ts is None or last_ts is None
+                or not zero <= ts - last_ts <= gap):
+            if i - start > 1:  # Message(...) minus the NamedTuple's Python-level __new__
+                first = messages[start]
+                text = "\n".join([m[2] for m in messages[start:i]])
+                append(new_tuple(Message, (last_ts, first.speaker, text, first.source, first.line)))
+            elif i:
+                append(messages[start])
+            start = i
+        last_speaker, last_source, last_ts = speaker, source, ts
     return out
-
-
-def _merge(group: list[Message]) -> Message:
-    if len(group) == 1:
-        return group[0]
-    first = group[0]
-    return Message(group[-1].ts, first.speaker, "\n".join(m.text for m in group), first.source, first.line)
 
 
 def conversation_id(source: str, index: int) -> str:

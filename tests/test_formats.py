@@ -16,6 +16,7 @@ import pytest
 
 from data_prep.errors import ParseError
 from data_prep.formats import PARSERS, ParsedFile, parse_text, read_export
+from data_prep.formats._table import parse_timestamp
 from data_prep.records import Message
 
 FIXTURES = Path(__file__).parent / "fixtures" / "exports"
@@ -238,6 +239,32 @@ def test_csv_bad_rows_are_listed() -> None:
     parsed = parse_text(text, "x.csv")
     assert parsed.format == "kakao_macos" and [m.text for m in parsed.messages] == ["안녕"]
     assert [n for n, _ in parsed.unparsed] == [3, 5, 6]
+    assert_accounted(parsed)
+
+
+CSV_TIMES = ["2024-07-01 15:15:00", " 2024-07-01 15:15:01 ", "2024-07-01T15:15:02+09:00", "2024-07-01 15:15",
+             "2024-07-01T15:15:03Z", "\t2024-07-01 15:15:04.5+09:00\u3000"]
+
+
+def test_csv_rows_read_in_one_pass_match_the_general_timestamp_parser() -> None:
+    """Timestamps as parse_timestamp reads them (padded, with offsets), line numbers and kinds
+    right after multi-line bodies, a rejected row, a repeated header and short rows."""
+    rows = [f'{ts},"민수","{i}"' for i, ts in enumerate(CSV_TIMES)]
+    text = "\n".join(["Date,User,Message", rows[0], '2024-07-01 15:16:00,"철수","두\n줄"', rows[1],
+                      '2024-07-01 15:17:00,"철"수,깨짐', rows[2], "Date,User,Message", "", rows[3],
+                      '2024-07-01 15:18:00,"민수"', rows[4], '2024-07-01 15:19:00,"","민수님이 나갔습니다."',
+                      rows[5], '어제,"민수","x"']) + "\n"
+    parsed = parse_text(text, "x.csv")
+    got = [(m.ts, m.speaker, m.text, m.line) for m in parsed.messages]
+    ts = [parse_timestamp(t, {}) for t in CSV_TIMES]
+    assert got == [
+        (ts[0], "민수", "0", 2), (datetime(2024, 7, 1, 15, 16), "철수", "두\n줄", 3), (ts[1], "민수", "1", 5),
+        (ts[2], "민수", "2", 7), (ts[3], "민수", "3", 10), (ts[4], "민수", "4", 12),
+        (datetime(2024, 7, 1, 15, 19), "", "민수님이 나갔습니다.", 13), (ts[5], "민수", "5", 14)]
+    assert all(t.tzinfo is None for t in ts) and ts[5] == datetime(2024, 7, 1, 15, 15, 4, 500000)
+    assert [n for n, _ in parsed.unparsed] == [6, 11, 15]
+    assert parsed.line_kinds == {"message": 7, "continuation": 1, "header": 2, "date": 0, "system": 1, "blank": 1,
+                                 "unparsed": 3}
     assert_accounted(parsed)
 
 
