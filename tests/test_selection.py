@@ -94,6 +94,7 @@ def test_pmi_prefers_the_reply_the_context_explains_mean_logprob_the_generic_one
     assert s.values("mean") == [-2.0, -1.0, -3.0]
     assert s.values("pmi") == pytest.approx([8.0, 0.2, 0.4])
     assert s.values("pmi_mean") == pytest.approx([2.0, 0.1, 0.1])
+    assert s.values("mmi") == pytest.approx([0.0, -0.45, -1.45])  # (ctx - 0.5 bare) / tokens: the chat's score
     assert (s.hit("mean"), s.rank("mean")) == (0.0, 2.0)
     assert (s.hit("pmi"), s.rank("pmi")) == (1.0, 1.0)
 

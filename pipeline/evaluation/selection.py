@@ -11,7 +11,7 @@ same context; a hit is the true reply ranked first (chance 1/20 = 0.05). Two ite
   19 other held-out answers (different text; drawn from the other items' answers) as
   distractors.
 
-Three scores rank the candidates (each is reported, see :data:`SCORES`):
+Four scores rank the candidates (each is reported, see :data:`SCORES`):
 
 - ``mean``: mean log-prob per token of the reply given the context;
 - ``pmi``: log p(reply | context) - log p(reply | no context), both summed over the
@@ -20,7 +20,10 @@ Three scores rank the candidates (each is reported, see :data:`SCORES`):
   under ``mean``; PMI cancels what the reply gets without the message and keeps only
   what the message adds (the maximum-mutual-information criterion of Li et al. 2016);
 - ``pmi_mean``: PMI per reply token (PMI favours long replies, whose many tokens can
-  each gain a little from the context).
+  each gain a little from the context);
+- ``mmi``: the score the chat picks its reply by among its sampled candidates
+  (:mod:`chatbot.decoding`): ``(log p(reply | context) - 0.5 log p(reply | no context)) / tokens``,
+  so its Hits@1 says how often the chat's own reranking would choose the true reply.
 
 With a memory (``python -m pipeline.evaluate --memory``, system ``adapter_memory``) each item's
 prompt also shows the persona's own past replies to messages like the item's (:mod:`core.memory`,
@@ -38,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from chatbot.decoding import SamplingParams
 from core.chat_format import render
 from core.errors import UserError
 from core.memory import Memory, Recalled
@@ -47,7 +51,8 @@ from pipeline.evaluation.scoring import Example, ReplyScore, render_group, score
 from pipeline.evaluation.tasks import persona_pairs
 
 CANDIDATES = 20  # the true reply + 19 distractors (ConvAI2's Hits@1 of 20)
-SCORES = ("mean", "pmi", "pmi_mean")
+SCORES = ("mean", "pmi", "pmi_mean", "mmi")
+MMI_LAMBDA = SamplingParams().mmi_lambda  # the chat's weight of log p(reply | no context)
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,9 @@ class Selected:
             return pmi
         if score == "pmi_mean":
             return [p / c.tokens for p, c in zip(pmi, self.with_context)]
+        if score == "mmi":
+            return [(c.logprob - MMI_LAMBDA * n.logprob) / c.tokens for c, n in zip(self.with_context,
+                                                                                   self.without_context)]
         raise ValueError(f"unknown score {score!r}; one of {SCORES}")
 
     def hit(self, score: str) -> float:
