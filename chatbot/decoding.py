@@ -14,7 +14,8 @@ loses; one that answers this message gains. ``mmi_lambda`` 0.5: Li et al. keep l
 because at 1 the score rewards replies the plain model finds improbable, ungrammatical ones
 included; the candidates here are samples of p(reply | context), so they are fluent, and 0.5 is
 their middle setting. Candidates that are empty, echo the message or the persona's previous reply,
-or loop (definitions in :mod:`core.reply_shape`) are ranked after every acceptable one.
+or loop, or answer in 존댓말 for a persona who writes 반말 (definitions in :mod:`core.reply_shape`) are
+ranked after every acceptable one.
 
 In every mode, greedy included, a logits processor (:class:`ReplyShaper`) bans each token after
 which the reply would be empty-and-ended or contain a loop by that same definition (a character
@@ -42,7 +43,7 @@ from core import chat_format
 
 MAX_NEW_TOKENS_CAP = 512  # hard cap whatever the caller asks for
 MAX_CANDIDATES = 16
-_RANK = {None: 0, "echo": 1, "unfinished": 1, "empty": 3}  # loops rank 2: see _rank
+_RANK = {None: 0, "echo": 1, "unfinished": 1, "register": 1, "empty": 3}  # loops rank 2: see _rank
 LAGGARD_FACTOR = 1.5  # a row this many times longer than a finished sibling (+ LAGGARD_SLACK tokens) is cut
 LAGGARD_SLACK = 4
 CONTINUATION_SEED = 0x5DEECE66D  # xor-ed into a job's seed for the row that goes on after its first bubble

@@ -17,6 +17,9 @@ Pure text, no model. Definitions:
   ``lines``: more lines (bubbles) than the persona ever sent in one burst.
   A text loops when any prefix of it ends in one of these: that is what lets the logits
   processor ban, token by token, exactly what the final check would reject.
+- **register**: the reply is polite (존댓말: a sentence ends in -요, -죠, -(스)ㅂ니다/-ㅂ니까 or
+  -시오, :func:`is_polite`) while the persona's real turns almost never are (``polite_share`` below
+  :data:`POLITE_RARE`): a friend who writes 반말 does not answer "맛있게 드세요!".
 """
 from __future__ import annotations
 
@@ -39,6 +42,11 @@ ECHO_RATIO = 0.8
 NGRAM = 4
 MAX_BLOCK = 40
 _STRIP = re.compile(r"[\s.,!?~…]+")
+POLITE_RARE = 0.1  # a persona polite in fewer of its turns than this writes 반말: a polite reply is off-register
+# what may follow a sentence's last syllable: laughter, crying, emoji, emoticon parts, punctuation
+TRAILING = re.compile(r"[\s.!?~…,ㅋㅎㅠㅜ^;:)(_\-\u2600-\u27BF\U0001F000-\U0001FAFF]+$")
+_SENTENCES = re.compile(r"[.!?\n]+")
+_B_FINAL = 17  # ㅂ as a Hangul syllable's final consonant: 합니다, 입니까, 습니다
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,7 @@ class ReplyLimits:
     median_chars: int = 0  # 0 = unknown
     p90_chars: int = 0
     burst_share: float = 0.0  # share of turns sent as several messages (lines)
+    polite_share: float | None = None  # share of turns in 존댓말 (None: unknown, the register is not checked)
 
     def cap(self, ch: str) -> int:
         """The longest run of ``ch`` allowed (whitespace is never capped)."""
@@ -70,7 +79,13 @@ class ReplyLimits:
             max_runs={str(k): int(v) for k, v in runs.items()}, max_lines=max(int(lines), 1),
             median_chars=int(card.get("median_reply_chars") or 0), p90_chars=int(card.get("p90_reply_chars") or 0),
             burst_share=float(card.get("burst_share") or 0.0),
+            polite_share=None if card.get("polite_share") is None else float(card["polite_share"]),
         )
+
+    @property
+    def casual(self) -> bool:
+        """Whether the persona writes 반말 (polite in fewer than :data:`POLITE_RARE` of its turns)."""
+        return self.polite_share is not None and self.polite_share < POLITE_RARE
 
 
 def longest_runs(text: str) -> dict[str, int]:
@@ -119,9 +134,23 @@ def longest_class_runs(texts: Sequence[str]) -> dict[str, int]:
     return runs
 
 
+def _polite_end(sentence: str) -> bool:
+    core = TRAILING.sub("", sentence)
+    if core.endswith(("요", "죠", "시오")):
+        return True
+    # -ㅂ니다 / -ㅂ니까 (합니다, 입니까), not the casual -니까 of "배고프니까"
+    return len(core) >= 3 and core[-2] == "니" and core[-1] in "다까" and "가" <= core[-3] <= "힣" \
+        and (ord(core[-3]) - 0xAC00) % 28 == _B_FINAL
+
+
+def is_polite(text: str) -> bool:
+    """Whether a sentence of ``text`` ends in a polite form (see the module docstring)."""
+    return any(_polite_end(s) for s in _SENTENCES.split(text))
+
+
 def measure_limits(texts: Sequence[str]) -> dict[str, object]:
     """Card fields measured on real turns: ``max_runs`` per class (+ other), ``max_lines``,
-    ``p90_reply_chars``, ``burst_share``."""
+    ``p90_reply_chars``, ``burst_share``, ``polite_share``."""
     # a text without a newline is one bubble: only the others are split
     lines = [len(bubbles(t)) or 1 if "\n" in t else 1 for t in texts]
     lengths = list(map(len, texts))
@@ -131,6 +160,7 @@ def measure_limits(texts: Sequence[str]) -> dict[str, object]:
         "max_lines": max(lines, default=DEFAULT_MAX_LINES),
         "p90_reply_chars": int(statistics.quantiles(lengths, n=10)[-1]) if len(lengths) > 1 else sum(lengths),
         "burst_share": round(sum(1 for x in lines if x > 1) / n, 3),
+        "polite_share": round(sum(map(is_polite, texts)) / n, 3),
     }
 
 
@@ -192,13 +222,15 @@ def loop_reason(text: str, limits: ReplyLimits | None = None) -> str | None:
 
 
 def problem(reply: str, sources: Sequence[str], limits: ReplyLimits | None = None) -> str | None:
-    """``empty``, ``echo``, ``loop:<reason>`` or None: why a candidate reply is rejected."""
+    """``empty``, ``echo``, ``loop:<reason>``, ``register`` or None: why a candidate reply is rejected."""
     if not reply.strip():
         return "empty"
     why = loop_reason(reply, limits)
     if why:
         return f"loop:{why}"
-    return "echo" if is_echo(reply, sources) else None
+    if is_echo(reply, sources):
+        return "echo"
+    return "register" if limits is not None and limits.casual and is_polite(reply) else None
 
 
 def echo_sources(turns: Iterable[tuple[bool, str]]) -> tuple[str, ...]:

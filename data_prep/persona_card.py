@@ -17,12 +17,11 @@ from itertools import accumulate
 from pathlib import Path
 
 from core.errors import UserError
-from core.reply_shape import measure_limits
+from core.reply_shape import TRAILING, measure_limits
 
 _HASH_PREFIX = "# generated-sha256: "
 _EMOJI = re.compile("[\U0001F300-\U0001FAFF\u2600-\u27BF\U0001F000-\U0001F2FF]")
 _EMOTICON = re.compile(r"\^\^|\^_\^|:\)|:-\)|:D|;\)|T_T|ㅜ_ㅜ|ㅠ_ㅠ|-_-|>_<|o_o")
-_TRAILING = re.compile(r"[\s.!?~…,ㅋㅎㅠㅜ^;:)(_\-\u2600-\u27BF\U0001F000-\U0001FAFF]+$")
 _SENTENCE_END = re.compile(r"[.!?\n]+")
 MARKS = {"ㅋ": "ㅋ", "ㅎ": "ㅎ", "ㅠ": "ㅠㅜ"}
 
@@ -40,11 +39,13 @@ class PersonaCard:
     emoticon_share: float = 0.0  # share of turns with ^^, :) ...
     endings: list[str] = field(default_factory=list)  # most frequent last syllables, e.g. 요, 어, 지
     # limits the chat's decoding keeps to (core.reply_shape): longest run of ㅋ/ㅎ/ㅠ/ㅜ/!/?/./~
-    # and of any other character, most lines in one burst, 90th-percentile length, share of bursts
+    # and of any other character, most lines in one burst, 90th-percentile length, share of bursts,
+    # share of polite turns
     max_runs: dict[str, int] = field(default_factory=dict)
     max_lines: int = 0
     p90_reply_chars: int = 0
     burst_share: float = 0.0
+    polite_share: float | None = None  # share of turns in 존댓말 (-요, -ㅂ니다...): the register replies keep to
     instruction: str = ""  # what the model sees; clear it to re-render from the fields
 
 
@@ -61,7 +62,7 @@ def _share(pattern: re.Pattern, joined: str, starts: list[int]) -> int:
 
 def sentence_ending(sentence: str) -> str | None:
     """Last Hangul syllable of a sentence once laughter, emoji and punctuation are stripped."""
-    core = _TRAILING.sub("", sentence)
+    core = TRAILING.sub("", sentence)
     return core[-1] if core and "가" <= core[-1] <= "힣" else None
 
 

@@ -5,8 +5,8 @@ from core.reply_shape import read_limits
 from chatbot.decoding import Candidate, _choose
 from data_prep.persona_card import build_card, write_card
 from core.reply_shape import (
-    DEFAULT_RUNS, OTHER, RUN_CLASSES, ReplyLimits, bubbles, echo_sources, is_echo, longest_class_runs, longest_runs,
-    loop_reason, measure_limits, new_loop, problem,
+    DEFAULT_RUNS, OTHER, RUN_CLASSES, ReplyLimits, bubbles, echo_sources, is_echo, is_polite, longest_class_runs,
+    longest_runs, loop_reason, measure_limits, new_loop, problem,
 )
 from pipeline.evaluation.reply_stats import reply_stats
 
@@ -59,6 +59,21 @@ def test_echo():
     assert problem("  ", ["x"]) == "empty" and problem("ㅋㅋㅋㅋㅋㅋ", [], MINSU) == "loop:run"
 
 
+def test_register_polite_endings_and_casual_personas():
+    for polite in ("맛있게 드세요!", "네 알겠어요 ㅎㅎ", "그렇죠?", "감사합니다.", "어디 가십니까", "응. 먹었어요\n너는?",
+                   "조심히 가시오~"):
+        assert is_polite(polite), polite
+    for casual in ("맛있게 먹어!", "배고프니까 빨리 와", "응 알겠어 ㅋㅋ", "뭐해?", "요즘 바빠", "ㅋㅋㅋ", "", "ok"):
+        assert not is_polite(casual), casual
+    assert MINSU.polite_share == 0.0 and MINSU.casual  # none of 민수's turns is polite
+    assert problem("맛있게 드세요!", [], MINSU) == "register" and problem("맛있게 먹어!", [], MINSU) is None
+    polite_persona = ReplyLimits.from_card(measure_limits(["네 좋아요", "감사합니다", "응 그래"]))
+    assert polite_persona.polite_share == 0.667 and problem("맛있게 드세요!", [], polite_persona) is None
+    assert problem("맛있게 드세요!", [], ReplyLimits()) is None  # an old card: register unknown, not checked
+    c = lambda text, score, why: Candidate(text, 3, (1, 2, 3), -1.0, -2.0, score, why)  # noqa: E731
+    assert _choose([c("맛있게 드세요!", 5.0, "register"), c("맛있게 먹어", -2.0, None)]).text == "맛있게 먹어"
+
+
 def test_rejected_candidates_rank_last():
     c = lambda text, score, why: Candidate(text, 3, (1, 2, 3), -1.0, -2.0, score, why)  # noqa: E731
     cands = [c("", 9.0, "empty"), c("민수야 뭐해", 5.0, "echo"), c("ㅋㅋㅋㅋㅋ", 4.0, "loop:run"),
@@ -84,6 +99,8 @@ def test_reply_stats():
     s = reply_stats(replies, sources, MINSU, real=["응", "밥 먹는 중"])
     assert (s["n"], s["empty"], s["echo"], s["loop"]) == (4, 0.25, 0.25, 0.25)
     assert s["loop_reasons"] == {"run": 1} and s["multi_line"] == 0.25
+    assert s["polite"] == 0.0 and s["real_polite"] == 0.0
+    assert reply_stats(["네 좋아요", "응"], [()] * 2, MINSU, real=["감사합니다"])["real_polite"] == 1.0
     assert s["mean_chars"] == round((6 + 6 + 8) / 3, 1) and s["real_mean_chars"] == 3.5
     assert s["length_ratio"] == round(6.7 / 3.5, 3)
     assert bubbles(" 응 \n\n 지금 가 ") == ["응", "지금 가"]

@@ -1,5 +1,5 @@
-"""Statistics of generated replies: share of empty replies, echoes and loops, and length against
-the persona's real replies.
+"""Statistics of generated replies: share of empty replies, echoes and loops, polite (존댓말) replies,
+and length against the persona's real replies.
 
 The definitions are the ones the chat's decoding rejects candidates with
 (:mod:`core.reply_shape`), so "0 loops here" means what the chat enforces. The persona's
@@ -15,7 +15,7 @@ import statistics
 from collections import Counter
 from typing import Sequence
 
-from core.reply_shape import ReplyLimits, bubbles, echo_sources, is_echo, loop_reason
+from core.reply_shape import ReplyLimits, bubbles, echo_sources, is_echo, is_polite, loop_reason
 
 
 def _share(flags: Sequence[bool]) -> float:
@@ -40,6 +40,7 @@ def reply_stats(replies: Sequence[str], sources: Sequence[Sequence[str]], limits
         "mean_chars": round(statistics.fmean(lengths), 1) if lengths else 0.0,
         "median_chars": statistics.median(lengths) if lengths else 0,
         "multi_line": _share([len(bubbles(r)) > 1 for r in replies]),
+        "polite": _share([is_polite(r) for r in replies]),  # off-register when the persona writes 반말
     }
     if real:
         real_mean = statistics.fmean(real_lengths) if real_lengths else 0.0
@@ -47,6 +48,7 @@ def reply_stats(replies: Sequence[str], sources: Sequence[Sequence[str]], limits
             real_mean_chars=round(real_mean, 1), real_median_chars=statistics.median(real_lengths),
             length_ratio=round(float(out["mean_chars"]) / real_mean, 3) if real_mean else None,
             real_multi_line=_share([len(bubbles(r)) > 1 for r in real]),
+            real_polite=_share([is_polite(r) for r in real]),
         )
     return out
 

@@ -208,11 +208,12 @@ def attribution_md(block: Mapping[str, Any], chart: str | None) -> list[str]:
 def _replies_md(block: Mapping[str, Any] | None) -> list[str]:
     if not block:
         return []
-    md = ["### Generated replies: empty, echoes, loops, length (the chat's own decoding)", ""]
+    md = ["### Generated replies: empty, echoes, loops, length, register (the chat's own decoding)", ""]
     rows = [[SYSTEM_LABELS.get(s, "real (held-out)"), v["n"], v["empty"], v["echo"], v["loop"],
              ", ".join(f"{k} {n}" for k, n in v["loop_reasons"].items()) or "–", v["mean_chars"],
-             v.get("length_ratio"), v["multi_line"]] for s, v in block.items()]
-    md += _table(["replies", "n", "empty", "echo", "loop", "loop kinds", "mean chars", "/ real mean", "bursts"], rows)
+             v.get("length_ratio"), v["multi_line"], v.get("polite"), v.get("real_polite")] for s, v in block.items()]
+    md += _table(["replies", "n", "empty", "echo", "loop", "loop kinds", "mean chars", "/ real mean", "bursts",
+                  "polite (존댓말)", "real polite"], rows)
     return md + [""]
 
 
