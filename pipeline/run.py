@@ -132,7 +132,17 @@ def prepare_stage(cfg: RunConfig) -> Stage:
         _call(prepare.main, argv)
         audit_prepared(cfg)
 
-    return Stage("prepare", tuple(argv), inputs, outputs, action)
+    return Stage("prepare", tuple(argv), inputs, outputs, action, {"card": card_fields()})
+
+
+def card_fields() -> list[str]:
+    """The persona card's fields: part of the prepare stage's fingerprint, so that a new version of the
+    project that measures more about a persona (the chat reads it from the card) prepares again."""
+    from dataclasses import fields
+
+    from data_prep.persona_card import PersonaCard
+
+    return [f.name for f in fields(PersonaCard)]
 
 
 def audit_prepared(cfg: RunConfig, log: Callable[[str], None] = print) -> None:

@@ -68,6 +68,14 @@ def test_run_skips_unchanged_stages_and_reruns_from_a_changed_flag(tiny_gemma_di
     fourth = _statuses(capsys.readouterr().out)
     assert fourth == {"prepare": "skipped", "extend": "ran", "train:민수": "ran", "evaluate": "ran"}
 
+    # one whose persona card measures more (a new field the chat reads) prepares again, and so on
+    fields = run_module.card_fields()
+    assert "polite_share" in fields
+    monkeypatch.setattr(run_module, "card_fields", lambda: [*fields, "new_field"])
+    assert run_cli(main, _argv(tiny_gemma_dir, out, cache, "--samples", "1", "--lora-r", "2")) == 0
+    fifth = _statuses(capsys.readouterr().out)
+    assert fifth == {"prepare": "ran", "extend": "ran", "train:민수": "ran", "evaluate": "ran"}
+
 
 def test_run_reports_missing_inputs_in_one_line(tmp_path, capsys):
     code = run_cli(main, [str(tmp_path / "nope.txt"), "--persona", "민수", "--out", str(tmp_path / "r")])

@@ -269,10 +269,12 @@ METHOD_NOTES = """\
 - Identification ranks the style variants of one reply by **mean** log-prob per token: variants differ a
   lot in length, and a sum would prefer the shortest one whatever its style. Chance = 1/number of variants.
 - Next-reply selection ranks the true held-out reply among 19 others (the persona's own replies from other
-  conversations; or other held-out Q/A answers) in the same context, by three scores: mean log-prob per token
-  given the context; PMI = log p(reply | context) - log p(reply | same instruction, no context); and PMI per
-  token. PMI is the one to read: mean log-prob prefers short, generic replies that fit any message, while PMI
-  keeps only what the message adds. Chance = 1/20. Ties at the top count as a fair draw.
+  conversations; or other held-out Q/A answers) in the same context, by four scores: mean log-prob per token
+  given the context; PMI = log p(reply | context) - log p(reply | same instruction, no context); PMI per
+  token; and the chat's MMI, (log p(reply | context) - 0.5 log p(reply | no context)) / tokens, what the chat
+  picks its reply by among its candidates. PMI is the one to read: mean log-prob prefers short, generic
+  replies that fit any message, while PMI keeps only what the message adds. Chance = 1/20. Ties at the top
+  count as a fair draw.
 - Speaker attribution (several adapters): each held-out reply is scored by every adapter as its persona's reply
   (its instruction, its turns as the bot's) and given to the highest log-prob (the same reply tokens for every
   adapter, so sum and mean agree); "gain" subtracts the base model's score in the same prompt. Chance = 1/N.
@@ -281,10 +283,12 @@ METHOD_NOTES = """\
   format. The base never saw the chat tokens, so its number is inflated: a ratio below 1 means no forgetting
   was detected (the adapter learned the format), not that its Korean improved; above 1 is the warning sign.
 - Generated replies come from the chat's own decoding (`chatbot.decoding.generate`: 4 candidates, MMI
-  reranking, loop/echo rejection). Echo = a reply equal, after normalising, to the message it answers or to
-  the persona's previous reply, or at least 80% similar (difflib) with 4+ characters; loop = a character run
-  longer than the persona's real data shows, a block repeated 3 times, a repeated word 4-gram, or more lines
-  than the persona sends in one burst. The `real` row applies the same definitions to the real replies.
+  reranking, loop/echo rejection, 존댓말 ranked last for a persona who writes 반말). Echo = a reply equal,
+  after normalising, to the message it answers or to the persona's previous reply, or at least 80% similar
+  (difflib) with 4+ characters; loop = a character run longer than the persona's real data shows, a block
+  repeated 3 times, a repeated word 4-gram, or more lines than the persona sends in one burst; polite = a
+  sentence ending in -요, -죠, -ㅂ니다/-ㅂ니까 or -시오. The `real` row applies the same definitions to the
+  real replies.
 - Style statistics compare sampled replies (same seed for every system) with all held-out real replies:
   shares of replies with ㅋ/ㅎ/ㅠㅜ, emoji, emoticons, ?, !, ellipsis; mean length (relative difference);
   sentence endings (total variation distance); distinct-1/2 over words.
