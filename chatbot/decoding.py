@@ -33,6 +33,7 @@ rounding of batched matrix products, none seen on the CPU).
 from __future__ import annotations
 
 from contextlib import contextmanager
+from functools import lru_cache
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator, Sequence
 
@@ -40,6 +41,7 @@ from chatbot.routing import BASE_ADAPTER
 
 from core.reply_shape import ReplyLimits, bubbles, new_loop, problem
 from core import chat_format
+from core.models import cache_name
 
 MAX_NEW_TOKENS_CAP = 512  # hard cap whatever the caller asks for
 MAX_CANDIDATES = 16
@@ -352,7 +354,7 @@ def _decode_rows(model, tokenizer, jobs: Sequence[Job], by_bubble: bool) -> list
         with _routed(model, _adapter_names([j.prompt for j in jobs])):
             cache = shared_prefill(model, ids, mask, groups)
         with _routed(model, _adapter_names([j.prompt for j, _ in rows])):
-            seqs = model.generate(**kw, **({} if cache is None else {"cache": cache}))
+            seqs = model.generate(**kw, **({} if cache is None else {cache_name(model): cache}))
     gen = seqs[:, ids.shape[1]:].cpu()
     logps = recorder.finish(seqs[:, -1])
     cands = _candidates(model, tokenizer, rows, gen, logps, stops, batch.bubble)
@@ -429,7 +431,7 @@ def shared_prefill(model, ids, mask, groups: Sequence[int]):
     dev = model.device
     out = model(input_ids=u_ids.to(dev), attention_mask=u_mask.to(dev), position_ids=pos.to(dev), use_cache=True,
                 logits_to_keep=1)
-    cache = out.cache
+    cache = out[cache_name(model)]
     cache.batch_select_indices(torch.tensor(list(groups), device=dev))
     return cache
 
@@ -612,9 +614,15 @@ def _candidates(model, tokenizer, rows: Sequence[tuple[Job, int]], gen, logps, s
     out = []
     for (job, _), (ids, k), lp, lb, sc, bub, text, w in zip(rows, parts, logp, base, scored, bubble, texts, why):
         before = list(job.prompt.reply_prefix)
-        score = (lp - job.params.mmi_lambda * (lb or 0.0)) / max(k, 1)
+        score = mmi_score(lp, lb or 0.0, k, job.params.mmi_lambda)
         out.append(Candidate(text, len(before) + k, tuple(before + sc), lp, lb, score, w, len(sc) > len(ids), bub))
     return out
+
+
+def mmi_score(logp: float, logp_no_context: float, tokens: int, mmi_lambda: float) -> float:
+    """The reranking score (module docstring): ``(log p(reply | context) - mmi_lambda * log p(reply | no
+    context)) / tokens``; the evaluation's next-reply selection reports it too."""
+    return (logp - mmi_lambda * logp_no_context) / max(tokens, 1)
 
 
 def _no_context(model, tokenizer, rows: Sequence[tuple[Job, int]], scored: Sequence[list[int]],
@@ -677,15 +685,16 @@ def reply_logp(model, tokenizer, prefixes: Sequence[Sequence[int]], replies: Seq
             t_mask = torch.zeros((len(reps), width), dtype=torch.long)
             for b, r in enumerate(reps):
                 t_ids[b, :len(r) - 1], t_mask[b, :len(r) - 1] = torch.tensor(r[:-1]), 1
-            cache = head.cache
+            name = cache_name(model)
+            cache = head[name]
             cache.batch_select_indices(sel.to(dev))
             mask = torch.cat([p_mask[sel], t_mask], dim=1)
             pos = p_mask.sum(1)[sel, None] + torch.arange(width)
             keep = t_mask.bool()
-            packed = _PACKED_LOGITS and adapters is None  # per-row adapter routing needs (rows, positions)
+            packed = _packed_logits() and adapters is None  # per-row adapter routing needs (rows, positions)
             with _routed(model, adapters and [adapters[i] for i in rows]):
                 logits = model(input_ids=t_ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
-                               cache=cache, logits_to_keep=keep.to(dev) if packed else 0).logits
+                               logits_to_keep=keep.to(dev) if packed else 0, **{name: cache}).logits
             logits = logits if packed else logits[keep.to(dev)]  # (reply tokens but the first, vocab)
             target = torch.tensor([t for r in reps for t in r[1:]], device=dev)
             tail = torch.log_softmax(logits.float(), dim=-1).gather(1, target[:, None])[:, 0].cpu()
@@ -695,17 +704,16 @@ def reply_logp(model, tokenizer, prefixes: Sequence[Sequence[int]], replies: Seq
     return out
 
 
+@lru_cache(maxsize=1)
 def _packed_logits() -> bool:
     """Whether this transformers takes a boolean ``logits_to_keep`` mask (logits of the True positions
-    only, flattened); older 5.x releases take an int or positions shared by every row."""
+    only, flattened); older 5.x releases take an int or positions shared by every row. Asked on first
+    use: importing this module stays free of torch and transformers."""
     try:
         from transformers.modeling_utils import slice_logits_to_keep  # noqa: F401
     except ImportError:
         return False
     return True
-
-
-_PACKED_LOGITS = _packed_logits()
 
 
 def _positions(mask):

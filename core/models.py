@@ -125,3 +125,13 @@ def load_adapter(base, directory: str | Path, name: str = "default", into=None):
     from peft import PeftModel
 
     return PeftModel.from_pretrained(base, str(directory), adapter_name=name)
+
+
+def cache_name(module) -> str:
+    """The forward's (and ``generate``'s) KV-cache argument: ``cache`` in newer transformers 5 releases,
+    which deprecate ``past_key_values`` (to be removed in 5.40); ``past_key_values`` in the older ones.
+    The model output holds the cache under the same name (``out[name]``)."""
+    import inspect
+
+    inner = module.get_base_model() if hasattr(module, "get_base_model") else module  # PeftModel forwards kwargs
+    return "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"

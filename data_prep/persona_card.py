@@ -22,7 +22,6 @@ from core.reply_shape import TRAILING, measure_limits
 _HASH_PREFIX = "# generated-sha256: "
 _EMOJI = re.compile("[\U0001F300-\U0001FAFF\u2600-\u27BF\U0001F000-\U0001F2FF]")
 _EMOTICON = re.compile(r"\^\^|\^_\^|:\)|:-\)|:D|;\)|T_T|ㅜ_ㅜ|ㅠ_ㅠ|-_-|>_<|o_o")
-_SENTENCE_END = re.compile(r"[.!?\n]+")
 MARKS = {"ㅋ": "ㅋ", "ㅎ": "ㅎ", "ㅠ": "ㅠㅜ"}
 
 

@@ -30,7 +30,7 @@ def test_importing_data_prep_and_core_loads_no_heavy_library():
     import subprocess
 
     code = ("import sys, core, core.errors, core.cli, core.files, core.chat_format, core.adapter_format, "
-            "core.models, data_prep.formats, data_prep.pairs, data_prep.errors, chatbot.adapters; "
+            "core.models, data_prep.formats, data_prep.pairs, data_prep.errors, chatbot.adapters, chatbot.decoding; "
             "print(sorted(m for m in ('torch', 'transformers', 'gradio', 'peft') if m in sys.modules))")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO)

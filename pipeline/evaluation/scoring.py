@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 from core.chat_format import IGNORE_INDEX, Rendered, pad_id, render
+from core.models import cache_name
 
 
 @dataclass(frozen=True)
@@ -93,15 +94,6 @@ def _sum_logprobs(logits, targets, labels_rows: list[list[int]]) -> list[ReplySc
     return out
 
 
-def _cache_name(module) -> str:
-    """The forward's KV-cache argument: ``cache`` in newer transformers 5 releases, which deprecate
-    ``past_key_values`` (to be removed in 5.40); ``past_key_values`` in the older ones."""
-    import inspect
-
-    inner = module.get_base_model() if hasattr(module, "get_base_model") else module  # PeftModel forwards kwargs
-    return "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
-
-
 def score_group(model, tokenizer, renders: Sequence[Rendered]) -> list[ReplyScore]:
     """Score rendered examples; their common prompt is run once (``_score_full`` is the one-by-one twin)."""
     import torch
@@ -121,7 +113,7 @@ def score_group(model, tokenizer, renders: Sequence[Rendered]) -> list[ReplyScor
     with torch.inference_mode():
         if supports_fast_loss(model):
             return _score_tails(model, prefix, ids.to(dev), labels_rows)
-        name = _cache_name(model)
+        name = cache_name(model)
         head = model(input_ids=prefix, use_cache=True, logits_to_keep=1)
         cache = head[name]
         if len(renders) > 1:
@@ -142,7 +134,7 @@ def _score_tails(model, prefix, ids, labels_rows: list[list[int]]) -> list[Reply
 
     lm = causal_lm(model)
     decoder = lm.get_decoder()
-    name = _cache_name(decoder)
+    name = cache_name(decoder)
     head = decoder(inputs_embeds=embed(lm, prefix), use_cache=True)
     cache = head[name]
     n = ids.shape[0]

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from chatbot.decoding import SamplingParams
+from chatbot.decoding import SamplingParams, mmi_score
 from core.chat_format import render
 from core.errors import UserError
 from core.memory import Memory, Recalled
@@ -85,8 +85,8 @@ class Selected:
         if score == "pmi_mean":
             return [p / c.tokens for p, c in zip(pmi, self.with_context)]
         if score == "mmi":
-            return [(c.logprob - MMI_LAMBDA * n.logprob) / c.tokens for c, n in zip(self.with_context,
-                                                                                   self.without_context)]
+            return [mmi_score(c.logprob, n.logprob, c.tokens, MMI_LAMBDA)
+                    for c, n in zip(self.with_context, self.without_context)]
         raise ValueError(f"unknown score {score!r}; one of {SCORES}")
 
     def hit(self, score: str) -> float:
