@@ -89,6 +89,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tiny", action="store_true", help="tiny random base model and 40 dialogues: a quick check")
     ap.add_argument("--max-steps", type=int, help="training steps per persona (default: pipeline.train's)")
     ap.add_argument("--max-examples", type=int, default=30, help="held-out replies per persona (default 30)")
+    ap.add_argument("--contrast", type=float, help="pipeline.train --contrast (default: pipeline.train's)")
     ap.add_argument("--limit", type=int, default=0, help="use only the first N SmileStyle dialogues (0: all)")
     ap.add_argument("--base-model", help="base model (default: the project's default model)")
     ap.add_argument("--out", type=Path, help="run folder (default runs/bench_fidelity, or a temp dir with --tiny)")
@@ -121,6 +122,8 @@ def main(argv=None) -> int:
                 "--max-examples", str(a.max_examples), "--dialogue" if a.dialogue else "--no-dialogue", *argv_run]
     if a.max_steps:
         argv_run += ["--max-steps", str(a.max_steps)]
+    if a.contrast is not None:
+        argv_run += ["--contrast", str(a.contrast)]
     print("python -m pipeline.run " + " ".join(argv_run), flush=True)
     code = run_main(argv_run)
     if code:

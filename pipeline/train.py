@@ -75,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     a("--resume", nargs="?", const="latest",
       help="continue from the newest readable checkpoint in --out (a damaged newest one is skipped, with a log "
            "line) or from the given one")
+    a("--contrast", type=float, default=d.contrast,
+      help="weight of a contrastive term: each reply must be likelier after its own prompt than after another "
+           f"example's (one extra forward per example; default {d.contrast:g}: off)")
+    a("--init-adapter", help="start from this adapter's weights (same LoRA rank and extended base) instead of "
+                             "a fresh LoRA")
     dialogue_flag(ap)
     a("-v", "--verbose", action="store_true", help="debug logging")
     return ap

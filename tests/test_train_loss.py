@@ -125,3 +125,43 @@ def test_tiled_cross_entropy_equals_full_logits(base, block, request, train_cach
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-5 * float(a.abs().max())), float((a - b).abs().max())
     with torch.no_grad():  # evaluation: no gradient work, same value
         assert torch.allclose(loss_mod.chunked_loss(lm, hidden, targets), reference, rtol=1e-5)
+
+
+@pytest.mark.parametrize("base", ["tiny_gemma_dir", "tiny_gemma_untied_dir"])
+def test_tiled_row_losses_take_per_row_weights(base, request, train_cache, monkeypatch):
+    """The per-row losses' gradients under unequal upstream weights (what a loss on per-example sums
+    sends back) equal those of cross_entropy over the full logits, the new tokens' rows included."""
+    from pipeline.training import loss as loss_mod
+
+    model, tok, manifest = _lora_model(request.getfixturevalue(base), train_cache)
+    lm = causal_lm(model)
+    monkeypatch.setattr(loss_mod, "VOCAB_BLOCK", 7)
+    gen = torch.Generator().manual_seed(1)
+    hidden = (torch.randn(9, lm.config.hidden_size, generator=gen) * 40).requires_grad_()
+    targets = torch.randint(0, len(tok), (9,), generator=gen)
+    targets[:3] = torch.tensor(manifest["new_token_ids"][:3])
+    weights = torch.randn(9, generator=gen)
+    head_rows = [rows for _, rows in loss_mod._token_rows(loss_mod._token_layer(lm.get_output_embeddings()), "cpu")]
+    params = [hidden] + head_rows
+    reference = torch.nn.functional.cross_entropy(project(lm, hidden).float(), targets, reduction="none")
+    rows = loss_mod.token_losses(lm, hidden, targets)
+    assert torch.allclose(rows, reference, rtol=1e-5)
+    for a, b in zip(torch.autograd.grad((reference * weights).sum(), params),
+                    torch.autograd.grad((rows * weights).sum(), params)):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5 * float(a.abs().max())), float((a - b).abs().max())
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_per_example_sums_are_each_rows_loss(fast, tiny_gemma_dir, train_cache):
+    model, tok, _ = _lora_model(tiny_gemma_dir, train_cache)
+    batch = _batch(tok)
+    loss = SupervisedLoss(model)
+    loss.supervised_only = fast  # the gathered-head path and the model's own forward
+    sums, counts = loss(**batch, per_example=True)
+    total, n = loss(**batch)
+    assert sums.shape == (len(batch["input_ids"]),) and int(counts.sum()) == int(n)
+    assert torch.allclose(sums.sum(), total, rtol=1e-5)
+    for row in range(len(sums)):  # each row alone gives its own sum
+        one = {k: v[row:row + 1] for k, v in batch.items()}
+        alone, _ = loss(**one)
+        assert torch.allclose(sums[row], alone, rtol=1e-4, atol=1e-4)

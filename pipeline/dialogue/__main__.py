@@ -48,6 +48,11 @@ def _args(argv: Sequence[str] | None):
     p.add_argument("--max-steps", type=int, default=d["max_steps"], help=f"training steps (default {d['max_steps']})")
     p.add_argument("--batch-size", type=int, default=d["batch_size"], help=f"examples a step (default {d['batch_size']})")
     p.add_argument("--lr", type=float, default=d["lr"], help=f"peak learning rate (default {d['lr']:g})")
+    p.add_argument("--contrast", type=float, default=d.get("contrast", 0.0),
+                   help="weight of the contrastive term (pipeline.train --contrast): each answer must be likelier "
+                        "after its own question than after another's")
+    p.add_argument("--init-adapter", type=Path, help="continue from this dialogue adapter's weights (e.g. "
+                                                     "pipeline/assets/dialogue_ko) instead of a fresh LoRA")
     p.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: all CPUs available)")
     return p.parse_args(argv)
@@ -60,7 +65,7 @@ def export(trained: Path, out: Path, base_sha256: str) -> None:
 
     manifest = json.loads((trained / MANIFEST).read_text(encoding="utf-8"))
     keep = {k: manifest[k] for k in ("method", "base_model", "extended_fingerprint", "instruction", "max_length",
-                                     "config", "metrics", "versions")}
+                                     "config", "metrics", "versions", "init_adapter_sha256") if k in manifest}
     keep["config"] = {k: v for k, v in keep["config"].items() if k not in ("data", "out", "cache_dir")}
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(trained / CONFIG, out / CONFIG)
@@ -86,7 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         base_cfg = TrainConfig(str(data), str(Path(tmp) / "adapter"), persona=PERSONA, base_model=a.base_model,
                                cache_dir=str(cache), seed=a.seed, threads=a.threads, dialogue=False)
         cfg = replace(base_cfg, **{**TRAIN_DEFAULTS, "max_steps": a.max_steps, "batch_size": a.batch_size,
-                                   "lr": a.lr})
+                                   "lr": a.lr, "contrast": a.contrast,
+                                   "init_adapter": str(a.init_adapter) if a.init_adapter else None})
         cfg.validate()
         result = train(cfg)
         export(result.out, out, ref.sha256)

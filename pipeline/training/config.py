@@ -66,6 +66,10 @@ class TrainConfig:
     threads: int | None = None  # torch CPU threads (default: the CPUs this process may use)
     resume: str | None = None  # "latest" or a checkpoint directory
     dialogue: bool = DIALOGUE_DEFAULT  # train on the extended base with the dialogue stage merged (pipeline.dialogue_stage)
+    # weight of the contrastive term (loop._forward): each reply's loss after its own prompt against after another
+    # example's prompt; 0 trains on the replies' likelihood alone
+    contrast: float = 0.0
+    init_adapter: str | None = None  # start from this adapter's weights (same rank and base) instead of fresh LoRA
 
     def validate(self) -> None:
         """Raise one UserError naming every bad flag."""
@@ -93,6 +97,10 @@ class TrainConfig:
             p.append("--rehearsal-ratio must be between 0 and 1")
         if self.rehearsal and not Path(self.rehearsal).is_file():
             p.append(f"--rehearsal {self.rehearsal}: no such file")
+        if not self.contrast >= 0:
+            p.append("--contrast must not be negative")
+        if self.init_adapter and not (Path(self.init_adapter) / "adapter_model.safetensors").is_file():
+            p.append(f"--init-adapter {self.init_adapter}: no adapter_model.safetensors there")
         if self.qlora and default_device() != "cuda":
             p.append("--qlora needs a CUDA GPU (bitsandbytes 4-bit); on a CPU train plain LoRA")
         if p:

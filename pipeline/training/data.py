@@ -137,6 +137,29 @@ def plan_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int)
     return batches
 
 
+def reply_start(example: Rendered) -> int:
+    """Index of the first supervised token: the prompt (instruction, context, ``<|bot|>``) is before it."""
+    return next(i for i, x in enumerate(example.labels) if x != IGNORE_INDEX)
+
+
+def swap_contexts(examples: Sequence[Rendered], max_length: int) -> list[Rendered | None]:
+    """For each example, its reply and closing ``<|eot|>`` after the *next* example's prompt (a rotation
+    of the batch): the distractor the contrastive term compares it with. None where that prompt is the
+    example's own (the same question twice in a batch), the batch has one example, or the result would
+    exceed ``max_length``."""
+    out: list[Rendered | None] = []
+    n = len(examples)
+    for i, e in enumerate(examples):
+        other = examples[(i + 1) % n]
+        a, b = reply_start(e), reply_start(other)
+        prompt, tail = other.input_ids[:b], e.input_ids[a:]
+        if n < 2 or prompt == e.input_ids[:a] or len(prompt) + len(tail) > max_length:
+            out.append(None)
+            continue
+        out.append(Rendered(prompt + tail, [IGNORE_INDEX] * b + e.labels[a:], other.context_turns))
+    return out
+
+
 def collate(examples: Sequence[Rendered], pad: int) -> dict:
     """Right-pad to the longest example with ``pad`` (never EOS); labels are -100 on padding."""
     import torch

@@ -30,7 +30,7 @@ from pipeline.training import checkpoint as ckpt_io
 from pipeline.training import memory
 from pipeline.training.checkpoint import LoopState
 from pipeline.training.config import TrainConfig
-from pipeline.training.data import collate, plan_batches
+from pipeline.training.data import collate, plan_batches, swap_contexts
 
 
 @dataclass(frozen=True)
@@ -182,66 +182,117 @@ def _micro_batches(c: _Ctx, state: LoopState) -> list[list[Rendered]]:
     return [[c.data.train[i] for i in plan[j]] for j in range(start, start + accum)]
 
 
+def _forward(c: _Ctx, examples: list[Rendered]) -> tuple[object, object, int, int]:
+    """(sum of the replies' token losses, sum of the contrastive term, its pairs, pairs it ranks right).
+
+    With ``--contrast`` the batch also holds each reply after another example's prompt
+    (:func:`swap_contexts`), and the term is ``softplus(loss(reply | own prompt) - loss(reply | other
+    prompt))`` per reply, the losses summed over the reply's tokens: a Bradley-Terry preference for the
+    prompt the reply answers, so the model learns to *use* the message (the distractor objective of
+    TransferTransfo, Wolf et al. 2019, on the LM's own likelihood; PMI ranking rewards exactly this).
+    """
+    import torch
+
+    negatives = swap_contexts(examples, c.cfg.max_length) if c.cfg.contrast else []
+    pairs = [i for i, e in enumerate(negatives) if e is not None]
+    rows = examples + [negatives[i] for i in pairs]
+    batch = {k: v.to(c.acc.device) for k, v in collate(rows, c.data.pad).items()}
+    with c.acc.autocast():
+        if not pairs:
+            lm, _ = c.model(**batch)
+            return lm, None, 0, 0
+        sums, _ = c.model(**batch, per_example=True)
+    own, other = sums[pairs], sums[len(examples):]
+    margin = own - other
+    return (sums[:len(examples)].sum(), torch.nn.functional.softplus(margin).sum(), len(pairs),
+            int((margin < 0).sum()))
+
+
 def _train_step(c: _Ctx, state: LoopState) -> dict:
     """One optimizer step; returns the step's loss per supervised token and its token count."""
     import torch
 
     _seed_step(c.cfg.seed, state.step, c.acc.process_index)
-    batches = [collate(b, c.data.pad) for b in _micro_batches(c, state)]
-    local_n = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
-    global_n = _reduce_sum(c.acc, local_n)
+    micro = _micro_batches(c, state)
+    local_n = sum(e.supervised for b in micro for e in b)
+    local_pairs = sum(e is not None for b in micro for e in swap_contexts(b, c.cfg.max_length)) \
+        if c.cfg.contrast else 0
+    global_n, global_pairs = _reduce_sum(c.acc, local_n, local_pairs)
+    world = c.acc.num_processes
     c.model.train()
-    loss_total, tokens = 0.0, 0
-    for i, batch in enumerate(batches):
-        batch = {k: v.to(c.acc.device) for k, v in batch.items()}
-        sync = nullcontext() if i == len(batches) - 1 else c.acc.no_sync(c.model)
-        with sync, c.acc.autocast():
-            loss_sum, _ = c.model(**batch)
-            # DDP averages gradients over ranks, hence * world: the result is sum / global tokens
-            c.acc.backward(loss_sum / global_n * c.acc.num_processes)
-        loss_total += float(loss_sum.detach())
-        tokens += int(batch["attention_mask"].sum())
+    loss_total, contrast_total, right, tokens = 0.0, 0.0, 0, 0
+    for i, examples in enumerate(micro):
+        sync = nullcontext() if i == len(micro) - 1 else c.acc.no_sync(c.model)
+        with sync:
+            lm_sum, contrast_sum, _, ok = _forward(c, examples)
+            # DDP averages gradients over ranks, hence * world: each term is its sum / its global count
+            loss = lm_sum / global_n * world
+            if contrast_sum is not None:
+                loss = loss + c.cfg.contrast * contrast_sum / global_pairs * world
+                contrast_total, right = contrast_total + float(contrast_sum.detach()), right + ok
+            c.acc.backward(loss)
+        loss_total += float(lm_sum.detach())
+        tokens += sum(len(e.input_ids) for e in examples)
     grad_norm = torch.nn.utils.clip_grad_norm_(c.params, c.cfg.max_grad_norm)
     c.optimizer.step()
     c.scheduler.step()
     c.optimizer.zero_grad(set_to_none=True)
-    loss_total, tokens = _reduce_sum(c.acc, loss_total, tokens)
+    loss_total, tokens, contrast_total, right = _reduce_sum(c.acc, loss_total, tokens, contrast_total, right)
     state.step += 1
     state.tokens += int(tokens)
-    return {"loss": loss_total / global_n, "tokens": int(tokens), "grad_norm": float(grad_norm)}
+    m = {"loss": loss_total / global_n, "tokens": int(tokens), "grad_norm": float(grad_norm)}
+    if global_pairs:
+        m.update(contrast=contrast_total / global_pairs, contrast_acc=right / global_pairs)
+    return m
 
 
-def evaluate(c: _Ctx, examples: list[Rendered]) -> float | None:
-    """Mean loss per supervised token over ``examples`` (sharded over ranks); None when empty."""
+def evaluate(c: _Ctx, examples: list[Rendered]) -> dict | None:
+    """Mean loss per supervised token over ``examples`` (sharded over ranks), and with ``--contrast``
+    the contrastive term's mean and the share of replies it ranks right (each against the next
+    example's prompt in length order); None when there are no examples."""
     import torch
 
     if not examples:
         return None
     mine = sorted(examples[c.acc.process_index::c.acc.num_processes], key=lambda e: len(e.input_ids))
-    total, n = 0.0, 0
+    total, n, con, pairs, right = 0.0, 0, 0.0, 0, 0
     c.model.eval()
     with torch.no_grad():
         for i in range(0, len(mine), c.cfg.batch_size):
-            batch = {k: v.to(c.acc.device) for k, v in collate(mine[i:i + c.cfg.batch_size], c.data.pad).items()}
-            with c.acc.autocast():
-                s, k = c.model(**batch)
-            total, n = total + float(s), n + int(k)
-    total, n = _reduce_sum(c.acc, total, n)
-    return total / max(1.0, n)
+            part = mine[i:i + c.cfg.batch_size]
+            lm_sum, contrast_sum, k, ok = _forward(c, part)
+            total, n = total + float(lm_sum), n + sum(e.supervised for e in part)
+            if contrast_sum is not None:
+                con, pairs, right = con + float(contrast_sum), pairs + k, right + ok
+    total, n, con, pairs, right = _reduce_sum(c.acc, total, n, con, pairs, right)
+    out = {"loss": total / max(1.0, n)}
+    if pairs:
+        out.update(contrast=con / pairs, contrast_acc=right / pairs)
+    return out
+
+
+def objective(cfg: TrainConfig, ev: dict) -> float:
+    """What the best weights are chosen by: the validation loss, plus the weighted contrastive term."""
+    return ev["loss"] + cfg.contrast * ev.get("contrast", 0.0)
 
 
 def _eval_and_track(c: _Ctx, state: LoopState, best: dict | None, log: MetricsLog) -> dict | None:
     """Evaluate, log, and keep the best weights; returns the (possibly new) best weights."""
-    val = evaluate(c, c.data.val)
+    ev = evaluate(c, c.data.val)
     reh = evaluate(c, c.data.rehearsal_val)
+    val = ev["loss"] if ev is not None else None
     record = {"step": state.step, "val_loss": val, "val_ppl": math.exp(min(val, 50)) if val is not None else None,
-              "rehearsal_val_loss": reh}
+              "rehearsal_val_loss": reh["loss"] if reh is not None else None}
+    if ev is not None and "contrast" in ev:
+        record.update(val_contrast=ev["contrast"], val_contrast_acc=ev["contrast_acc"],
+                      val_objective=objective(c.cfg, ev))
     log.write(record)
     state.last_eval = record
-    if val is None:
+    if ev is None:
         return best
-    if state.best_val is None or val < state.best_val - 1e-4:
-        state.best_val, state.best_step, state.bad_evals = val, state.step, 0
+    score = objective(c.cfg, ev)
+    if state.best_val is None or score < state.best_val - 1e-4:
+        state.best_val, state.best_step, state.bad_evals = score, state.step, 0
         return ckpt_io.trainable_state(c.inner)
     state.bad_evals += 1
     return best
@@ -305,7 +356,8 @@ def run(cfg: TrainConfig, model, data: LoopData, out: Path, fingerprint: str, ac
             if state.step % cfg.log_every == 0 or state.step == total:
                 log.write({"step": state.step, "epoch": state.epoch, "loss": sum(window) / len(window),
                            "lr": scheduler.get_last_lr()[0], "grad_norm": m["grad_norm"],
-                           "tokens_per_s": tok_s, "elapsed_s": time.perf_counter() - t0})
+                           "tokens_per_s": tok_s, "elapsed_s": time.perf_counter() - t0,
+                           **{k: m[k] for k in ("contrast", "contrast_acc") if k in m}})
                 window = []
             if state.step == total or (every and state.step % every == 0):
                 t_eval = time.perf_counter()

@@ -119,7 +119,9 @@ class SupervisedLoss(nn.Module):
 
     Returning the sum (not the mean) lets the loop normalise by the tokens of a
     whole accumulated step, across processes, so every supervised token weighs the same.
-    Wrapping the model in a module keeps DDP's forward hooks in the path.
+    With ``per_example=True`` both come per row of the batch (the contrastive term compares
+    one reply's loss under two contexts). Wrapping the model in a module keeps DDP's forward
+    hooks in the path.
     """
 
     def __init__(self, model: nn.Module):
@@ -127,21 +129,25 @@ class SupervisedLoss(nn.Module):
         self.model = model
         self.supervised_only = supports_fast_loss(model)
 
-    def forward(self, input_ids, attention_mask, labels) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, input_ids, attention_mask, labels, per_example: bool = False):
         targets = labels[:, 1:]
         keep = targets != IGNORE_INDEX
-        n = keep.sum()
         if not self.supervised_only:
-            out = self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, use_cache=False)
-            return out.loss * n, n  # the model's loss is the mean over the same supervised tokens
-        lm = causal_lm(self.model)
-        embeds = embed(lm, input_ids)
-        hidden = lm.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False)[0]
-        return chunked_loss(lm, hidden[:, :-1][keep], targets[keep]), n
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+            losses = nn.functional.cross_entropy(logits[:, :-1][keep].float(), targets[keep], reduction="none")
+        else:
+            lm = causal_lm(self.model)
+            embeds = embed(lm, input_ids)
+            hidden = lm.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False)[0]
+            losses = token_losses(lm, hidden[:, :-1][keep], targets[keep])
+        if not per_example:
+            return losses.sum(), keep.sum()
+        row = keep.nonzero()[:, 0]
+        return losses.new_zeros(len(input_ids)).index_add(0, row, losses), keep.sum(dim=1)
 
 
-def _loss_sum(lm: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return nn.functional.cross_entropy(project(lm, hidden).float(), targets, reduction="sum")
+def _row_losses(lm: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return nn.functional.cross_entropy(project(lm, hidden).float(), targets, reduction="none")
 
 
 def _frozen_head(lm: nn.Module):
@@ -165,7 +171,7 @@ def _frozen_head(lm: nn.Module):
 
 
 class _TiledCrossEntropy(torch.autograd.Function):
-    """Sum over rows of cross_entropy(softcap(hidden @ W.T + b), target), one block of the vocabulary
+    """Per row, cross_entropy(softcap(hidden @ W.T + b), target), one block of the vocabulary
     at a time, in a single pass (online log-sum-exp, as in flash attention / Cut Cross-Entropy).
 
     Alive at once: one block of logits (rows x VOCAB_BLOCK) instead of rows x 262k, and the
@@ -230,28 +236,39 @@ class _TiledCrossEntropy(torch.autograd.Function):
                 if dz is not None:
                     new_dz[:, extra] = dz[:, ids[extra] - v0]
         lse = m + torch.log(s)
-        grad_h = grad_rows = None
+        grad_h = d_rows = None
         if grad:
             grad_h = (acc / s[:, None] - tgt_dz[:, None] * tgt_w).to(hidden.dtype)
             if rows is not None and new_z is not None:
                 p = torch.exp(new_z - lse[:, None]) - (targets[:, None] == ids[None, :]).to(f32)
-                grad_rows = ((p * new_dz).T @ hidden.to(f32)).to(rows.dtype)
-        ctx.save_for_backward(grad_h, grad_rows)
-        return (lse - tgt).sum()
+                d_rows = p * new_dz  # d loss_row / d (the new tokens' logits), rows x new tokens
+        ctx.save_for_backward(grad_h, d_rows, hidden if d_rows is not None else None)
+        ctx.rows_dtype = rows.dtype if rows is not None else None
+        return lse - tgt
 
     @staticmethod
     def backward(ctx, g):
-        grad_h, grad_rows = ctx.saved_tensors
-        return (grad_h * g.to(grad_h.dtype) if grad_h is not None and ctx.needs_input_grad[0] else None,
-                None, None, None, None, None, grad_rows * g.to(grad_rows.dtype) if grad_rows is not None else None,
-                None)
+        # g: the upstream gradient of each row's loss (all ones for a plain sum; per-example weights
+        # for a loss built on per-example sums, as the contrastive term is)
+        grad_h, d_rows, hidden = ctx.saved_tensors
+        g = g.to(torch.float32)
+        gh = (grad_h * g[:, None].to(grad_h.dtype)) if grad_h is not None and ctx.needs_input_grad[0] else None
+        gr = None
+        if d_rows is not None and ctx.needs_input_grad[6]:
+            gr = ((d_rows * g[:, None]).T @ hidden.to(torch.float32)).to(ctx.rows_dtype)
+        return gh, None, None, None, None, None, gr, None
 
 
 VOCAB_BLOCK = 8192  # columns of the vocabulary per tile: 5 MB of logits for 160 supervised rows
 
 
 def chunked_loss(lm: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Sum of token losses. A frozen output layer goes through :class:`_TiledCrossEntropy`
+    """Sum of token losses (:func:`token_losses`, summed)."""
+    return token_losses(lm, hidden, targets).sum()
+
+
+def token_losses(lm: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Each row's token loss. A frozen output layer goes through :class:`_TiledCrossEntropy`
     (never more than a tile of logits); otherwise, above :data:`MAX_LOGITS` the rows go in chunks
     that are recomputed in the backward, so at most one chunk of logits is alive."""
     frozen = _frozen_head(lm)
@@ -261,12 +278,12 @@ def chunked_loss(lm: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> 
     vocab = lm.config.get_text_config().vocab_size  # not .weight: PEFT's wrapper would build a merged copy
     rows = max(1, MAX_LOGITS // vocab)
     if hidden.shape[0] <= rows:
-        return _loss_sum(lm, hidden, targets)
+        return _row_losses(lm, hidden, targets)
     from torch.utils.checkpoint import checkpoint
 
     parts = []
     for i in range(0, hidden.shape[0], rows):
         h, t = hidden[i:i + rows], targets[i:i + rows]
-        parts.append(checkpoint(_loss_sum, lm, h, t, use_reentrant=False) if torch.is_grad_enabled()
-                     else _loss_sum(lm, h, t))
-    return torch.stack(parts).sum()
+        parts.append(checkpoint(_row_losses, lm, h, t, use_reentrant=False) if torch.is_grad_enabled()
+                     else _row_losses(lm, h, t))
+    return torch.cat(parts)

@@ -104,10 +104,11 @@ def build_loop_data(cfg: TrainConfig, pd: PersonaData, tok) -> tuple[LoopData, d
     return LoopData(train, val, reh_val, pad_id(tok)), counts
 
 
-def run_fingerprint(cfg: TrainConfig, ext_manifest: dict, data_hash: str) -> str:
-    """What a checkpoint must match to be resumed: extended base, data, weight-shaping config."""
+def run_fingerprint(cfg: TrainConfig, ext_manifest: dict, data_hash: str, init_sha256: str | None = None) -> str:
+    """What a checkpoint must match to be resumed: extended base, data, weight-shaping config, starting weights."""
     blob = json.dumps({"extended": ext_manifest.get("fingerprint"), "data": data_hash,
-                       "config": cfg.fingerprint_fields()}, sort_keys=True, ensure_ascii=False)
+                       "config": cfg.fingerprint_fields(), **({"init": init_sha256} if init_sha256 else {})},
+                      sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -128,13 +129,50 @@ def prepare_model(cfg: TrainConfig, model, new_ids: list[int]):
     return apply_method(model, settings)
 
 
+def init_sha256(cfg: TrainConfig) -> str | None:
+    """sha256 of the ``--init-adapter`` weights (None without one)."""
+    if not cfg.init_adapter:
+        return None
+    return hashlib.sha256((Path(cfg.init_adapter) / "adapter_model.safetensors").read_bytes()).hexdigest()
+
+
+def init_from(cfg: TrainConfig, model, ext_manifest: dict) -> None:
+    """Load ``cfg.init_adapter``'s weights into the freshly wrapped ``model``.
+
+    The adapter must have the run's LoRA rank and alpha and come from the same extended base
+    (its manifest's ``extended_fingerprint``), and every trainable weight must be in it."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    path = Path(cfg.init_adapter)
+    conf = json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))
+    if (conf.get("r"), conf.get("lora_alpha")) != (cfg.lora_r, cfg.lora_alpha):
+        raise UserError(f"--init-adapter {path}: LoRA r={conf.get('r')} alpha={conf.get('lora_alpha')}, this run "
+                        f"r={cfg.lora_r} alpha={cfg.lora_alpha}")
+    manifest_path = path / "manifest.json"
+    fp = json.loads(manifest_path.read_text(encoding="utf-8")).get("extended_fingerprint") \
+        if manifest_path.is_file() else None
+    if fp and fp != ext_manifest.get("fingerprint"):
+        raise UserError(f"--init-adapter {path}: trained on extended base {str(fp)[:12]}, this run's is "
+                        f"{str(ext_manifest.get('fingerprint'))[:12]}")
+    result = set_peft_model_state_dict(model, load_file(path / "adapter_model.safetensors"))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    missing = sorted(n for n in result.missing_keys if n in trainable)
+    if result.unexpected_keys or missing:
+        raise UserError(f"--init-adapter {path}: does not fit this model ({len(missing)} trainable weights missing, "
+                        f"{len(result.unexpected_keys)} unexpected, e.g. "
+                        f"{(missing + list(result.unexpected_keys))[0]})")
+
+
 def _metrics(cfg: TrainConfig, result: LoopResult, records: list[dict], counts: dict) -> dict[str, Any]:
     st = result.state
     at_best = next((r for r in records if r.get("step") == st.best_step and "val_loss" in r), {})
-    val = st.best_val
+    val = at_best.get("val_loss", st.best_val) if st.best_val is not None else None  # best_val: the objective
     return {"steps": st.step, "best_step": st.best_step if val is not None else st.step,
             "val_loss": val, "val_ppl": math.exp(min(val, 50)) if val is not None else None,
             "rehearsal_val_loss": at_best.get("rehearsal_val_loss"),
+            **({"val_contrast": at_best.get("val_contrast"), "val_contrast_acc": at_best.get("val_contrast_acc")}
+               if cfg.contrast else {}),
             "train_loss": next((r["loss"] for r in reversed(records) if "loss" in r), None),
             "tokens": st.tokens, "steps_per_s": result.steps_per_s, "tokens_per_s": result.tokens_per_s,
             **counts}
@@ -161,7 +199,7 @@ def finish(cfg: TrainConfig, pd: PersonaData, model, ext: tuple[Path, dict], res
     manifest = {
         "persona": pd.persona, "method": cfg.method, "base_model": cfg.base_model,
         "extended_fingerprint": ext_manifest.get("fingerprint"), "dialogue": bool(ext_manifest.get("dialogue")),
-        "data_hash": pd.data_hash,
+        "data_hash": pd.data_hash, **({"init_adapter_sha256": init_sha256(cfg)} if cfg.init_adapter else {}),
         "instruction": pd.instruction, "user_speaker": pd.user_speaker, "max_length": cfg.max_length,
         "config": asdict(cfg), "metrics": _metrics(cfg, result, records, counts), "versions": _versions(),
     }
@@ -206,9 +244,13 @@ def train(cfg: TrainConfig) -> TrainResult:
     log.info("persona %s: %d training examples (%d rehearsal), %d validation; dropped %d pairs whose reply "
              "alone does not fit --max-length %d", pd.persona, len(data.train),
              counts.get("rehearsal_train_examples", 0), len(data.val), counts["dropped_too_long"], cfg.max_length)
-    fingerprint = run_fingerprint(cfg, ext_manifest, pd.data_hash)
+    init = init_sha256(cfg)
+    fingerprint = run_fingerprint(cfg, ext_manifest, pd.data_hash, init)
     ckpt, meta = _resume_point(cfg, fingerprint, acc.is_main_process)
     model = prepare_model(cfg, model, list(ext_manifest.get("new_token_ids", [])))
+    if cfg.init_adapter:
+        init_from(cfg, model, ext_manifest)
+        log.info("starting from the weights of %s (sha256 %s)", cfg.init_adapter, init[:12])
     trainable, total = count_parameters(model)
     log.info("%s: %.2fM trainable of %.1fM parameters; %d threads, %d process(es) on %s", cfg.method,
              trainable / 1e6, total / 1e6, threads, acc.num_processes, acc.device)
