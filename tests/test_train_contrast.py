@@ -58,8 +58,9 @@ def test_contrast_gradient_lowers_the_term(tiny_gemma_dir, train_cache):
 
     model, tok, _ = _lora_model(tiny_gemma_dir, train_cache)
     examples, _ = render_pairs(persona_pairs(limit=6), tok, 256)
-    c = SimpleNamespace(cfg=SimpleNamespace(contrast=1.0, max_length=256), data=SimpleNamespace(pad=chat_format.pad_id(tok)),
-                        acc=Accelerator(cpu=True), model=SupervisedLoss(model))
+    c = SimpleNamespace(cfg=SimpleNamespace(contrast=1.0, max_length=256),
+                        data=SimpleNamespace(pad=chat_format.pad_id(tok)), acc=Accelerator(cpu=True),
+                        model=SupervisedLoss(model))
     params = [p for p in model.parameters() if p.requires_grad]
     _, before, pairs, _ = _forward(c, examples)
     assert pairs == len(examples)
@@ -98,10 +99,11 @@ def test_contrast_is_logged_and_the_best_step_chosen_by_the_objective(tiny_gemma
 
 
 def test_init_adapter_starts_from_its_weights(tiny_gemma_dir, persona_data, train_cache, tmp_path, no_gpu, capsys):
+    from peft import get_peft_model_state_dict
     from safetensors.torch import load_file
 
-    from pipeline.training.run import init_from, load_base, prepare_model
     from pipeline.extension import ensure_extended
+    from pipeline.training.run import init_from, load_base, prepare_model
 
     flags = ["--data", str(persona_data), "--persona", "민수", "--base-model", str(tiny_gemma_dir),
              "--cache-dir", str(train_cache), "--max-steps", "3", "--batch-size", "2", "--lr", "5e-3",
@@ -117,14 +119,10 @@ def test_init_adapter_starts_from_its_weights(tiny_gemma_dir, persona_data, trai
     model = prepare_model(cfg, model, ext_manifest["new_token_ids"])
     init_from(cfg, model, ext_manifest)
     saved = load_file(first.out / "adapter_model.safetensors")
-    from peft import get_peft_model_state_dict
-
     now = get_peft_model_state_dict(model)
     assert saved.keys() == now.keys() and all(torch.equal(saved[k], now[k]) for k in saved)
 
-    wrong_rank = parse_args([*flags, "--out", str(tmp_path / "c"), "--init-adapter", str(first.out), "--lora-r", "4"])
     assert run_cli(main, [*flags, "--out", str(tmp_path / "c"), "--init-adapter", str(first.out), "--lora-r", "4"]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and "--init-adapter" in err.strip().splitlines()[-1] and "r=8" in err, err[-500:]
-    assert wrong_rank.lora_r == 4
     assert run_cli(main, [*flags, "--out", str(tmp_path / "d"), "--init-adapter", str(tmp_path / "nowhere")]) == 2

@@ -349,15 +349,16 @@ def run(cfg: TrainConfig, model, data: LoopData, out: Path, fingerprint: str, ac
         while state.step < total:
             m = _train_step(c, state)
             memory.release_free_memory()
-            window.append(m["loss"])
+            window.append(m)
             tok_s = (state.tokens - tokens0) / max(1e-9, time.perf_counter() - t0)
             bar.update(1)
             bar.set_postfix(loss=f"{m['loss']:.3f}", tok_s=f"{tok_s:.0f}")
             if state.step % cfg.log_every == 0 or state.step == total:
-                log.write({"step": state.step, "epoch": state.epoch, "loss": sum(window) / len(window),
+                means = {k: sum(w[k] for w in window) / len(window) for k in ("loss", "contrast", "contrast_acc")
+                         if all(k in w for w in window)}  # over the steps since the last line
+                log.write({"step": state.step, "epoch": state.epoch, **means,
                            "lr": scheduler.get_last_lr()[0], "grad_norm": m["grad_norm"],
-                           "tokens_per_s": tok_s, "elapsed_s": time.perf_counter() - t0,
-                           **{k: m[k] for k in ("contrast", "contrast_acc") if k in m}})
+                           "tokens_per_s": tok_s, "elapsed_s": time.perf_counter() - t0})
                 window = []
             if state.step == total or (every and state.step % every == 0):
                 t_eval = time.perf_counter()
