@@ -64,6 +64,11 @@ class Rendered:
     def supervised(self) -> int:
         return sum(1 for x in self.labels if x != IGNORE_INDEX)
 
+    @property
+    def reply_start(self) -> int:
+        """Index of the first supervised token: the prompt (instruction, context, ``<|bot|>``) is before it."""
+        return next(i for i, x in enumerate(self.labels) if x != IGNORE_INDEX)
+
 
 def special_ids(tokenizer) -> dict[str, int]:
     """Map each chat special token to its id; raises if the tokenizer was not extended."""

@@ -11,7 +11,7 @@ from core.chat_format import IGNORE_INDEX
 from core.cli import run_cli
 from data_prep.records import ContextTurn, Pair
 from pipeline.train import main, parse_args
-from pipeline.training.data import render_pairs, reply_start, swap_contexts
+from pipeline.training.data import render_pairs, swap_contexts
 from pipeline.training.run import train
 from tests.test_train_cli import no_gpu  # noqa: F401 (fixture)
 from tests.test_train_helpers import extended, persona_data, persona_pairs, train_cache  # noqa: F401 (fixtures)
@@ -27,9 +27,9 @@ def test_swap_contexts_puts_each_reply_after_the_next_prompt(tok):
     swapped = swap_contexts(examples, 256)
     for i, (e, s) in enumerate(zip(examples, swapped)):
         other = examples[(i + 1) % len(examples)]
-        b = reply_start(other)
+        b = other.reply_start
         assert s.input_ids[:b] == other.input_ids[:b]  # the other example's prompt, up to its <|bot|>
-        assert s.input_ids[b:] == e.input_ids[reply_start(e):]  # this example's reply and <|eot|>
+        assert s.input_ids[b:] == e.input_ids[e.reply_start:]  # this example's reply and <|eot|>
         assert [x for x in s.labels if x != IGNORE_INDEX] == [x for x in e.labels if x != IGNORE_INDEX]
         assert s.input_ids[b - 1] == tok.convert_tokens_to_ids(chat_format.BOT)
 

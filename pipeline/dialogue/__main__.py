@@ -48,9 +48,9 @@ def _args(argv: Sequence[str] | None):
     p.add_argument("--max-steps", type=int, default=d["max_steps"], help=f"training steps (default {d['max_steps']})")
     p.add_argument("--batch-size", type=int, default=d["batch_size"], help=f"examples a step (default {d['batch_size']})")
     p.add_argument("--lr", type=float, default=d["lr"], help=f"peak learning rate (default {d['lr']:g})")
-    p.add_argument("--contrast", type=float, default=d.get("contrast", 0.0),
+    p.add_argument("--contrast", type=float, default=0.0,
                    help="weight of the contrastive term (pipeline.train --contrast): each answer must be likelier "
-                        "after its own question than after another's")
+                        "after its own question than after another's (default 0: off)")
     p.add_argument("--init-adapter", type=Path, help="continue from this dialogue adapter's weights (e.g. "
                                                      "pipeline/assets/dialogue_ko) instead of a fresh LoRA")
     p.add_argument("--seed", type=int, default=0, help="training seed (default 0)")

@@ -69,10 +69,6 @@ def render_group(tokenizer, examples: Sequence[Example], max_length: int | None)
     return out
 
 
-def _first_label(r: Rendered) -> int:
-    return next(i for i, y in enumerate(r.labels) if y != IGNORE_INDEX)
-
-
 def _common_prefix(seqs: Sequence[Sequence[int]]) -> int:
     n = min(len(s) for s in seqs)
     for i in range(n):
@@ -100,7 +96,7 @@ def score_group(model, tokenizer, renders: Sequence[Rendered]) -> list[ReplyScor
 
     from pipeline.training.loss import supports_fast_loss
 
-    p = min(_common_prefix([r.input_ids for r in renders]), *(_first_label(r) for r in renders))
+    p = min(_common_prefix([r.input_ids for r in renders]), *(r.reply_start for r in renders))
     dev = model.device
     tails = [r.input_ids[p:] for r in renders]
     width = max(len(t) for t in tails)
@@ -161,7 +157,7 @@ def _score_full(model, r: Rendered) -> ReplyScore:
     """One example, no cache: logits only from the token before the reply onwards."""
     import torch
 
-    start = _first_label(r) - 1
+    start = r.reply_start - 1
     with torch.inference_mode():
         ids = torch.tensor([r.input_ids], device=model.device)
         out = model(input_ids=ids, logits_to_keep=len(r.input_ids) - start)

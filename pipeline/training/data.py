@@ -137,11 +137,6 @@ def plan_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int)
     return batches
 
 
-def reply_start(example: Rendered) -> int:
-    """Index of the first supervised token: the prompt (instruction, context, ``<|bot|>``) is before it."""
-    return next(i for i, x in enumerate(example.labels) if x != IGNORE_INDEX)
-
-
 def swap_contexts(examples: Sequence[Rendered], max_length: int) -> list[Rendered | None]:
     """For each example, its reply and closing ``<|eot|>`` after the *next* example's prompt (a rotation
     of the batch): the distractor the contrastive term compares it with. None where that prompt is the
@@ -151,7 +146,7 @@ def swap_contexts(examples: Sequence[Rendered], max_length: int) -> list[Rendere
     n = len(examples)
     for i, e in enumerate(examples):
         other = examples[(i + 1) % n]
-        a, b = reply_start(e), reply_start(other)
+        a, b = e.reply_start, other.reply_start
         prompt, tail = other.input_ids[:b], e.input_ids[a:]
         if n < 2 or prompt == e.input_ids[:a] or len(prompt) + len(tail) > max_length:
             out.append(None)

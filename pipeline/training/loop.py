@@ -182,7 +182,7 @@ def _micro_batches(c: _Ctx, state: LoopState) -> list[list[Rendered]]:
     return [[c.data.train[i] for i in plan[j]] for j in range(start, start + accum)]
 
 
-def _forward(c: _Ctx, examples: list[Rendered]) -> tuple[object, object, int, int]:
+def _forward(c: _Ctx, examples: list[Rendered], negatives: list | None = None) -> tuple[object, object, int, int]:
     """(sum of the replies' token losses, sum of the contrastive term, its pairs, pairs it ranks right).
 
     With ``--contrast`` the batch also holds each reply after another example's prompt
@@ -193,7 +193,8 @@ def _forward(c: _Ctx, examples: list[Rendered]) -> tuple[object, object, int, in
     """
     import torch
 
-    negatives = swap_contexts(examples, c.cfg.max_length) if c.cfg.contrast else []
+    if negatives is None:
+        negatives = _negatives(c, examples)
     pairs = [i for i, e in enumerate(negatives) if e is not None]
     rows = examples + [negatives[i] for i in pairs]
     batch = {k: v.to(c.acc.device) for k, v in collate(rows, c.data.pad).items()}
@@ -208,6 +209,11 @@ def _forward(c: _Ctx, examples: list[Rendered]) -> tuple[object, object, int, in
             int((margin < 0).sum()))
 
 
+def _negatives(c: _Ctx, examples: list[Rendered]) -> list:
+    """The contrastive term's distractors for ``examples`` ([] with the term off)."""
+    return swap_contexts(examples, c.cfg.max_length) if c.cfg.contrast else []
+
+
 def _train_step(c: _Ctx, state: LoopState) -> dict:
     """One optimizer step; returns the step's loss per supervised token and its token count."""
     import torch
@@ -215,8 +221,8 @@ def _train_step(c: _Ctx, state: LoopState) -> dict:
     _seed_step(c.cfg.seed, state.step, c.acc.process_index)
     micro = _micro_batches(c, state)
     local_n = sum(e.supervised for b in micro for e in b)
-    local_pairs = sum(e is not None for b in micro for e in swap_contexts(b, c.cfg.max_length)) \
-        if c.cfg.contrast else 0
+    negatives = [_negatives(c, b) for b in micro]
+    local_pairs = sum(e is not None for b in negatives for e in b)
     global_n, global_pairs = _reduce_sum(c.acc, local_n, local_pairs)
     world = c.acc.num_processes
     c.model.train()
@@ -224,7 +230,7 @@ def _train_step(c: _Ctx, state: LoopState) -> dict:
     for i, examples in enumerate(micro):
         sync = nullcontext() if i == len(micro) - 1 else c.acc.no_sync(c.model)
         with sync:
-            lm_sum, contrast_sum, _, ok = _forward(c, examples)
+            lm_sum, contrast_sum, _, ok = _forward(c, examples, negatives[i])
             # DDP averages gradients over ranks, hence * world: each term is its sum / its global count
             loss = lm_sum / global_n * world
             if contrast_sum is not None:

@@ -20,6 +20,7 @@ from typing import Any
 from core import adapter_format
 from core.chat_format import pad_id
 from core.errors import UserError
+from core.files import sha256_of
 from core.models import load_extended, load_tokenizer, read_extended_manifest
 from pipeline.extension import ensure_extended
 from pipeline.training import checkpoint as ckpt_io
@@ -133,7 +134,7 @@ def init_sha256(cfg: TrainConfig) -> str | None:
     """sha256 of the ``--init-adapter`` weights (None without one)."""
     if not cfg.init_adapter:
         return None
-    return hashlib.sha256((Path(cfg.init_adapter) / "adapter_model.safetensors").read_bytes()).hexdigest()
+    return sha256_of(Path(cfg.init_adapter) / "adapter_model.safetensors")
 
 
 def init_from(cfg: TrainConfig, model, ext_manifest: dict) -> None:
@@ -187,7 +188,7 @@ def _versions() -> dict[str, str]:
 
 
 def finish(cfg: TrainConfig, pd: PersonaData, model, ext: tuple[Path, dict], result: LoopResult,
-           records: list[dict], counts: dict) -> TrainResult:
+           records: list[dict], counts: dict, init: str | None = None) -> TrainResult:
     """Keep the best weights, write the adapter directory (with the extended base's tokenizer), check it,
     plot the losses."""
     from pipeline.training.plots import plot_loss
@@ -199,7 +200,7 @@ def finish(cfg: TrainConfig, pd: PersonaData, model, ext: tuple[Path, dict], res
     manifest = {
         "persona": pd.persona, "method": cfg.method, "base_model": cfg.base_model,
         "extended_fingerprint": ext_manifest.get("fingerprint"), "dialogue": bool(ext_manifest.get("dialogue")),
-        "data_hash": pd.data_hash, **({"init_adapter_sha256": init_sha256(cfg)} if cfg.init_adapter else {}),
+        "data_hash": pd.data_hash, **({"init_adapter_sha256": init} if init else {}),
         "instruction": pd.instruction, "user_speaker": pd.user_speaker, "max_length": cfg.max_length,
         "config": asdict(cfg), "metrics": _metrics(cfg, result, records, counts), "versions": _versions(),
     }
@@ -264,7 +265,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     records = read_metrics(Path(cfg.out) / "metrics.jsonl")
     done = None
     if acc.is_main_process:
-        done = finish(cfg, pd, model, (ext_path, ext_manifest), result, records, counts)
+        done = finish(cfg, pd, model, (ext_path, ext_manifest), result, records, counts, init)
         m = done.manifest["metrics"]
         log.info("saved %s (best step %d, val loss %s, %.2f steps/s, %.0f tokens/s)", done.out, m["best_step"],
                  f"{m['val_loss']:.4f}" if m["val_loss"] is not None else "n/a", m["steps_per_s"], m["tokens_per_s"])
