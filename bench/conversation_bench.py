@@ -9,8 +9,10 @@
 Next-reply selection, Hits@1 of 20 (chance 0.05), for each persona and each system
 (base, few-shot, adapter), on the persona's own held-out replies (distractors: its
 replies from other conversations) and on general Korean Q/A that no stage trained on
-(ChatbotData's fixed held-out split), under two scores: mean log-prob per token of the
-reply given the context, and PMI = log p(reply | context) - log p(reply | no context).
+(ChatbotData's fixed held-out split), under three scores: mean log-prob per token of the
+reply given the context, PMI = log p(reply | context) - log p(reply | no context), and
+marginal PMI, whose p(reply) is the mean of p(reply | message) over other held-out messages
+(``--marginal-contexts``, pipeline.evaluation.selection).
 Prints ONE table, then speaker attribution across the adapters (which adapter explains
 each held-out reply best; chance 1/4). The exports and adapters are those of
 bench/persona_fidelity.py (same personas, same run folder by default), so an adapter
@@ -36,8 +38,11 @@ sys.path.insert(0, str(ROOT))
 
 from bench.persona_fidelity import STYLES, write_exports  # noqa: E402
 from data_prep import smilestyle  # noqa: E402
+from pipeline.evaluation.selection import MARGINAL_CONTEXTS  # noqa: E402
 
-COLUMNS = (("persona", "mean"), ("persona", "pmi"), ("qa", "mean"), ("qa", "pmi"))
+COLUMNS = (("persona", "mean"), ("persona", "pmi"), ("persona", "pmi_marginal"), ("qa", "mean"), ("qa", "pmi"),
+           ("qa", "pmi_marginal"))
+LABELS = {"mean": "mean", "pmi": "PMI", "pmi_marginal": "PMI marg."}
 SYSTEMS = ("base", "few_shot", "adapter")
 QA_TARGET = 0.5
 
@@ -90,6 +95,7 @@ def evaluate(adapters: list[Path], data: Path, out: Path, a, extra: list[str]) -
 
     argv = [x for p in adapters for x in ("--adapter", str(p))] + [
         "--data", str(data), "--out", str(out), "--selection-items", str(a.selection_items),
+        "--marginal-contexts", str(a.marginal_contexts), "--persona-marginal-contexts", str(a.persona_marginal),
         "--max-examples", str(a.max_examples), "--generate", str(a.generate), "--samples", "0",
         "--general-lines", "0", "--no-identification", "--seed", str(a.seed), *extra]
     print("python -m pipeline.evaluate " + " ".join(argv), flush=True)
@@ -100,13 +106,16 @@ def evaluate(adapters: list[Path], data: Path, out: Path, a, extra: list[str]) -
 
 def print_table(result: dict) -> None:
     """One row per persona: base / few-shot / adapter Hits@1 per item set and score (+ the hook's columns)."""
-    head = [f"{'own' if s == 'persona' else 'Q/A'} {'PMI' if k == 'pmi' else 'mean'}" for s, k in COLUMNS]
+    sels = [r["selection"] or {} for r in result["personas"].values()]
+    columns = [(s, k) for s, k in COLUMNS  # marginal PMI only where it was computed
+               if any(x.get(s, {}).get(y, {}).get(k, {}).get("hits1") is not None for x in sels for y in SYSTEMS)]
+    head = [f"{'own' if s == 'persona' else 'Q/A'} {LABELS[k]}" for s, k in columns]
     print("\nnext-reply selection, Hits@1 of 20 (chance 0.05); each cell: base / few-shot / adapter")
     print(f"{'persona':10s}{'n':>4s}" + "".join(f"{h:>22s}" for h in head))
     for name, r in result["personas"].items():
         sel = r["selection"] or {}
         cells = []
-        for item_set, score in COLUMNS:
+        for item_set, score in columns:
             per = sel.get(item_set) or {}
             vals = [per.get(s, {}).get(score, {}).get("hits1") for s in SYSTEMS]
             cells.append(" / ".join("  – " if v is None else f"{v:.2f}" for v in vals))
@@ -114,11 +123,12 @@ def print_table(result: dict) -> None:
         extra = REPLY_STATS(r) if REPLY_STATS else {}
         print(f"{name:10s}{n:4d}" + "".join(f"{c:>22s}" for c in cells)
               + "".join(f"  {k} {v:.2f}" for k, v in extra.items()))
-    qa = [r["selection"]["qa"]["adapter"]["pmi"]["hits1"] for r in result["personas"].values()
-          if r["selection"] and "qa" in r["selection"]]
-    if qa:
-        met = all(v >= QA_TARGET for v in qa)
-        print(f"target adapter Q/A Hits@1 (PMI) >= {QA_TARGET} on every persona: {'MET' if met else 'NOT MET'}")
+    for score in ("pmi", "pmi_marginal"):
+        qa = [x["qa"]["adapter"].get(score, {}).get("hits1") for x in sels if "qa" in x]
+        if qa and None not in qa:
+            met = all(v >= QA_TARGET for v in qa)
+            print(f"target adapter Q/A Hits@1 ({LABELS[score]}) >= {QA_TARGET} on every persona: "
+                  f"{'MET' if met else 'NOT MET'}")
     att = result.get("attribution")
     if att:
         p = att["primary"]
@@ -137,16 +147,18 @@ def base_only(a) -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     model, tok, _ = load_base(a.base_model, dialogue=a.dialogue)
-    items = selection.qa_items(load_qa(split="heldout"), a.selection_items, a.seed, "봇", "친구")
+    items = selection.qa_items(load_qa(split="heldout"), a.selection_items, a.seed, "봇", "친구",
+                               marginal=a.marginal_contexts)
     scored: list = []
     bare: dict = {}
+    marginal: dict = {}
     for start in range(0, len(items), 10):  # a running figure every 10 items: long runs report as they go
-        scored += selection.score_items(model, tok, items[start:start + 10], "", None, bare=bare)
+        scored += selection.score_items(model, tok, items[start:start + 10], "", None, bare=bare, marginal=marginal)
         s = selection.summarize(scored)
         print(f"base model{' + dialogue stage' if a.dialogue else ''}, held-out ChatbotData Q/A, "
               f"Hits@1 of 20 (chance {s['chance']:.2f}), n={s['n']}: "
-              + ", ".join(f"{k} {s[k]['hits1']:.3f} (mean rank {s[k]['mean_rank']:.1f})" for k in selection.SCORES),
-              flush=True)
+              + ", ".join(f"{k} {s[k]['hits1']:.3f} (mean rank {s[k]['mean_rank']:.1f})" for k in selection.SCORES
+                          if s[k]["hits1"] is not None), flush=True)
 
 
 def main(argv=None) -> int:
@@ -157,6 +169,12 @@ def main(argv=None) -> int:
     ap.add_argument("--base-only", action="store_true", help="only the base model on held-out Q/A (no adapters)")
     ap.add_argument("--tiny", action="store_true", help="tiny random base model and 40 dialogues: a quick check")
     ap.add_argument("--selection-items", type=int, default=30, help="selection items per set and persona (default 30)")
+    ap.add_argument("--marginal-contexts", type=int, default=0, metavar="K",
+                    help=f"also rank Q/A by marginal PMI, p(reply) averaged over K other held-out questions (the "
+                         f"docs' figures: {MARGINAL_CONTEXTS}; default 0: off)")
+    ap.add_argument("--persona-marginal", type=int, default=0, metavar="K",
+                    help="marginal PMI on the personas' own replies too, over K contexts (default 0: off; costly: "
+                         "several minutes per system and persona with K 32)")
     ap.add_argument("--max-examples", type=int, default=30,
                     help="held-out replies per persona for speaker attribution (default 30)")
     ap.add_argument("--generate", type=int, default=12, help="replies sampled per system (default 12)")

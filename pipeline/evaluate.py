@@ -38,6 +38,7 @@ from typing import Sequence
 from core.cli import parser as make_parser
 from core.cli import run_cli, setup_logging
 from core.errors import UserError
+from pipeline.evaluation.selection import MARGINAL_CONTEXTS
 
 log = logging.getLogger(__name__)
 OUTPUTS = ("eval.json", "eval.md")
@@ -62,6 +63,8 @@ class EvalConfig:
     cache_dir: Path | None = None  # --cache-dir: extended-base cache (default $KAKAO_PERSONA_CACHE)
     no_identification: bool = False  # --no-identification: skip SmileStyle persona identification
     selection_items: int = 8  # --selection-items: next-reply selection items per item set (0: skip)
+    marginal_contexts: int = 0  # --marginal-contexts: Q/A messages p(reply) is averaged over (0: off)
+    persona_marginal_contexts: int = 0  # --persona-marginal-contexts: the same on the persona's own replies
     qa: Path | None = None  # --qa: ChatbotData-format CSV (Q, A) for selection on general Q/A (held-out split)
     threads: int | None = None  # --threads: torch CPU threads (default: torch's choice)
     memory: bool = False  # --memory: also rank the selection items with the adapter plus its memory
@@ -79,7 +82,9 @@ class EvalConfig:
         for flag, v, low in (("--max-examples", self.max_examples, 1), ("--general-lines", self.general_lines, 0),
                              ("--shots", self.shots, 0), ("--samples", self.samples, 0),
                              ("--generate", self.generate, 0), ("--max-new-tokens", self.max_new_tokens, 1),
-                             ("--threads", self.threads or 1, 1), ("--selection-items", self.selection_items, 0)):
+                             ("--threads", self.threads or 1, 1), ("--selection-items", self.selection_items, 0),
+                             ("--marginal-contexts", self.marginal_contexts, 0),
+                             ("--persona-marginal-contexts", self.persona_marginal_contexts, 0)):
             if v < low:
                 problems.append(f"{flag} must be >= {low}")
         if self.memory and not self.selection_items:
@@ -137,6 +142,15 @@ def build_parser():
                    help="next-reply selection (Hits@1 of 20): items per set, the persona's held-out replies and "
                         "general Q/A; an item costs about 2 CPU-seconds per system with the default model, so the "
                         "default adds 1-2 minutes on 2 CPU cores (default 8; 0 skips)")
+    p.add_argument("--marginal-contexts", type=int, default=d.marginal_contexts, metavar="K",
+                   help="next-reply selection on general Q/A, also by marginal PMI: p(reply) is the mean of p(reply "
+                        "| question) over K other held-out questions (no item's, none answered by a candidate); K "
+                        "passes per answer of a small pool, about 40 CPU-seconds per system with 8 items and K "
+                        f"{MARGINAL_CONTEXTS} (default 0: not computed)")
+    p.add_argument("--persona-marginal-contexts", type=int, default=d.persona_marginal_contexts, metavar="K",
+                   help="the same on the persona's own held-out replies, over K contexts of other pairs (held-out "
+                        "first); K passes per distinct candidate, about 19 per item: costly on a CPU (30 items, K 32: "
+                        "several minutes per system) (default 0: not computed)")
     p.add_argument("--qa", type=Path, help="Q/A CSV with Q and A columns for selection on general Korean "
                    "(its fixed held-out split; default ../shared/data/chatbot_data/ChatbotData.csv when it exists)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: all CPUs available)")
@@ -153,7 +167,9 @@ def config_from_args(a) -> EvalConfig:
         adapters=tuple(a.adapter), data=tuple(a.data), out=a.out, smilestyle=a.smilestyle, general=a.general,
         max_examples=a.max_examples, general_lines=a.general_lines, shots=a.shots, samples=a.samples,
         generate=a.generate, max_new_tokens=a.max_new_tokens, seed=a.seed, cache_dir=a.cache_dir,
-        no_identification=a.no_identification, selection_items=a.selection_items, qa=a.qa, threads=a.threads,
+        no_identification=a.no_identification, selection_items=a.selection_items,
+        marginal_contexts=a.marginal_contexts, persona_marginal_contexts=a.persona_marginal_contexts, qa=a.qa,
+        threads=a.threads,
         memory=a.memory,
     )
 

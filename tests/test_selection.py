@@ -53,9 +53,14 @@ def fine_tune(extended_dir, pairs: list[tuple[str, str]], steps: int = 60):
     return model.eval(), tok
 
 
+OTHER_MESSAGES = ("점심 뭐 먹었어", "지금 어디야", "전화해 줘", "택시 탈까", "책 읽는 중")
+
+
 def items() -> list[selection.SelectionItem]:
-    """Each message answered by itself among the other messages (15 candidates, chance 1/15)."""
-    return selection.qa_items([QA(m, m, 0) for m in MESSAGES], len(MESSAGES), 0, PERSONA, USER)
+    """Each message answered by itself among the other messages (15 candidates, chance 1/15); five other
+    messages give marginal PMI's p(reply)."""
+    its = selection.qa_items([QA(m, m, 0) for m in MESSAGES], len(MESSAGES), 0, PERSONA, USER)
+    return selection.with_marginal(its, [(ContextTurn(USER, m),) for m in OTHER_MESSAGES], (), 5, 0)
 
 
 def hits(model, tok) -> dict[str, float]:
@@ -69,8 +74,21 @@ def test_a_model_that_copies_the_context_beats_one_that_ignores_it(extended_dir)
     shuffled = random.Random(0).sample(MESSAGES, len(MESSAGES))
     ignorer = hits(*fine_tune(extended_dir, [(s, m) for s, m in zip(shuffled, MESSAGES)]))
     for score in selection.SCORES:
+        if score == "pmi_marginal":
+            continue  # its messages are none these models saw: the next test
         assert copier[score] >= 0.8, (score, copier)
         assert copier[score] - ignorer[score] >= 0.5, (score, copier, ignorer)
+
+
+def test_marginal_pmi_tells_a_copier_from_an_ignorer_where_the_no_context_prompt_drifts(extended_dir):
+    every = MESSAGES + OTHER_MESSAGES  # the marginal's messages are of the models' world: they train on them too
+    shuffled = random.Random(0).sample(every, len(every))
+    ignorer = hits(*fine_tune(extended_dir, [(s, m) for s, m in zip(shuffled, every)]))
+    copier = hits(*fine_tune(extended_dir, [(m, m) for m in every], steps=150))
+    assert copier["pmi_marginal"] == 1.0 and ignorer["pmi_marginal"] <= 0.1, (copier, ignorer)
+    # trained longer, the copier's reply after the bare instruction (no turn: a prompt it never saw) stops
+    # standing for its p(reply), and PMI against it loses items that the marginal keeps
+    assert copier["pmi"] < 0.8, copier
 
 
 def test_no_context_scores_are_the_reply_after_the_bare_instruction(extended_dir):
@@ -84,6 +102,76 @@ def test_no_context_scores_are_the_reply_after_the_bare_instruction(extended_dir
         full = score_group(model, tok, [render(tok, "너는 봇이야.", item.example.context, PERSONA, cand)])[0]
         assert bare.logprob == pytest.approx(alone.logprob, rel=1e-4, abs=1e-3) and bare.tokens == alone.tokens
         assert ctx.logprob == pytest.approx(full.logprob, rel=1e-4, abs=1e-3) and ctx.tokens == full.tokens
+
+
+def test_marginal_scores_are_the_log_mean_of_the_reply_after_each_other_message(extended_dir):
+    import math
+
+    from core.models import load_extended
+
+    model, tok, _ = load_extended(extended_dir)
+    item = items()[0]
+    assert len(item.marginal) == 5
+    cache: dict = {}
+    got = selection.score_items(model.eval(), tok, [item], "너는 봇이야.", 64, marginal=cache)[0]
+    for cand, marg in zip(item.candidates, got.marginal):
+        each = [score_group(model, tok, [render(tok, "너는 봇이야.", c, PERSONA, cand)])[0].logprob
+                for c in item.marginal]
+        assert marg == pytest.approx(math.log(sum(math.exp(x) for x in each) / len(each)), rel=1e-4, abs=1e-3)
+    assert len(cache) == len(set(item.candidates))  # one entry per text: the next item reuses them
+    again = selection.score_items(model, tok, [item], "너는 봇이야.", 64, marginal=cache)[0]
+    assert again.marginal == got.marginal
+
+
+def test_marginal_pmi_subtracts_the_mean_over_other_messages_and_is_left_out_without_them():
+    ctx = (ReplyScore(-8.0, 4), ReplyScore(-2.0, 2))
+    bare = (ReplyScore(-9.0, 4), ReplyScore(-2.2, 2))
+    with_marginal = selection.Selected(ctx, bare, (-15.0, -2.5))
+    assert with_marginal.values("pmi_marginal") == pytest.approx([7.0, 0.5])
+    without = selection.Selected(ctx, bare)
+    assert not without.has("pmi_marginal") and without.has("pmi")
+    with pytest.raises(ValueError):
+        without.values("pmi_marginal")
+    summary = selection.summarize([with_marginal, without])
+    assert summary["n"] == 2 and summary["pmi_marginal"]["hits1"] == 1.0  # over the one item that has it
+    assert selection.summarize([without])["pmi_marginal"] == {"hits1": None, "mean_rank": None}
+
+
+def test_marginal_contexts_are_no_items_and_answered_by_no_candidate_and_leave_the_items_as_they_were():
+    rows = [QA(f"질문 {i}", f"답 {i}", 0) for i in range(80)]
+    plain = selection.qa_items(rows, 25, 7, PERSONA, USER, marginal=0)
+    got = selection.qa_items(rows, 25, 7, PERSONA, USER, marginal=10)
+    assert [(i.example, i.distractors) for i in got] == [(i.example, i.distractors) for i in plain]
+    assert all(i.marginal == () for i in plain)
+    marginal = got[0].marginal
+    assert len(marginal) == 10 == len(set(marginal)) and all(i.marginal == marginal for i in got)
+    pool = {c for i in got for c in i.candidates}
+    asked = {i.example.context for i in got}
+    for context in marginal:
+        assert context not in asked and context[0].text.replace("질문", "답") not in pool
+    assert selection.qa_items(rows, 25, 7, PERSONA, USER, marginal=10) == got  # seeded
+
+
+def test_persona_marginal_contexts_prefer_held_out_pairs_then_train_ones(tmp_path):
+    import json
+
+    def pair(conv: str, ctx: str, reply: str) -> str:
+        return json.dumps({"persona": PERSONA, "instruction": "i", "context": [{"speaker": USER, "text": ctx}],
+                           "response": reply, "conversation_id": conv, "source": "t"}, ensure_ascii=False) + "\n"
+
+    val = [pair(f"v{c}", f"검증 질문 {c}", f"검증 {c}") for c in range(30)]
+    train = [pair(f"t{c}", f"학습 질문 {c}", f"학습 {c}") for c in range(30)]
+    (tmp_path / "validation.jsonl").write_text("".join(val), encoding="utf-8")
+    (tmp_path / "train.jsonl").write_text("".join(train), encoding="utf-8")
+    got = selection.persona_items(tmp_path, PERSONA, "i", 4, 0, marginal=12)
+    pool = {c for i in got for c in i.candidates}  # 4 items with 19 held-out distractors: every held-out reply
+    texts = [m[0].text for m in got[0].marginal]
+    assert len(texts) == 12 and all(t.startswith("학습") for t in texts)  # no held-out pair is left unused
+    assert all(t.replace(" 질문", "") not in pool for t in texts)
+    few = selection.persona_items(tmp_path, PERSONA, "i", 1, 0, marginal=12)
+    texts = [m[0].text for m in few[0].marginal]  # 1 item, 19 distractors: 10 held-out pairs left, then train
+    assert [t.split()[0] for t in texts] == ["검증"] * 10 + ["학습"] * 2
+    assert few[0].example.context not in few[0].marginal
 
 
 def test_pmi_prefers_the_reply_the_context_explains_mean_logprob_the_generic_one():

@@ -76,27 +76,30 @@ def selection_items(cfg, task: PersonaTask) -> Items:
     if not cfg.selection_items:
         return {}
     n, seed = cfg.selection_items, cfg.seed
-    items = {"persona": selection.persona_items(task.data, task.persona, task.manifest["instruction"], n, seed)}
+    items = {"persona": selection.persona_items(task.data, task.persona, task.manifest["instruction"], n, seed,
+                                                marginal=cfg.persona_marginal_contexts)}
     qa = cfg.qa or (DEFAULT_CHATBOT_CSV if DEFAULT_CHATBOT_CSV.is_file() else None)
     if qa is not None:
         user = task.manifest.get("user_speaker") or "친구"
-        items["qa"] = selection.qa_items(load_qa(qa, split="heldout"), n, seed, task.persona, user)
+        items["qa"] = selection.qa_items(load_qa(qa, split="heldout"), n, seed, task.persona, user,
+                                         marginal=cfg.marginal_contexts)
     return items
 
 
 Memories = dict[str, list[list]]  # item set -> per item, the exchanges the memory recalls
 
 
-def _select(model, tok, task: PersonaTask, items: Items, system: str, bare: dict | None = None,
+def _select(model, tok, task: PersonaTask, items: Items, system: str, caches: tuple[dict, dict] | None = None,
             memories: Memories | None = None, plain: dict | None = None) -> dict[str, list[selection.Selected | None]]:
     """Every item set scored by one system, in that system's prompt (instruction and max_length);
     ``memories``: the adapter_memory system's recalled exchanges, shown after the instruction, and
     ``plain``: the same system's scores without them (kept for the items that recall nothing)."""
     instruction, max_len = instruction_for(task, system), max_length_for(tok, task, system)
     name = "adapter_memory" if memories is not None else system
-    bare = {} if bare is None else bare  # one no-context cache: same model, same instruction
+    bare, marginal = ({}, {}) if caches is None else caches  # no-context and marginal scores: same model, instruction
     with _bar(sum(map(len, items.values())), f"{task.persona}: {name} selection") as bar:
         return {n: selection.score_items(model, tok, its, instruction, max_len, progress=bar, bare=bare,
+                                         marginal=marginal,
                                          memories=None if memories is None else memories[n],
                                          without_memory=None if plain is None else plain[n])
                 for n, its in items.items()}
@@ -144,10 +147,10 @@ def run_all(cfg, tasks: Sequence[PersonaTask]) -> dict[str, Any]:
     for task, out, sel, its, mem, (gen, _) in zip(tasks, outputs, selections, items, memories, general):
         model, tok = load_adapter(task, cfg.cache_dir)
         out["adapter"] = _run(model, tok, cfg, task, gen, "adapter")
-        bare: dict = {}
-        sel["adapter"] = _select(model, tok, task, its, "adapter", bare)
+        caches: tuple[dict, dict] = ({}, {})
+        sel["adapter"] = _select(model, tok, task, its, "adapter", caches)
         if mem is not None:
-            sel["adapter_memory"] = _select(model, tok, task, its, "adapter", bare, mem, sel["adapter"])
+            sel["adapter_memory"] = _select(model, tok, task, its, "adapter", caches, mem, sel["adapter"])
         if attributing:
             adapted.update(_attribution_scores(model, tok, tasks, [task]))
         del model

@@ -172,7 +172,8 @@ def _persona_md(name: str, r: dict[str, Any], charts: Mapping[str, str]) -> list
 
 SELECTION_SETS = {"persona": "own held-out replies (distractors: the persona's replies in other conversations)",
                   "qa": "general Korean Q/A not trained on (ChatbotData held-out split)"}
-SCORE_LABELS = {"mean": "mean log-prob", "pmi": "PMI", "pmi_mean": "PMI per token", "mmi": "chat's MMI"}
+SCORE_LABELS = {"mean": "mean log-prob", "pmi": "PMI", "pmi_mean": "PMI per token", "mmi": "chat's MMI",
+                "pmi_marginal": "PMI, marginal p(reply)"}
 
 
 def _selection_md(sel: Mapping[str, Any], memory: Mapping[str, Any] | None = None) -> list[str]:
@@ -180,8 +181,9 @@ def _selection_md(sel: Mapping[str, Any], memory: Mapping[str, Any] | None = Non
     for name, per in sel.items():
         first = next(iter(per.values()))
         md += [f"**{SELECTION_SETS.get(name, name)}**: {first['n']} items, chance {_fmt(first['chance'])}", ""]
-        md += _table(["system"] + [f"Hits@1 {SCORE_LABELS[k]}" for k in selection.SCORES] + ["mean rank (PMI)"],
-                     [[SYSTEM_LABELS[s]] + [v[k]["hits1"] for k in selection.SCORES] + [v["pmi"]["mean_rank"]]
+        scores = [k for k in selection.SCORES if any(v[k]["hits1"] is not None for v in per.values())]
+        md += _table(["system"] + [f"Hits@1 {SCORE_LABELS[k]}" for k in scores] + ["mean rank (PMI)"],
+                     [[SYSTEM_LABELS[s]] + [v[k]["hits1"] for k in scores] + [v["pmi"]["mean_rank"]]
                       for s, v in per.items()])
         m = (memory or {}).get(name)
         if m:
@@ -269,12 +271,15 @@ METHOD_NOTES = """\
 - Identification ranks the style variants of one reply by **mean** log-prob per token: variants differ a
   lot in length, and a sum would prefer the shortest one whatever its style. Chance = 1/number of variants.
 - Next-reply selection ranks the true held-out reply among 19 others (the persona's own replies from other
-  conversations; or other held-out Q/A answers) in the same context, by four scores: mean log-prob per token
+  conversations; or other held-out Q/A answers) in the same context, by five scores: mean log-prob per token
   given the context; PMI = log p(reply | context) - log p(reply | same instruction, no context); PMI per
-  token; and the chat's MMI, (log p(reply | context) - 0.5 log p(reply | no context)) / tokens, what the chat
-  picks its reply by among its candidates. PMI is the one to read: mean log-prob prefers short, generic
-  replies that fit any message, while PMI keeps only what the message adds. Chance = 1/20. Ties at the top
-  count as a fair draw.
+  token; the chat's MMI, (log p(reply | context) - 0.5 log p(reply | no context)) / tokens, what the chat
+  picks its reply by among its candidates; and marginal PMI, log p(reply | context) - log p(reply) with
+  p(reply) the mean of p(reply | m) over other held-out messages m (`--marginal-contexts`, where given).
+  Read PMI: mean log-prob prefers short, generic replies that fit any message, while PMI keeps only what
+  the message adds; the marginal measures p(reply) after real messages rather than after a prompt with
+  none, and ranks the true reply better on average, but first no more often than PMI. Chance = 1/20. Ties
+  at the top count as a fair draw.
 - Speaker attribution (several adapters): each held-out reply is scored by every adapter as its persona's reply
   (its instruction, its turns as the bot's) and given to the highest log-prob (the same reply tokens for every
   adapter, so sum and mean agree); "gain" subtracts the base model's score in the same prompt. Chance = 1/N.

@@ -11,7 +11,7 @@ same context; a hit is the true reply ranked first (chance 1/20 = 0.05). Two ite
   19 other held-out answers (different text; drawn from the other items' answers) as
   distractors.
 
-Four scores rank the candidates (each is reported, see :data:`SCORES`):
+Five scores rank the candidates (each is reported, see :data:`SCORES`):
 
 - ``mean``: mean log-prob per token of the reply given the context;
 - ``pmi``: log p(reply | context) - log p(reply | no context), both summed over the
@@ -23,7 +23,17 @@ Four scores rank the candidates (each is reported, see :data:`SCORES`):
   each gain a little from the context);
 - ``mmi``: the score the chat picks its reply by among its sampled candidates
   (:mod:`chatbot.decoding`): ``(log p(reply | context) - 0.5 log p(reply | no context)) / tokens``,
-  so its Hits@1 says how often the chat's own reranking would choose the true reply.
+  so its Hits@1 says how often the chat's own reranking would choose the true reply;
+- ``pmi_marginal``: log p(reply | context) - log p(reply), where p(reply) is the model's own
+  marginal, the mean of p(reply | m) over K other held-out messages m of the set
+  (``--marginal-contexts``, :data:`MARGINAL_CONTEXTS` in the docs' figures; none of them an item's
+  context, none answered by a candidate). Off by default: measured, it ranks the true reply better
+  on average but first no more often than ``pmi`` (docs/conversation.md).
+  The "no context" prompt of ``pmi`` is one the model never saw in training (a reply right
+  after the instruction), so its p(reply) is a rough stand-in for that marginal; with the
+  candidates drawn from the same kind of replies, ranking by p(reply | context) / p(reply)
+  is the Bayes choice when p(reply) is the true marginal. Costs K prompt passes per
+  candidate text (cached by text: the Q/A pool is small, the persona pool a few dozen).
 
 With a memory (``python -m pipeline.evaluate --memory``, system ``adapter_memory``) each item's
 prompt also shows the persona's own past replies to messages like the item's (:mod:`core.memory`,
@@ -31,13 +41,14 @@ train pairs only; the items are held-out ones); the no-context prompt stays the 
 the memory being part of what the context brings.
 
 Cost: each item is one shared-prefix pass (:func:`.scoring.score_group`: the context
-once, the 20 candidates as a batch of tails) plus the candidates' no-context scores,
-cached by text, since the candidates come from a small pool.
+once, the 20 candidates as a batch of tails) plus the candidates' no-context and marginal
+scores, cached by text, since the candidates come from a small pool.
 """
 from __future__ import annotations
 
+import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -51,7 +62,8 @@ from pipeline.evaluation.scoring import Example, ReplyScore, render_group, score
 from pipeline.evaluation.tasks import persona_pairs
 
 CANDIDATES = 20  # the true reply + 19 distractors (ConvAI2's Hits@1 of 20)
-SCORES = ("mean", "pmi", "pmi_mean", "mmi")
+SCORES = ("mean", "pmi", "pmi_mean", "mmi", "pmi_marginal")
+MARGINAL_CONTEXTS = 32  # other held-out messages p(reply) is averaged over for ``pmi_marginal``, when asked for
 MMI_LAMBDA = SamplingParams().mmi_lambda  # the chat's weight of log p(reply | no context)
 
 
@@ -61,6 +73,9 @@ class SelectionItem:
 
     example: Example  # instruction, context, persona; ``response`` is the true reply
     distractors: tuple[str, ...]
+    # other messages of the same set (none an item's, none answered by a candidate): ``pmi_marginal``'s p(reply)
+    # is the mean of p(reply | each of them). The same tuple for every item of a set, so scores are shared by text
+    marginal: tuple[tuple[ContextTurn, ...], ...] = ()
 
     @property
     def candidates(self) -> tuple[str, ...]:
@@ -74,11 +89,20 @@ class Selected:
 
     with_context: tuple[ReplyScore, ...]
     without_context: tuple[ReplyScore, ...]
+    marginal: tuple[float, ...] | None = None  # log mean_k p(candidate | marginal context k); None: not measured
+
+    def has(self, score: str) -> bool:
+        """Whether ``score`` can be computed for this item (``pmi_marginal`` needs marginal contexts)."""
+        return score != "pmi_marginal" or self.marginal is not None
 
     def values(self, score: str) -> list[float]:
         """One value per candidate under ``score`` (one of :data:`SCORES`); higher = chosen."""
         if score == "mean":
             return [s.mean for s in self.with_context]
+        if score == "pmi_marginal":
+            if self.marginal is None:
+                raise ValueError("pmi_marginal: this item was scored without marginal contexts")
+            return [c.logprob - m for c, m in zip(self.with_context, self.marginal)]
         pmi = [c.logprob - n.logprob for c, n in zip(self.with_context, self.without_context)]
         if score == "pmi":
             return pmi
@@ -110,53 +134,82 @@ def pick_distractors(truth: str, pool: Sequence[str], k: int, rng: random.Random
 
 
 def persona_items(data: Path, persona: str, instruction: str, n: int, seed: int,
-                  candidates: int = CANDIDATES) -> list[SelectionItem]:
-    """``n`` held-out pairs of ``persona`` (seeded), each with replies of other conversations as distractors."""
+                  candidates: int = CANDIDATES, marginal: int = 0) -> list[SelectionItem]:
+    """``n`` held-out pairs of ``persona`` (seeded), each with replies of other conversations as distractors,
+    and ``marginal`` contexts of other pairs (held-out first) whose replies are none of the candidates."""
     val = persona_pairs(data, "validation", persona)
     try:
         train = persona_pairs(data, "train", persona)
     except UserError:  # no train.jsonl or no train pair: held-out distractors only
         train = []
     rng = random.Random(seed)
+    picked = rng.sample(val, min(n, len(val)))
     items = []
-    for p in rng.sample(val, min(n, len(val))):
+    for p in picked:
         held = pick_distractors(p.response, [q.response for q in val if q.conversation_id != p.conversation_id],
                                 candidates - 1, rng)
         seen = pick_distractors(p.response, [q.response for q in train if q.conversation_id != p.conversation_id],
                                 candidates - 1 - len(held), rng, held)
         items.append(SelectionItem(Example(instruction, tuple(p.context), persona, p.response), held + seen))
-    return items
+    pool = {c.strip() for it in items for c in it.candidates}
+    mine = {tuple(p.context) for p in picked}
+    held_ctx, seen_ctx = ([tuple(q.context) for q in pairs if q.response.strip() not in pool and tuple(q.context)
+                           not in mine] for pairs in (val, train))
+    return with_marginal(items, held_ctx, seen_ctx, marginal, seed)
 
 
 def qa_items(rows: Sequence[QA], n: int, seed: int, persona: str, user: str,
-             candidates: int = CANDIDATES) -> list[SelectionItem]:
+             candidates: int = CANDIDATES, marginal: int = 0) -> list[SelectionItem]:
     """``n`` Q/A rows with distinct answers (seeded); each item's distractors are answers of the other items.
 
     With fewer than ``candidates`` items the pool is topped up to ``candidates`` answers, so every item
     still gets its 19 distractors; the pool being small keeps the no-context scores few (one per answer).
+    ``marginal`` questions of other rows (none an item's, none answered by a pool answer) give
+    ``pmi_marginal``'s p(reply).
     """
     rng = random.Random(seed)
     unique = list({r.answer.strip(): r for r in rows}.values())  # one question per answer: one true reply
     rng.shuffle(unique)
     pool = [r.answer for r in unique[:max(n, candidates)]]
-    return [SelectionItem(Example("", (ContextTurn(user, r.question),), persona, r.answer),
-                          pick_distractors(r.answer, pool, candidates - 1, rng))
-            for r in unique[:n]]
+    items = [SelectionItem(Example("", (ContextTurn(user, r.question),), persona, r.answer),
+                           pick_distractors(r.answer, pool, candidates - 1, rng))
+             for r in unique[:n]]
+    taken = {a.strip() for a in pool} | {r.question.strip() for r in unique[:n]}
+    others = [(ContextTurn(user, r.question),) for r in rows
+              if r.answer.strip() not in taken and r.question.strip() not in taken]
+    return with_marginal(items, others, (), marginal, seed)
+
+
+def with_marginal(items: list[SelectionItem], held: Sequence[tuple[ContextTurn, ...]],
+                  seen: Sequence[tuple[ContextTurn, ...]], k: int, seed: int) -> list[SelectionItem]:
+    """The items with ``k`` marginal contexts: distinct ones of ``held`` (seeded), topped up from ``seen``
+    when ``held`` has too few. A generator of its own, so the items and distractors stay those drawn
+    without it."""
+    rng = random.Random(f"marginal:{seed}")
+    chosen: list[tuple[ContextTurn, ...]] = []
+    for group in (held, seen):
+        options = [c for c in dict.fromkeys(group) if c and c not in chosen]
+        chosen += rng.sample(options, min(k - len(chosen), len(options)))
+    return [replace(it, marginal=tuple(chosen)) for it in items] if chosen else items
 
 
 def score_items(model, tokenizer, items: Sequence[SelectionItem], instruction: str, max_length: int | None,
                 progress=None, bare: dict[str, ReplyScore] | None = None,
                 memories: Sequence[Sequence[Any]] | None = None,
-                without_memory: Sequence[Selected | None] | None = None) -> list[Selected | None]:
-    """Score every item's candidates after ``instruction``, with and without the context.
+                without_memory: Sequence[Selected | None] | None = None,
+                marginal: dict[tuple[str, tuple], float] | None = None) -> list[Selected | None]:
+    """Score every item's candidates after ``instruction``, with and without the context (and after each
+    of the item's marginal contexts, when it has them).
 
     None where the candidates do not fit ``max_length`` even with no context. ``bare`` caches the
-    no-context score of each text: pass the same dict to calls with the same model and instruction.
+    no-context score of each text, ``marginal`` its marginal log-prob: pass the same dicts to calls
+    with the same model and instruction.
     ``memories``: per item, the remembered exchanges shown with its context (:func:`recall_all`);
     ``without_memory``: the same items already scored with no memory, reused for the items that
     recall nothing (their prompt is the same, so are their scores).
     """
     bare = {} if bare is None else bare
+    marginal = {} if marginal is None else marginal
     out: list[Selected | None] = []
     for i, item in enumerate(items):
         e = item.example
@@ -176,10 +229,42 @@ def score_items(model, tokenizer, items: Sequence[SelectionItem], instruction: s
             if missing:
                 alone = [render(tokenizer, instruction, (), e.persona, c, None) for c in missing]
                 bare.update(zip(missing, score_group(model, tokenizer, alone)))
-            out.append(Selected(tuple(with_context), tuple(bare[c] for c in item.candidates)))
+            marg = marginal_logprobs(model, tokenizer, item, instruction, max_length, marginal)
+            out.append(Selected(tuple(with_context), tuple(bare[c] for c in item.candidates), marg))
         if progress is not None:
             progress.update(1)
     return out
+
+
+def marginal_logprobs(model, tokenizer, item: SelectionItem, instruction: str, max_length: int | None,
+                      cache: dict[tuple[str, tuple], float]) -> tuple[float, ...] | None:
+    """log (1/K) sum_k p(candidate | marginal context k) per candidate, the model's own p(reply) over
+    messages of the item's kind; cached by (text, contexts). None when the item has no marginal contexts.
+
+    Each marginal context is one shared-prefix pass with the missing candidates as tails; a context is
+    cut from its oldest turn to fit ``max_length`` as the item's own is.
+    """
+    if not item.marginal:
+        return None
+    key = item.marginal
+    missing = [c for c in dict.fromkeys(item.candidates) if (c, key) not in cache]
+    if missing:
+        persona = item.example.persona
+        per_context = []
+        for context in key:
+            renders = render_group(tokenizer, [Example(instruction, context, persona, c) for c in missing],
+                                   max_length)
+            if renders is None:  # cannot happen once the item itself fitted; no figure rather than a wrong one
+                return None
+            per_context.append([s.logprob for s in score_group(model, tokenizer, renders)])
+        for j, c in enumerate(missing):
+            cache[(c, key)] = _log_mean_exp([row[j] for row in per_context])
+    return tuple(cache[(c, key)] for c in item.candidates)
+
+
+def _log_mean_exp(values: Sequence[float]) -> float:
+    top = max(values)
+    return top + math.log(sum(math.exp(v - top) for v in values) / len(values))
 
 
 def recall_all(memory: Memory, items: Sequence[SelectionItem]) -> list[list[Recalled]]:
@@ -207,6 +292,7 @@ def summarize(selected: Sequence[Selected | None]) -> dict[str, object]:
     out: dict[str, object] = {"n": n, "skipped": len(selected) - n,
                               "chance": sum(1 / len(s.with_context) for s in kept) / n if n else None}
     for score in SCORES:
-        out[score] = {"hits1": sum(s.hit(score) for s in kept) / n if n else None,
-                      "mean_rank": sum(s.rank(score) for s in kept) / n if n else None}
+        some = [s for s in kept if s.has(score)]  # pmi_marginal: the items that had marginal contexts
+        out[score] = {"hits1": sum(s.hit(score) for s in some) / len(some) if some else None,
+                      "mean_rank": sum(s.rank(score) for s in some) / len(some) if some else None}
     return out
