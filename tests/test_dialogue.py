@@ -64,6 +64,17 @@ def test_training_pairs_never_hold_a_heldout_answer(small_csv):
     assert not {p.response for p in train} & {p.response for p in val}  # split by answer
 
 
+def test_no_context_adds_answers_with_no_question_to_train_only(small_csv):
+    train, val = dialogue_pairs(small_csv)
+    train2, val2 = dialogue_pairs(small_csv, no_context=0.5)
+    assert val2 == val and [p for p in train2 if p.context] == train
+    alone = [p for p in train2 if not p.context]
+    assert 0.3 * len(train) < len(alone) < 0.7 * len(train)  # about half, by a hash of the question
+    assert {p.response for p in alone} <= {p.response for p in train}
+    assert dialogue_pairs(small_csv, no_context=0.5) == (train2, val2)  # stable
+    assert len([p for p in dialogue_pairs(small_csv, no_context=1.0)[0] if not p.context]) == len(train)
+
+
 def test_pair_is_the_question_as_user_turn_and_the_answer_as_reply(small_csv):
     qa = load_qa(small_csv, split="train")[0]
     pair = next(p for p in dialogue_pairs(small_csv)[0] + dialogue_pairs(small_csv)[1] if p.response == qa.answer)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Sequence
 
 from core.cli import parser, run_cli, setup_logging
+from core.errors import UserError
 from core.models import default_cache_dir
 from data_prep.chatbot_data import DEFAULT_CSV
 from pipeline.base_model import resolve_base
@@ -51,6 +52,9 @@ def _args(argv: Sequence[str] | None):
     p.add_argument("--contrast", type=float, default=0.0,
                    help="weight of the contrastive term (pipeline.train --contrast): each answer must be likelier "
                         "after its own question than after another's (default 0: off)")
+    p.add_argument("--no-context", type=float, default=0.0, metavar="SHARE",
+                   help="share of train rows whose answer is also trained with no question before it, the prompt "
+                        "PMI's p(reply) comes from (default 0)")
     p.add_argument("--init-adapter", type=Path, help="continue from this dialogue adapter's weights (e.g. "
                                                      "pipeline/assets/dialogue_ko) instead of a fresh LoRA")
     p.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
@@ -80,6 +84,8 @@ def export(trained: Path, out: Path, base_sha256: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     setup_logging()
     a = _args(argv)
+    if not 0 <= a.no_context <= 1:
+        raise UserError(f"--no-context {a.no_context:g}: a share between 0 and 1")
     from pipeline.training.config import TrainConfig
     from pipeline.training.run import train
 
@@ -87,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ref = resolve_base(a.base_model, cache)
     out = a.out or user_adapter_dir(cache, ref.sha256)
     with tempfile.TemporaryDirectory(prefix="dialogue-") as tmp:
-        data = write_data(Path(tmp) / "data", *dialogue_pairs(a.csv))
+        data = write_data(Path(tmp) / "data", *dialogue_pairs(a.csv, a.no_context))
         base_cfg = TrainConfig(str(data), str(Path(tmp) / "adapter"), persona=PERSONA, base_model=a.base_model,
                                cache_dir=str(cache), seed=a.seed, threads=a.threads, dialogue=False)
         cfg = replace(base_cfg, **{**TRAIN_DEFAULTS, "max_steps": a.max_steps, "batch_size": a.batch_size,

@@ -8,6 +8,7 @@ name between a few names, so the stage does not tie its replies to one system te
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -34,12 +35,20 @@ def qa_pair(qa: QA) -> Pair:
                 conversation_id=hashlib.sha256(qa.answer.encode("utf-8")).hexdigest()[:12], source="ChatbotData")
 
 
-def dialogue_pairs(csv: str | Path = DEFAULT_CSV) -> tuple[list[Pair], list[Pair]]:
+def dialogue_pairs(csv: str | Path = DEFAULT_CSV, no_context: float = 0.0) -> tuple[list[Pair], list[Pair]]:
     """(train, validation) pairs from ChatbotData's train split only; split by a hash of the answer,
-    so an answer shared by several questions is never on both sides."""
+    so an answer shared by several questions is never on both sides.
+
+    ``no_context``: the share of train rows (by a hash of the question) that also train their answer with
+    no question at all, right after the instruction: the prompt PMI's p(reply) is read from, which
+    training otherwise never shows (the condition dropout of classifier-free guidance).
+    """
     train, val = [], []
     for qa in load_qa(csv, split="train"):
-        (val if _bucket(qa.answer, "validation", VALIDATION_BUCKETS) == 0 else train).append(qa_pair(qa))
+        held = _bucket(qa.answer, "validation", VALIDATION_BUCKETS) == 0
+        (val if held else train).append(qa_pair(qa))
+        if not held and no_context and _bucket(qa.question, "no-context", 1000) < no_context * 1000:
+            train.append(replace(qa_pair(qa), context=()))
     if not train or not val:
         raise UserError(f"{csv}: too few ChatbotData rows for a dialogue stage ({len(train)} train, {len(val)} "
                         "validation)")
