@@ -9,10 +9,10 @@
 Next-reply selection, Hits@1 of 20 (chance 0.05), for each persona and each system
 (base, few-shot, adapter), on the persona's own held-out replies (distractors: its
 replies from other conversations) and on general Korean Q/A that no stage trained on
-(ChatbotData's fixed held-out split), under three scores: mean log-prob per token of the
-reply given the context, PMI = log p(reply | context) - log p(reply | no context), and
-marginal PMI, whose p(reply) is the mean of p(reply | message) over other held-out messages
-(``--marginal-contexts``, pipeline.evaluation.selection).
+(ChatbotData's fixed held-out split), under two scores: mean log-prob per token of the
+reply given the context and PMI = log p(reply | context) - log p(reply | no context); with
+``--marginal-contexts K`` also marginal PMI, whose p(reply) is the mean of p(reply | message)
+over K other held-out questions (pipeline.evaluation.selection).
 Prints ONE table, then speaker attribution across the adapters (which adapter explains
 each held-out reply best; chance 1/4). The exports and adapters are those of
 bench/persona_fidelity.py (same personas, same run folder by default), so an adapter

@@ -45,10 +45,10 @@ def dialogue_pairs(csv: str | Path = DEFAULT_CSV, no_context: float = 0.0) -> tu
     """
     train, val = [], []
     for qa in load_qa(csv, split="train"):
-        held = _bucket(qa.answer, "validation", VALIDATION_BUCKETS) == 0
-        (val if held else train).append(qa_pair(qa))
+        pair, held = qa_pair(qa), _bucket(qa.answer, "validation", VALIDATION_BUCKETS) == 0
+        (val if held else train).append(pair)
         if not held and no_context and _bucket(qa.question, "no-context", 1000) < no_context * 1000:
-            train.append(replace(qa_pair(qa), context=()))
+            train.append(replace(pair, context=()))
     if not train or not val:
         raise UserError(f"{csv}: too few ChatbotData rows for a dialogue stage ({len(train)} train, {len(val)} "
                         "validation)")
