@@ -43,9 +43,10 @@ def main(argv=None) -> int:
                                               memories=[mem[i]], without_memory=[plain[i]])[0]
         if plain[i] is None or remembered[i] is None:
             continue
+        scores = [s for s in selection.SCORES if plain[i].has(s)]  # no marginal PMI here
         print(json.dumps({"item": i, "truth": items[i].candidates[0], "recalled": [[r.reply, r.score] for r in mem[i]],
-                          **{f"{s}_rank": [plain[i].rank(s), remembered[i].rank(s)] for s in selection.SCORES},
-                          **{f"{s}_hit": [plain[i].hit(s), remembered[i].hit(s)] for s in selection.SCORES}},
+                          **{f"{s}_rank": [plain[i].rank(s), remembered[i].rank(s)] for s in scores},
+                          **{f"{s}_hit": [plain[i].hit(s), remembered[i].hit(s)] for s in scores}},
                          ensure_ascii=False), flush=True)
     print(json.dumps({"adapter": selection.summarize(list(plain.values())),
                       "adapter_memory": selection.summarize(list(remembered.values()))}, indent=1))
