@@ -157,3 +157,17 @@ def test_more_processes_than_gpus_is_one_clear_line(monkeypatch):
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     with pytest.raises(UserError, match="2 processes on this machine but 1 GPU"):
         make_accelerator()
+
+
+def test_a_checkpoint_restores_its_loop_state_including_the_older_best_val_key(tmp_path):
+    from pipeline.training import checkpoint as ckpt_io
+
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    state = ckpt_io.LoopState(step=7, best_objective=2.5, best_step=5, bad_evals=1, tokens=99)
+    saved = ckpt_io.save_checkpoint(tmp_path, model, opt, sched, state, None, "fp", keep=2)
+    meta = ckpt_io.read_meta(saved, "fp")
+    assert ckpt_io.restore(saved, meta, model, opt, sched)[0] == state
+    old = {**meta, "loop": {("best_val" if k == "best_objective" else k): v for k, v in meta["loop"].items()}}
+    assert ckpt_io.restore(saved, old, model, opt, sched)[0] == state  # the key's older name

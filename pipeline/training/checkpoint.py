@@ -36,7 +36,7 @@ class LoopState:
     step: int = 0
     epoch: int = 0
     batch_in_epoch: int = 0  # index into the epoch's batch plan of the next batch to use
-    best_val: float | None = None
+    best_objective: float | None = None  # validation loss, + contrast x its term with --contrast
     best_step: int = 0
     bad_evals: int = 0  # evaluations since the last improvement (early stopping)
     tokens: int = 0  # non-padding tokens consumed
@@ -190,4 +190,7 @@ def restore(ckpt: Path, meta: dict, model, optimizer, scheduler) -> tuple[LoopSt
     _set_rng_state(load_file(ckpt / "rng.safetensors"), meta["python_rng"])
     best_file = ckpt / "best.safetensors"
     best = load_file(best_file) if best_file.is_file() else None
-    return LoopState(**meta["loop"]), best
+    loop = dict(meta["loop"])
+    if "best_val" in loop:  # checkpoints written before the objective had its own name
+        loop["best_objective"] = loop.pop("best_val")
+    return LoopState(**loop), best

@@ -297,8 +297,8 @@ def _eval_and_track(c: _Ctx, state: LoopState, best: dict | None, log: MetricsLo
     if ev is None:
         return best
     score = objective(c.cfg, ev)
-    if state.best_val is None or score < state.best_val - 1e-4:
-        state.best_val, state.best_step, state.bad_evals = score, state.step, 0
+    if state.best_objective is None or score < state.best_objective - 1e-4:
+        state.best_objective, state.best_step, state.bad_evals = score, state.step, 0
         return ckpt_io.trainable_state(c.inner)
     state.bad_evals += 1
     return best

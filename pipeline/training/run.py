@@ -168,7 +168,7 @@ def init_from(cfg: TrainConfig, model, ext_manifest: dict) -> None:
 def _metrics(cfg: TrainConfig, result: LoopResult, records: list[dict], counts: dict) -> dict[str, Any]:
     st = result.state
     at_best = next((r for r in records if r.get("step") == st.best_step and "val_loss" in r), {})
-    val = at_best.get("val_loss", st.best_val) if st.best_val is not None else None  # best_val: the objective
+    val = at_best.get("val_loss", st.best_objective) if st.best_objective is not None else None
     return {"steps": st.step, "best_step": st.best_step if val is not None else st.step,
             "val_loss": val, "val_ppl": math.exp(min(val, 50)) if val is not None else None,
             "rehearsal_val_loss": at_best.get("rehearsal_val_loss"),
