@@ -20,7 +20,7 @@ from core.models import read_extended_manifest as read_manifest
 from data_prep.chatbot_data import is_heldout, load_qa
 from pipeline import dialogue_stage as dialogue
 from pipeline.dialogue.__main__ import main as dialogue_main
-from pipeline.dialogue.data import dialogue_pairs
+from pipeline.dialogue.data import CARD_NAMES, INSTRUCTIONS, dialogue_pairs
 from pipeline.extension import ensure_extended, extended_for
 from pipeline.extension_check import verify_extended
 from tests.tiny_models import CHATBOT_CSV
@@ -73,6 +73,29 @@ def test_no_context_adds_answers_with_no_question_to_train_only(small_csv):
     assert {p.response for p in alone} <= {p.response for p in train}
     assert dialogue_pairs(small_csv, no_context=0.5) == (train2, val2)  # stable
     assert len([p for p in dialogue_pairs(small_csv, no_context=1.0)[0] if not p.context]) == len(train)
+
+
+def test_cards_give_a_share_of_rows_a_persona_card_of_the_answers(small_csv):
+    train, val = dialogue_pairs(small_csv)
+    train2, val2 = dialogue_pairs(small_csv, cards=0.5)
+    assert [(p.context, p.response) for p in train2 + val2] == [(p.context, p.response) for p in train + val]
+    carded = [p for p in train2 + val2 if p.instruction not in INSTRUCTIONS]
+    assert 0.3 * len(train2 + val2) < len(carded) < 0.7 * len(train2 + val2)  # about half, by a hash of the question
+    names = {p.instruction.split("처럼")[0].split(". ")[-1] for p in carded}
+    assert names <= set(CARD_NAMES) and len(names) > 1
+    assert all(p.instruction.startswith(f"너는 {p.instruction.split('처럼')[0].split('. ')[-1]}") for p in carded)
+    assert all("자 정도로" in p.instruction for p in carded)  # measured habits, as a persona's card
+    unchanged = [(a.instruction, b.instruction) for a, b in zip(train + val, train2 + val2)
+                 if b.instruction in INSTRUCTIONS]
+    assert all(a == b for a, b in unchanged)  # the other rows keep their instruction
+    assert dialogue_pairs(small_csv, cards=0.5) == (train2, val2)  # stable
+    assert all(p.instruction not in INSTRUCTIONS for p in sum(dialogue_pairs(small_csv, cards=1.0), []))
+
+
+def test_dialogue_rejects_a_share_outside_zero_to_one(small_csv):
+    for flag in ("--cards", "--no-context"):
+        with pytest.raises(UserError, match=flag):
+            dialogue_main(["--csv", str(small_csv), flag, "1.5"])
 
 
 def test_pair_is_the_question_as_user_turn_and_the_answer_as_reply(small_csv):

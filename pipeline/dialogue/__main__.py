@@ -55,6 +55,10 @@ def _args(argv: Sequence[str] | None):
     p.add_argument("--no-context", type=float, default=0.0, metavar="SHARE",
                    help="share of train rows whose answer is also trained with no question before it, the prompt "
                         "PMI's p(reply) comes from (default 0)")
+    p.add_argument("--cards", type=float, default=0.0, metavar="SHARE",
+                   help="share of rows whose instruction is a persona card (measured on the answers, under one of "
+                        "a few names) instead of the empty or neutral one: the system text persona adapters "
+                        "use (default 0)")
     p.add_argument("--init-adapter", type=Path, help="continue from this dialogue adapter's weights (e.g. "
                                                      "pipeline/assets/dialogue_ko) instead of a fresh LoRA")
     p.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
@@ -84,8 +88,9 @@ def export(trained: Path, out: Path, base_sha256: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     setup_logging()
     a = _args(argv)
-    if not 0 <= a.no_context <= 1:
-        raise UserError(f"--no-context {a.no_context:g}: a share between 0 and 1")
+    for flag, share in (("--no-context", a.no_context), ("--cards", a.cards)):
+        if not 0 <= share <= 1:
+            raise UserError(f"{flag} {share:g}: a share between 0 and 1")
     from pipeline.training.config import TrainConfig
     from pipeline.training.run import train
 
@@ -93,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ref = resolve_base(a.base_model, cache)
     out = a.out or user_adapter_dir(cache, ref.sha256)
     with tempfile.TemporaryDirectory(prefix="dialogue-") as tmp:
-        data = write_data(Path(tmp) / "data", *dialogue_pairs(a.csv, a.no_context))
+        data = write_data(Path(tmp) / "data", *dialogue_pairs(a.csv, a.no_context, a.cards))
         base_cfg = TrainConfig(str(data), str(Path(tmp) / "adapter"), persona=PERSONA, base_model=a.base_model,
                                cache_dir=str(cache), seed=a.seed, threads=a.threads, dialogue=False)
         cfg = replace(base_cfg, **{**TRAIN_DEFAULTS, "max_steps": a.max_steps, "batch_size": a.batch_size,

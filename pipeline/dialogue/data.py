@@ -3,7 +3,10 @@
 Each question is the user's turn and its answer the bot's reply. The system turn alternates
 between the empty instruction (what the bare base chat uses) and a neutral one, and the user's
 name between a few names, so the stage does not tie its replies to one system text or speaker
-(persona cards bring their own). The held-out split of :mod:`data_prep.chatbot_data` is never read.
+(persona cards bring their own). On request (``cards``) a share of the rows gets a persona card
+instead, measured on the answers themselves under a name of :data:`CARD_NAMES`: the shape of system
+text every persona adapter is trained and served with. The held-out split of
+:mod:`data_prep.chatbot_data` is never read.
 """
 from __future__ import annotations
 
@@ -14,11 +17,13 @@ from typing import Sequence
 
 from core.errors import UserError
 from data_prep.chatbot_data import DEFAULT_CSV, QA, load_qa
+from data_prep.persona_card import build_card
 from data_prep.records import ContextTurn, Pair
 
 PERSONA = "dialogue"  # the persona name the stage's pairs carry (never rendered: it marks the bot's turns)
 INSTRUCTIONS = ("", "상대의 말에 자연스럽고 친절하게 답하세요.")  # the bare chat's, and a neutral one
 USER_NAMES = ("나", "친구1", "사용자")  # the bare chat's user, prepare's pseudonym style, a generic one
+CARD_NAMES = ("민지", "준호", "서연", "지훈", "하은", "도윤")  # names for persona-card instructions (none a user's)
 VALIDATION_BUCKETS = 50  # one train-split answer in this many validates instead (~2%, ~210 pairs)
 
 
@@ -27,25 +32,38 @@ def _bucket(text: str, salt: str, n: int) -> int:
     return int.from_bytes(digest[:8], "big") % n
 
 
-def qa_pair(qa: QA) -> Pair:
-    """One ChatbotData row as a chat pair: the question is the user's turn, the answer the reply."""
+def qa_pair(qa: QA, cards: Sequence[str] = (), card_share: float = 0.0) -> Pair:
+    """One ChatbotData row as a chat pair: the question is the user's turn, the answer the reply.
+
+    ``card_share`` of the rows (by a hash of the question) take one of ``cards`` as the instruction."""
     instruction = INSTRUCTIONS[_bucket(qa.question, "instruction", len(INSTRUCTIONS))]
+    if cards and _bucket(qa.question, "card", 1000) < card_share * 1000:
+        instruction = cards[_bucket(qa.question, "card-name", len(cards))]
     user = USER_NAMES[_bucket(qa.question, "user", len(USER_NAMES))]
     return Pair(PERSONA, instruction, (ContextTurn(user, qa.question),), qa.answer,
                 conversation_id=hashlib.sha256(qa.answer.encode("utf-8")).hexdigest()[:12], source="ChatbotData")
 
 
-def dialogue_pairs(csv: str | Path = DEFAULT_CSV, no_context: float = 0.0) -> tuple[list[Pair], list[Pair]]:
+def dialogue_pairs(csv: str | Path = DEFAULT_CSV, no_context: float = 0.0,
+                   cards: float = 0.0) -> tuple[list[Pair], list[Pair]]:
     """(train, validation) pairs from ChatbotData's train split only; split by a hash of the answer,
     so an answer shared by several questions is never on both sides.
 
     ``no_context``: the share of train rows (by a hash of the question) that also train their answer with
     no question at all, right after the instruction: the prompt PMI's p(reply) is read from, which
     training otherwise never shows (the condition dropout of classifier-free guidance).
+
+    ``cards``: the share of rows (train and validation) whose instruction is a persona card instead,
+    rendered by :func:`data_prep.persona_card.build_card` from the train answers under each of
+    :data:`CARD_NAMES`, so that the stage answers the message under a card as it does without one.
     """
+    rows = load_qa(csv, split="train")
+    validation = [_bucket(qa.answer, "validation", VALIDATION_BUCKETS) == 0 for qa in rows]
+    texts = [qa.answer for qa, v in zip(rows, validation) if not v]
+    instructions = [build_card(name, texts).instruction for name in CARD_NAMES] if cards and texts else []
     train, val = [], []
-    for qa in load_qa(csv, split="train"):
-        pair, held = qa_pair(qa), _bucket(qa.answer, "validation", VALIDATION_BUCKETS) == 0
+    for qa, held in zip(rows, validation):
+        pair = qa_pair(qa, instructions, cards)
         (val if held else train).append(pair)
         if not held and no_context and _bucket(qa.question, "no-context", 1000) < no_context * 1000:
             train.append(replace(pair, context=()))
