@@ -191,6 +191,6 @@ def restore(ckpt: Path, meta: dict, model, optimizer, scheduler) -> tuple[LoopSt
     best_file = ckpt / "best.safetensors"
     best = load_file(best_file) if best_file.is_file() else None
     loop = dict(meta["loop"])
-    if "best_val" in loop:  # checkpoints written before the objective had its own name
+    if "best_val" in loop:  # the key's name in older checkpoints
         loop["best_objective"] = loop.pop("best_val")
     return LoopState(**loop), best
