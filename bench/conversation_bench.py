@@ -4,6 +4,8 @@
     python bench/conversation_bench.py --adapters runs/bench_fidelity/adapters   # reuse trained adapters (no training)
     python bench/conversation_bench.py --base-only --selection-items 100         # the base model on held-out Q/A only
     python bench/conversation_bench.py --base-only --dialogue                    # the base with the dialogue stage
+    python bench/conversation_bench.py --adapters runs/bench_fidelity/adapters --qa-only --selection-items 100
+                                                          # adapters and their base on held-out Q/A only
     python bench/conversation_bench.py --tiny                            # quick check on a tiny random model
 
 Next-reply selection, Hits@1 of 20 (chance 0.05), for each persona and each system
@@ -161,12 +163,45 @@ def base_only(a) -> None:
                           if s[k]["hits1"] is not None), flush=True)
 
 
+def qa_only(a) -> None:
+    """Each adapter of ``--adapters`` and its base, on held-out Q/A only, the question under the persona's card."""
+
+    import torch
+
+    from core.models import load_adapter
+    from data_prep.chatbot_data import load_qa
+    from pipeline.evaluation import selection
+    from pipeline.extension import load_base
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    heldout = load_qa(split="heldout")
+    print(f"held-out ChatbotData Q/A, Hits@1 of 20 (chance 0.05), {a.selection_items} items, each question under the "
+          "persona's card", flush=True)
+    for folder in reuse_adapters(a.adapters):
+        m = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+        items = selection.qa_items(heldout, a.selection_items, a.seed, m["persona"], m["user_speaker"],
+                                   marginal=a.marginal_contexts)
+        for system in ("base", "adapter"):
+            model, tok, _ = load_base(m.get("base_model"), dialogue=m.get("dialogue", False))
+            if system == "adapter":
+                model = load_adapter(model, folder).merge_and_unload().eval()
+            s = selection.summarize(selection.score_items(model, tok, items, m["instruction"], m.get("max_length"),
+                                                          marginal={}))
+            print(f"{m['persona']:6s} {system:8s} n={s['n']}: " + ", ".join(
+                f"{k} {s[k]['hits1']:.2f} (mean rank {s[k]['mean_rank']:.1f})" for k in selection.SCORES
+                if s[k]["hits1"] is not None), flush=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--adapters", type=Path, help="reuse trained adapters: a folder holding the bench personas' "
                     "adapter folders (e.g. runs/bench_fidelity/adapters); no training")
     ap.add_argument("--data", type=Path, help="prepare output of those adapters (default: ADAPTERS/../data)")
     ap.add_argument("--base-only", action="store_true", help="only the base model on held-out Q/A (no adapters)")
+    ap.add_argument("--qa-only", action="store_true",
+                    help="with --adapters: each adapter and its base on held-out Q/A only, under the persona's card "
+                         "(no own-reply selection, attribution or generation; about 2.3 min per system at 100 items)")
     ap.add_argument("--tiny", action="store_true", help="tiny random base model and 40 dialogues: a quick check")
     ap.add_argument("--selection-items", type=int, default=30, help="selection items per set and persona (default 30)")
     ap.add_argument("--marginal-contexts", type=int, default=0, metavar="K",
@@ -192,6 +227,10 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     if a.base_only:
         base_only(a)
+    elif a.qa_only:
+        if not a.adapters:
+            ap.error("--qa-only needs --adapters DIR")
+        qa_only(a)
     else:
         out = a.out or (a.adapters.parent if a.adapters else
                         Path(tempfile.mkdtemp(prefix="conversation-")) if a.tiny else ROOT / "runs" / "bench_fidelity")
