@@ -17,7 +17,7 @@ from typing import Sequence
 
 from core.errors import UserError
 from data_prep.chatbot_data import DEFAULT_CSV, QA, load_qa
-from data_prep.persona_card import build_card
+from data_prep.persona_card import build_card, render_instruction
 from data_prep.records import ContextTurn, Pair
 
 PERSONA = "dialogue"  # the persona name the stage's pairs carry (never rendered: it marks the bot's turns)
@@ -60,7 +60,8 @@ def dialogue_pairs(csv: str | Path = DEFAULT_CSV, no_context: float = 0.0,
     rows = load_qa(csv, split="train")
     validation = [_bucket(qa.answer, "validation", VALIDATION_BUCKETS) == 0 for qa in rows]
     texts = [qa.answer for qa, v in zip(rows, validation) if not v]
-    instructions = [build_card(name, texts).instruction for name in CARD_NAMES] if cards and texts else []
+    card = build_card(CARD_NAMES[0], texts) if cards and texts else None  # measured once, rendered per name
+    instructions = [render_instruction(replace(card, name=name)) for name in CARD_NAMES] if card else []
     train, val = [], []
     for qa, held in zip(rows, validation):
         pair = qa_pair(qa, instructions, cards)
