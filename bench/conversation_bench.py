@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.persona_fidelity import STYLES, write_exports  # noqa: E402
 from data_prep import smilestyle  # noqa: E402
-from pipeline.evaluation.selection import MARGINAL_CONTEXTS  # noqa: E402
+from pipeline.evaluation.selection import MARGINAL_CONTEXTS, SCORES  # noqa: E402
 
 COLUMNS = (("persona", "mean"), ("persona", "pmi"), ("persona", "pmi_marginal"), ("qa", "mean"), ("qa", "pmi"),
            ("qa", "pmi_marginal"))
@@ -158,20 +158,24 @@ def base_only(a) -> None:
         scored += selection.score_items(model, tok, items[start:start + 10], "", None, bare=bare, marginal=marginal)
         s = selection.summarize(scored)
         print(f"base model{' + dialogue stage' if a.dialogue else ''}, held-out ChatbotData Q/A, "
-              f"Hits@1 of 20 (chance {s['chance']:.2f}), n={s['n']}: "
-              + ", ".join(f"{k} {s[k]['hits1']:.3f} (mean rank {s[k]['mean_rank']:.1f})" for k in selection.SCORES
-                          if s[k]["hits1"] is not None), flush=True)
+              f"Hits@1 of 20 (chance {s['chance']:.2f}), n={s['n']}: {figures(s, 3)}", flush=True)
+
+
+def figures(summary: dict, digits: int) -> str:
+    """Hits@1 and mean rank of each score a ``selection.summarize`` result has."""
+    return ", ".join(f"{k} {summary[k]['hits1']:.{digits}f} (mean rank {summary[k]['mean_rank']:.1f})"
+                     for k in SCORES if summary[k]["hits1"] is not None)
 
 
 def qa_only(a) -> None:
     """Each adapter of ``--adapters`` and its base, on held-out Q/A only, the question under the persona's card."""
-
     import torch
 
+    from core.adapter_format import read_manifest
     from core.models import load_adapter
     from data_prep.chatbot_data import load_qa
     from pipeline.evaluation import selection
-    from pipeline.extension import load_base
+    from pipeline.extension import load_base_for
 
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -179,18 +183,16 @@ def qa_only(a) -> None:
     print(f"held-out ChatbotData Q/A, Hits@1 of 20 (chance 0.05), {a.selection_items} items, each question under the "
           "persona's card", flush=True)
     for folder in reuse_adapters(a.adapters):
-        m = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+        m = read_manifest(folder)
         items = selection.qa_items(heldout, a.selection_items, a.seed, m["persona"], m["user_speaker"],
                                    marginal=a.marginal_contexts)
         for system in ("base", "adapter"):
-            model, tok, _ = load_base(m.get("base_model"), dialogue=m.get("dialogue", False))
+            model, tok, _ = load_base_for(m)  # a fresh base each time: the adapter is merged into its weights
             if system == "adapter":
                 model = load_adapter(model, folder).merge_and_unload().eval()
             s = selection.summarize(selection.score_items(model, tok, items, m["instruction"], m.get("max_length"),
                                                           marginal={}))
-            print(f"{m['persona']:6s} {system:8s} n={s['n']}: " + ", ".join(
-                f"{k} {s[k]['hits1']:.2f} (mean rank {s[k]['mean_rank']:.1f})" for k in selection.SCORES
-                if s[k]["hits1"] is not None), flush=True)
+            print(f"{m['persona']:6s} {system:8s} n={s['n']}: {figures(s, 2)}", flush=True)
 
 
 def main(argv=None) -> int:
