@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--keep-checkpoints", type=int, default=d.keep_checkpoints, help="newest checkpoints to keep (default 2)")
     a("--log-every", type=int, default=d.log_every, help="steps per metrics.jsonl line (default 10)")
     a("--seed", type=int, default=d.seed, help="random seed (default 0)")
-    a("--rehearsal", help="general Korean dialogue mixed in against forgetting: text lines, CSV with Q,A, or JSONL")
+    a("--rehearsal", help="general Korean dialogue mixed in against forgetting: text lines, CSV with Q,A, or JSONL "
+                          "(Q/A rows of the held-out split that next-reply selection measures on are left out)")
     a("--rehearsal-ratio", type=float, default=d.rehearsal_ratio, help="share of rehearsal examples (default 0.2)")
     a("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=d.gradient_checkpointing,
       help="recompute activations in the backward: ~0.9 GB less memory for the default model, ~10%% slower "

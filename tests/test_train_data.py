@@ -8,6 +8,7 @@ import pytest
 from core import chat_format
 from core.chat_format import IGNORE_INDEX
 from core.errors import UserError
+from data_prep.chatbot_data import is_heldout, load_qa
 from data_prep.records import ContextTurn, Pair
 from pipeline.training.data import (
     NEUTRAL_INSTRUCTION,
@@ -87,6 +88,16 @@ def test_rehearsal_formats(tmp_path):
     bad.write_text("x,y\n1,2\n", "utf-8")
     with pytest.raises(UserError, match="Q and A"):
         read_rehearsal(bad)
+
+
+def test_rehearsal_leaves_out_the_heldout_qa_split(tmp_path):
+    heldout = {q.answer for q in load_qa(CHATBOT_CSV, split="heldout")}
+    trained = {p.response for p in read_rehearsal(CHATBOT_CSV)}
+    assert heldout and trained and not heldout & trained
+    jl = tmp_path / "r.jsonl"
+    answers = sorted(heldout)[:2] + ["그냥 쉬어"]
+    jl.write_text("".join(json.dumps({"q": "뭐해?", "a": a}, ensure_ascii=False) + "\n" for a in answers), "utf-8")
+    assert not is_heldout("그냥 쉬어") and [p.response for p in read_rehearsal(jl)] == ["그냥 쉬어"]
 
 
 def test_rehearsal_split_ratio_and_disjoint():

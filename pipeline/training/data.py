@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import random
 from collections import Counter
 from dataclasses import dataclass
@@ -19,7 +20,10 @@ from typing import Sequence
 from core import chat_format
 from core.chat_format import IGNORE_INDEX, Rendered
 from core.errors import UserError
+from data_prep.chatbot_data import is_heldout
 from data_prep.records import ContextTurn, Pair
+
+log = logging.getLogger(__name__)
 
 # The instruction rehearsal examples are rendered with: no persona, just a helpful reply.
 NEUTRAL_INSTRUCTION = "상대의 말에 자연스럽고 친절하게 답하세요."
@@ -84,6 +88,11 @@ def read_rehearsal(path: str | Path, speaker: str = DEFAULT_USER) -> list[Pair]:
     ``speaker``, A the reply); ``.jsonl`` with ``q``/``a`` (or question/answer,
     instruction/output, or a prepared pair); anything else as plain text, one
     reply per line with no context. All use :data:`NEUTRAL_INSTRUCTION`.
+
+    Q/A rows (CSV and JSONL) whose answer falls in the fixed held-out split of
+    :func:`data_prep.chatbot_data.is_heldout` are left out: next-reply selection
+    (``pipeline.evaluate --qa``) measures on that split of any Q/A file, so passing the same
+    file to both must not train on what is measured.
     """
     path = Path(path)
     if not path.is_file():
@@ -106,6 +115,12 @@ def read_rehearsal(path: str | Path, speaker: str = DEFAULT_USER) -> list[Pair]:
     except (UnicodeDecodeError, json.JSONDecodeError, csv.Error) as e:
         raise UserError(f"--rehearsal {path}: cannot read ({e})") from e
     pairs = [p for p in rows if p is not None]
+    if path.suffix.lower() in (".csv", ".jsonl", ".json"):
+        kept = [p for p in pairs if not is_heldout(p.response)]
+        if len(kept) < len(pairs):
+            log.info("--rehearsal %s: %d of %d rows left out, their answers are in the held-out split that "
+                     "next-reply selection measures on", path, len(pairs) - len(kept), len(pairs))
+        pairs = kept
     if not pairs:
         raise UserError(f"--rehearsal {path}: no usable examples")
     return pairs
