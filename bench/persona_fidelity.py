@@ -4,6 +4,7 @@
     python bench/persona_fidelity.py --max-steps 100      # shorter training
     python bench/persona_fidelity.py --tiny               # quick check on a tiny random model (~1 min)
     python bench/persona_fidelity.py --style emoticon --dialogue   # one persona, on the dialogue base
+    python bench/persona_fidelity.py --style king --rehearsal ../shared/data/chatbot_data/ChatbotData.csv
 
 Builds one KakaoTalk (Windows PC) export per persona from SmileStyle with
 data_prep.smilestyle: four contrasting personas (halbae, king, sosim, emoticon) each
@@ -90,6 +91,9 @@ def main(argv=None) -> int:
     ap.add_argument("--max-steps", type=int, help="training steps per persona (default: pipeline.train's)")
     ap.add_argument("--max-examples", type=int, default=30, help="held-out replies per persona (default 30)")
     ap.add_argument("--contrast", type=float, help="pipeline.train --contrast (default: pipeline.train's)")
+    ap.add_argument("--rehearsal", type=Path,
+                    help="pipeline.train --rehearsal: general Q/A mixed into each persona's training (its held-out "
+                         "split left out), e.g. ../shared/data/chatbot_data/ChatbotData.csv")
     ap.add_argument("--limit", type=int, default=0, help="use only the first N SmileStyle dialogues (0: all)")
     ap.add_argument("--base-model", help="base model (default: the project's default model)")
     ap.add_argument("--out", type=Path, help="run folder (default runs/bench_fidelity, or a temp dir with --tiny)")
@@ -124,6 +128,8 @@ def main(argv=None) -> int:
         argv_run += ["--max-steps", str(a.max_steps)]
     if a.contrast is not None:
         argv_run += ["--contrast", str(a.contrast)]
+    if a.rehearsal:
+        argv_run += ["--rehearsal", str(a.rehearsal)]
     print("python -m pipeline.run " + " ".join(argv_run), flush=True)
     code = run_main(argv_run)
     if code:
