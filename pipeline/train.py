@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--contrast", type=float, default=d.contrast,
       help="weight of a contrastive term: each reply must be likelier after its own prompt than after another "
            f"example's (one extra forward per example; default {d.contrast:g}: off)")
+    a("--no-context", type=float, default=d.no_context, metavar="SHARE",
+      help="share of the persona's train replies also trained with no message before them, the prompt that "
+           "next-reply selection's PMI and the chat's reranking read p(reply) from (default 0: off)")
     a("--init-adapter", help="start from this adapter's weights (same LoRA rank and extended base) instead of "
                              "a fresh LoRA")
     dialogue_flag(ap)

@@ -18,8 +18,10 @@ from pipeline.training.data import (
     rehearsal_split,
     render_pairs,
     user_speaker,
+    without_context,
 )
-from tests.test_train_helpers import CHATBOT_CSV, PARTNER, extended, persona_pairs, train_cache  # noqa: F401
+from pipeline.training.config import TrainConfig
+from tests.test_train_helpers import CHATBOT_CSV, PARTNER, extended, persona_data, persona_pairs, train_cache  # noqa: F401
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +100,22 @@ def test_rehearsal_leaves_out_the_heldout_qa_split(tmp_path):
     answers = sorted(heldout)[:2] + ["그냥 쉬어"]
     jl.write_text("".join(json.dumps({"q": "뭐해?", "a": a}, ensure_ascii=False) + "\n" for a in answers), "utf-8")
     assert not is_heldout("그냥 쉬어") and [p.response for p in read_rehearsal(jl)] == ["그냥 쉬어"]
+
+
+def test_without_context_copies_a_stable_share_with_no_turns():
+    pairs = persona_pairs(limit=60)
+    bare = without_context(pairs, 0.25)
+    assert 0.15 * len(pairs) < len(bare) < 0.35 * len(pairs)
+    assert all(p.context == () for p in bare)
+    assert {p.response for p in bare} <= {p.response for p in pairs if p.context}
+    assert bare == without_context(pairs, 0.25) and without_context(pairs, 0) == []
+    assert len(without_context(pairs, 1)) == sum(1 for p in pairs if p.context)
+    assert {p.response for p in bare} <= {p.response for p in without_context(pairs, 0.5)}  # a larger share adds
+
+
+def test_no_context_share_is_validated(persona_data):
+    with pytest.raises(UserError, match="--no-context must be between 0 and 1"):
+        TrainConfig(str(persona_data), "out", no_context=1.5).validate()
 
 
 def test_rehearsal_split_ratio_and_disjoint():

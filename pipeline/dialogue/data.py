@@ -19,6 +19,7 @@ from core.errors import UserError
 from data_prep.chatbot_data import DEFAULT_CSV, QA, load_qa
 from data_prep.persona_card import build_card, render_instruction
 from data_prep.records import ContextTurn, Pair
+from pipeline.training.data import hash_bucket
 
 PERSONA = "dialogue"  # the persona name the stage's pairs carry (never rendered: it marks the bot's turns)
 INSTRUCTIONS = ("", "상대의 말에 자연스럽고 친절하게 답하세요.")  # the bare chat's, and a neutral one
@@ -27,19 +28,14 @@ CARD_NAMES = ("민지", "준호", "서연", "지훈", "하은", "도윤")  # nam
 VALIDATION_BUCKETS = 50  # one train-split answer in this many validates instead (~2%, ~210 pairs)
 
 
-def _bucket(text: str, salt: str, n: int) -> int:
-    digest = hashlib.sha256(f"{salt}\0{text}".encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") % n
-
-
 def qa_pair(qa: QA, cards: Sequence[str] = (), card_share: float = 0.0) -> Pair:
     """One ChatbotData row as a chat pair: the question is the user's turn, the answer the reply.
 
     ``card_share`` of the rows (by a hash of the question) take one of ``cards`` as the instruction."""
-    instruction = INSTRUCTIONS[_bucket(qa.question, "instruction", len(INSTRUCTIONS))]
-    if cards and _bucket(qa.question, "card", 1000) < card_share * 1000:
-        instruction = cards[_bucket(qa.question, "card-name", len(cards))]
-    user = USER_NAMES[_bucket(qa.question, "user", len(USER_NAMES))]
+    instruction = INSTRUCTIONS[hash_bucket(qa.question, "instruction", len(INSTRUCTIONS))]
+    if cards and hash_bucket(qa.question, "card", 1000) < card_share * 1000:
+        instruction = cards[hash_bucket(qa.question, "card-name", len(cards))]
+    user = USER_NAMES[hash_bucket(qa.question, "user", len(USER_NAMES))]
     return Pair(PERSONA, instruction, (ContextTurn(user, qa.question),), qa.answer,
                 conversation_id=hashlib.sha256(qa.answer.encode("utf-8")).hexdigest()[:12], source="ChatbotData")
 
@@ -58,7 +54,7 @@ def dialogue_pairs(csv: str | Path = DEFAULT_CSV, no_context: float = 0.0,
     :data:`CARD_NAMES`, so that the stage answers the message under a card as it does without one.
     """
     rows = load_qa(csv, split="train")
-    validation = [_bucket(qa.answer, "validation", VALIDATION_BUCKETS) == 0 for qa in rows]
+    validation = [hash_bucket(qa.answer, "validation", VALIDATION_BUCKETS) == 0 for qa in rows]
     texts = [qa.answer for qa, v in zip(rows, validation) if not v]
     card = build_card(CARD_NAMES[0], texts) if cards and texts else None  # measured once, rendered per name
     instructions = [render_instruction(replace(card, name=name)) for name in CARD_NAMES] if card else []
@@ -66,7 +62,7 @@ def dialogue_pairs(csv: str | Path = DEFAULT_CSV, no_context: float = 0.0,
     for qa, held in zip(rows, validation):
         pair = qa_pair(qa, instructions, cards)
         (val if held else train).append(pair)
-        if not held and no_context and _bucket(qa.question, "no-context", 1000) < no_context * 1000:
+        if not held and no_context and hash_bucket(qa.question, "no-context", 1000) < no_context * 1000:
             train.append(replace(pair, context=()))
     if not train or not val:
         raise UserError(f"{csv}: too few ChatbotData rows for a dialogue stage ({len(train)} train, {len(val)} "

@@ -70,6 +70,9 @@ class TrainConfig:
     # example's prompt; 0 trains on the replies' likelihood alone
     contrast: float = 0.0
     init_adapter: str | None = None  # start from this adapter's weights (same rank and base) instead of fresh LoRA
+    # share of the persona's train replies also trained with no turn before them: the prompt PMI's and the chat's
+    # reranking read log p(reply | no context) from, which persona examples otherwise never show
+    no_context: float = 0.0
 
     def validate(self) -> None:
         """Raise one UserError naming every bad flag."""
@@ -99,6 +102,8 @@ class TrainConfig:
             p.append(f"--rehearsal {self.rehearsal}: no such file")
         if not self.contrast >= 0:
             p.append("--contrast must not be negative")
+        if not 0 <= self.no_context <= 1:
+            p.append("--no-context must be between 0 and 1")
         if self.init_adapter and not (Path(self.init_adapter) / "adapter_model.safetensors").is_file():
             p.append(f"--init-adapter {self.init_adapter}: no adapter_model.safetensors there")
         if self.qlora and default_device() != "cuda":

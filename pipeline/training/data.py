@@ -9,11 +9,12 @@ shuffled order) to cut padding, and the order is a pure function of
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import random
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -79,6 +80,19 @@ def _json_row(d: dict, speaker: str, source: str) -> Pair | None:
     q = low.get("q", low.get("question", low.get("instruction", low.get("input", ""))))
     a = low.get("a", low.get("answer", low.get("output", low.get("text", ""))))
     return _qa_pair(str(q or ""), str(a or ""), speaker, source)
+
+
+def without_context(pairs: Sequence[Pair], share: float) -> list[Pair]:
+    """Copies of ``share`` of ``pairs`` (those with a context; chosen by a hash of the reply, so the same
+    ones every run) with no turn before the reply: the condition dropout of classifier-free guidance."""
+    picked = [p for p in pairs if p.context and hash_bucket(p.response, "no-context", 1000) < share * 1000]
+    return [replace(p, context=()) for p in picked]
+
+
+def hash_bucket(text: str, salt: str, n: int) -> int:
+    """A bucket in ``range(n)`` from a hash of ``text`` (salted per use): the same on every machine and run."""
+    digest = hashlib.sha256(f"{salt}\0{text}".encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % n
 
 
 def read_rehearsal(path: str | Path, speaker: str = DEFAULT_USER) -> list[Pair]:

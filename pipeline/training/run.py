@@ -26,7 +26,7 @@ from pipeline.extension import ensure_extended
 from pipeline.training import checkpoint as ckpt_io
 from pipeline.training import memory
 from pipeline.training.config import PersonaData, TrainConfig, load_persona_data
-from pipeline.training.data import read_rehearsal, rehearsal_split, render_pairs
+from pipeline.training.data import read_rehearsal, rehearsal_split, render_pairs, without_context
 from pipeline.training.loop import LoopData, LoopResult, read_metrics
 from pipeline.training.loop import run as run_loop
 from pipeline.training.methods import MethodSettings, apply_method, count_parameters
@@ -83,13 +83,15 @@ def load_base(cfg: TrainConfig, ext_path: Path, device):
 
 def build_loop_data(cfg: TrainConfig, pd: PersonaData, tok) -> tuple[LoopData, dict[str, int]]:
     """Render persona (and rehearsal) pairs; count what was dropped."""
-    train, st = render_pairs(pd.train, tok, cfg.max_length)
+    bare = without_context(pd.train, cfg.no_context)
+    train, st = render_pairs(list(pd.train) + bare, tok, cfg.max_length)
     val_pairs = list(pd.val)
     if len(val_pairs) > cfg.eval_limit:  # a fixed sample keeps evaluation cheap and comparable
         val_pairs = random.Random(cfg.seed).sample(val_pairs, cfg.eval_limit)
     val, vst = render_pairs(val_pairs, tok, cfg.max_length)
     counts = {"train_examples": st.kept, "validation_examples": vst.kept,
-              "dropped_too_long": st.dropped_too_long + vst.dropped_too_long}
+              "dropped_too_long": st.dropped_too_long + vst.dropped_too_long,
+              **({"no_context_examples": len(bare)} if bare else {})}
     reh_val: list = []
     if cfg.rehearsal:
         pairs = read_rehearsal(cfg.rehearsal, pd.user_speaker)
