@@ -244,9 +244,10 @@ def train(cfg: TrainConfig) -> TrainResult:
     # does not need (finish reloads it from the extended base to save it with the adapter)
     del tok
     memory.release_free_memory()
-    log.info("persona %s: %d training examples (%d rehearsal), %d validation; dropped %d pairs whose reply "
-             "alone does not fit --max-length %d", pd.persona, len(data.train),
-             counts.get("rehearsal_train_examples", 0), len(data.val), counts["dropped_too_long"], cfg.max_length)
+    log.info("persona %s: %d training examples (%d rehearsal, %d with no context), %d validation; dropped %d pairs "
+             "whose reply alone does not fit --max-length %d", pd.persona, len(data.train),
+             counts.get("rehearsal_train_examples", 0), counts.get("no_context_examples", 0), len(data.val),
+             counts["dropped_too_long"], cfg.max_length)
     init = init_sha256(cfg)
     fingerprint = run_fingerprint(cfg, ext_manifest, pd.data_hash, init)
     ckpt, meta = _resume_point(cfg, fingerprint, acc.is_main_process)
