@@ -36,8 +36,17 @@ class QA:
 
 def is_heldout(answer: str) -> bool:
     """True when ``answer`` belongs to the held-out split (stable across machines and versions)."""
-    digest = hashlib.sha256(answer.strip().encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") % HELDOUT_BUCKETS == 0
+    return _bucket(answer.strip(), HELDOUT_BUCKETS) == 0
+
+
+def hash_bucket(text: str, salt: str, n: int) -> int:
+    """A bucket in ``range(n)`` from a hash of ``text`` (salted per use): the same on every machine and run."""
+    return _bucket(f"{salt}\0{text}", n)
+
+
+def _bucket(key: str, n: int) -> int:
+    digest = hashlib.sha256(key.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % n
 
 
 def load_qa(path: str | Path = DEFAULT_CSV, split: Split = "all") -> list[QA]:

@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Sequence
 
 from core.errors import UserError
-from data_prep.chatbot_data import DEFAULT_CSV, QA, load_qa
+from data_prep.chatbot_data import DEFAULT_CSV, QA, hash_bucket, load_qa
 from data_prep.persona_card import build_card, render_instruction
 from data_prep.records import ContextTurn, Pair
-from pipeline.training.data import hash_bucket
 
 PERSONA = "dialogue"  # the persona name the stage's pairs carry (never rendered: it marks the bot's turns)
 INSTRUCTIONS = ("", "상대의 말에 자연스럽고 친절하게 답하세요.")  # the bare chat's, and a neutral one

@@ -9,7 +9,6 @@ shuffled order) to cut padding, and the order is a pure function of
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import logging
 import random
@@ -21,7 +20,7 @@ from typing import Sequence
 from core import chat_format
 from core.chat_format import IGNORE_INDEX, Rendered
 from core.errors import UserError
-from data_prep.chatbot_data import is_heldout
+from data_prep.chatbot_data import hash_bucket, is_heldout
 from data_prep.records import ContextTurn, Pair
 
 log = logging.getLogger(__name__)
@@ -87,12 +86,6 @@ def without_context(pairs: Sequence[Pair], share: float) -> list[Pair]:
     ones every run) with no turn before the reply: the condition dropout of classifier-free guidance."""
     picked = [p for p in pairs if p.context and hash_bucket(p.response, "no-context", 1000) < share * 1000]
     return [replace(p, context=()) for p in picked]
-
-
-def hash_bucket(text: str, salt: str, n: int) -> int:
-    """A bucket in ``range(n)`` from a hash of ``text`` (salted per use): the same on every machine and run."""
-    digest = hashlib.sha256(f"{salt}\0{text}".encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") % n
 
 
 def read_rehearsal(path: str | Path, speaker: str = DEFAULT_USER) -> list[Pair]:
