@@ -9,7 +9,8 @@ persona differs), in the adapter-directory layout ``pipeline.train`` writes. The
 loads them all into one ``chatbot.engine.Engine`` and prints:
 
 - time to the first bubble (first line of a reply, or the whole reply when it has one line) of a
-  ~20-token reply with reranking (the default candidates), the same on the old decoding path (no
+  ~20-token reply with reranking (the default candidates), the same without the backward model's score,
+  the same on the old decoding path (no
   shared prefill, plain output layer, whole-reply reranking: the baseline of the same run), with one candidate and greedy,
   and the load average it was measured under;
 - swap latency (median / max over ``--swaps`` persona switches; target < 50 ms) against
@@ -75,11 +76,14 @@ def first_bubble(engine, persona, params, seed: int) -> tuple[float, float, str]
 
 
 def time_first_bubble(engine, persona, tokens: int, repeats: int) -> None:
-    """Median first-bubble latency with reranking (the default candidates) and without (1 candidate)."""
+    """Median first-bubble latency with reranking (the default candidates; with and without the backward model's
+    score) and without (1 candidate)."""
+    from chatbot import decoding
     from chatbot.decoding import SamplingParams
 
     default = SamplingParams(max_new_tokens=tokens)
-    runs = {"reranked": default, "reranked, old path": default,
+    runs = {"reranked": default, "reranked, no backward model": replace(default, backward_weight=0.0),
+            "reranked, old path": default,
             "1 candidate (no reranking)": replace(default, candidates=1), "greedy": replace(default, temperature=0)}
     med = {}
     for label, params in runs.items():
@@ -90,7 +94,9 @@ def time_first_bubble(engine, persona, tokens: int, repeats: int) -> None:
         print(f"first bubble, {label} ({params.rows} rows, max {tokens} new tokens): median {med[label]:.2f} s "
               f"wall, {cpu:.2f} s CPU over {repeats} (target < 2 s wall); load {os.getloadavg()[0]:.1f}; "
               f"e.g. {got[0][2]!r}")
-    print(f"reranking costs {med['reranked'] / med['1 candidate (no reranking)']:.2f}x the single-candidate time; "
+    print(f"reranking costs {med['reranked'] / med['1 candidate (no reranking)']:.2f}x the single-candidate time "
+          f"({med['reranked'] / med['reranked, no backward model']:.2f}x the reranking without the backward model's "
+          f"score{'' if decoding.has_backward(engine.model) else '; this base has none'}); "
           f"the old path takes {med['reranked, old path'] / med['reranked']:.2f}x the current one")
 
 

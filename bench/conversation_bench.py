@@ -14,7 +14,8 @@ replies from other conversations) and on general Korean Q/A that no stage traine
 (ChatbotData's fixed held-out split), under two scores: mean log-prob per token of the
 reply given the context and PMI = log p(reply | context) - log p(reply | no context); with
 ``--marginal-contexts K`` also marginal PMI, whose p(reply) is the mean of p(reply | message)
-over K other held-out questions (pipeline.evaluation.selection).
+over K other held-out questions; and, where the extended base has the backward model (the default
+one has), PMI + backward = PMI + log p(message | reply) by that model (pipeline.evaluation.selection).
 Prints ONE table, then speaker attribution across the adapters (which adapter explains
 each held-out reply best; chance 1/4). The exports and adapters are those of
 bench/persona_fidelity.py (same personas, same run folder by default), so an adapter
@@ -42,9 +43,9 @@ from bench.persona_fidelity import STYLES, write_exports  # noqa: E402
 from data_prep import smilestyle  # noqa: E402
 from pipeline.evaluation.selection import MARGINAL_CONTEXTS, SCORES  # noqa: E402
 
-COLUMNS = (("persona", "mean"), ("persona", "pmi"), ("persona", "pmi_marginal"), ("qa", "mean"), ("qa", "pmi"),
-           ("qa", "pmi_marginal"))
-LABELS = {"mean": "mean", "pmi": "PMI", "pmi_marginal": "PMI marg."}
+COLUMNS = (("persona", "mean"), ("persona", "pmi"), ("persona", "pmi_marginal"), ("persona", "pmi_bidi"),
+           ("qa", "mean"), ("qa", "pmi"), ("qa", "pmi_marginal"), ("qa", "pmi_bidi"))
+LABELS = {"mean": "mean", "pmi": "PMI", "pmi_marginal": "PMI marg.", "pmi_bidi": "PMI+bwd"}
 SYSTEMS = ("base", "few_shot", "adapter")
 QA_TARGET = 0.5
 
@@ -125,7 +126,7 @@ def print_table(result: dict) -> None:
         extra = REPLY_STATS(r) if REPLY_STATS else {}
         print(f"{name:10s}{n:4d}" + "".join(f"{c:>22s}" for c in cells)
               + "".join(f"  {k} {v:.2f}" for k, v in extra.items()))
-    for score in ("pmi", "pmi_marginal"):
+    for score in ("pmi", "pmi_marginal", "pmi_bidi"):
         qa = [x["qa"]["adapter"].get(score, {}).get("hits1") for x in sels if "qa" in x]
         if qa and None not in qa:
             met = all(v >= QA_TARGET for v in qa)
@@ -144,7 +145,8 @@ def base_only(a) -> None:
 
     from data_prep.chatbot_data import load_qa
     from pipeline.evaluation import selection
-    from pipeline.extension import load_base
+    from pipeline.evaluation.runner import attach_backward
+    from pipeline.extension import ensure_extended, load_base
 
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -159,6 +161,10 @@ def base_only(a) -> None:
         s = selection.summarize(scored)
         print(f"base model{' + dialogue stage' if a.dialogue else ''}, held-out ChatbotData Q/A, "
               f"Hits@1 of 20 (chance {s['chance']:.2f}), n={s['n']}: {figures(s, 3)}", flush=True)
+    scorer = attach_backward(model, ensure_extended(a.base_model, dialogue=a.dialogue))  # changes ``model``: last
+    if scorer is not None:
+        s = selection.summarize(selection.with_backward(scored, selection.backward_scores(scorer, tok, items)))
+        print(f"the same with the backward model (pmi_bidi, the chat's mmi): {figures(s, 3)}", flush=True)
 
 
 def figures(summary: dict, digits: int) -> str:
@@ -175,7 +181,8 @@ def qa_only(a) -> None:
     from core.models import load_adapter
     from data_prep.chatbot_data import load_qa
     from pipeline.evaluation import selection
-    from pipeline.extension import load_base_for
+    from pipeline.evaluation.runner import attach_backward
+    from pipeline.extension import extended_for, load_base_for
 
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -186,12 +193,17 @@ def qa_only(a) -> None:
         m = read_manifest(folder)
         items = selection.qa_items(heldout, a.selection_items, a.seed, m["persona"], m["user_speaker"],
                                    marginal=a.marginal_contexts)
+        scored = {}
         for system in ("base", "adapter"):
             model, tok, _ = load_base_for(m)  # a fresh base each time: the adapter is merged into its weights
             if system == "adapter":
                 model = load_adapter(model, folder).merge_and_unload().eval()
-            s = selection.summarize(selection.score_items(model, tok, items, m["instruction"], m.get("max_length"),
-                                                          marginal={}))
+            scored[system] = selection.score_items(model, tok, items, m["instruction"], m.get("max_length"),
+                                                   marginal={})
+            if system == "base":  # the backward model's scores, the same for both systems: on this base, last
+                scorer = attach_backward(model, extended_for(m))
+                back = selection.backward_scores(scorer, tok, items) if scorer is not None else [None] * len(items)
+            s = selection.summarize(selection.with_backward(scored[system], back))
             print(f"{m['persona']:6s} {system:8s} n={s['n']}: {figures(s, 2)}", flush=True)
 
 

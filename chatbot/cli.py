@@ -41,6 +41,9 @@ def _args(argv: Sequence[str] | None):
     p.add_argument("--candidates", type=int, default=d.candidates,
                    help=f"replies sampled per message, the one that best answers it is kept (default {d.candidates}; "
                         "1 = no reranking, the reply streams as it is generated)")
+    p.add_argument("--backward-weight", type=float, default=d.backward_weight,
+                   help="weight of the backward model's log p(message | reply) in the reranking, where the base has "
+                        f"that model (default {d.backward_weight:g}; 0 = off)")
     p.add_argument("--seed", type=int, default=None, help="seed every reply (reproducible answers)")
     add_memory_flag(p)
     return p.parse_args(argv)
@@ -149,7 +152,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from chatbot.engine import Engine, GenerationParams
 
     params = GenerationParams(args.temperature, args.top_p, args.top_k, args.repetition_penalty,
-                              args.max_new_tokens, args.candidates).clamped()
+                              args.max_new_tokens, args.candidates,
+                              backward_weight=args.backward_weight).clamped()
     engine = Engine.from_adapters_dir(args.adapters, base_model=args.base_model, cache_dir=args.cache_dir,
                                       memory=load_memory(args.memory))
     chat = TerminalChat(engine, resolve_persona(engine, args.persona, "--persona"), params, args.seed, sys.stdout)

@@ -6,6 +6,7 @@ context-aware score, maximum-mutual-information reranking (Li et al. 2016, "A Di
 Objective Function for Neural Conversation Models")::
 
     score = (log p(reply | context) - mmi_lambda * log p(reply | no context)) / tokens
+            + backward_weight * log p(message | reply) / message tokens
 
 ``log p(reply | context)`` is read from the model's raw logits while sampling (no second pass);
 ``log p(reply | no context)`` comes from one batched forward of the same instruction with no
@@ -13,9 +14,14 @@ conversation. A reply that fits any message ("ㅋㅋ", "응") is likely with or 
 loses; one that answers this message gains. ``mmi_lambda`` 0.5: Li et al. keep lambda below 1
 because at 1 the score rewards replies the plain model finds improbable, ungrammatical ones
 included; the candidates here are samples of p(reply | context), so they are fluent, and 0.5 is
-their middle setting. Candidates that are empty, echo the message or the persona's previous reply,
-or loop, or answer in 존댓말 for a persona who writes 반말 (definitions in :mod:`core.reply_shape`) are
-ranked after every acceptable one.
+their middle setting. ``log p(message | reply)`` is the backward model's (bidirectional MMI, Li et al.;
+DialoGPT's reranker): a LoRA trained on general dialogue turned around (``core.models.BACKWARD_DIR``),
+attached beside the persona adapters as :data:`core.models.BACKWARD_ADAPTER`, scoring the user's message
+with the candidate as the only turn before it. It needs no p(reply) at all, and it is the same for every
+persona, so a persona adapter's own skew cannot enter it. It is used where the model has that adapter and
+the prompt names its message (:attr:`Prompt.message`). Candidates that are empty, echo the message or the
+persona's previous reply, or loop, or answer in 존댓말 for a persona who writes 반말 (definitions in
+:mod:`core.reply_shape`) are ranked after every acceptable one.
 
 In every mode, greedy included, a logits processor (:class:`ReplyShaper`) bans each token after
 which the reply would be empty-and-ended or contain a loop by that same definition (a character
@@ -41,7 +47,7 @@ from chatbot.routing import BASE_ADAPTER
 
 from core.reply_shape import ReplyLimits, bubbles, new_loop, problem
 from core import chat_format
-from core.models import cache_name
+from core.models import BACKWARD_ADAPTER, cache_name
 
 MAX_NEW_TOKENS_CAP = 512  # hard cap whatever the caller asks for
 MAX_CANDIDATES = 16
@@ -63,6 +69,7 @@ class SamplingParams:
     max_new_tokens: int = 128
     candidates: int = 4  # sampled in one batch, one is kept (1 = plain sampling, streamed)
     mmi_lambda: float = 0.5  # weight of log p(reply | no context) in the score; 0 = likelihood only
+    backward_weight: float = 1.0  # weight of log p(message | reply) per message token; 0 = off
 
     def clamped(self) -> "SamplingParams":
         return SamplingParams(
@@ -73,6 +80,7 @@ class SamplingParams:
             max_new_tokens=min(max(int(self.max_new_tokens), 1), MAX_NEW_TOKENS_CAP),
             candidates=min(max(int(self.candidates), 1), MAX_CANDIDATES),
             mmi_lambda=min(max(float(self.mmi_lambda), 0.0), 1.0),
+            backward_weight=min(max(float(self.backward_weight), 0.0), 4.0),
         )
 
     @property
@@ -95,6 +103,7 @@ class Prompt:
     limits: ReplyLimits = ReplyLimits()
     adapter: str | None = None  # PEFT adapter for this row in a mixed batch (None: whatever is active)
     reply_prefix: tuple[int, ...] = ()  # reply tokens already chosen (a first bubble): the reply goes on from them
+    message: tuple[str, str] | None = None  # (speaker, text) the reply answers: the backward score's; None: none
 
 
 @dataclass(frozen=True)
@@ -610,12 +619,54 @@ def _candidates(model, tokenizer, rows: Sequence[tuple[Job, int]], gen, logps, s
         if w is None and len(sc) == len(ids) and not bub and len(before) + len(ids) < job.params.max_new_tokens:
             w = "unfinished"  # cut by Laggards: no stop token, under its token limit
         why.append(w)
-    base = _no_context(model, tokenizer, rows, scored, why)
+    need = _reranked(rows, why)
+    base = _no_context(model, tokenizer, rows, scored, need)
+    back = _backward(model, tokenizer, rows, texts, need)
     out = []
-    for (job, _), (ids, k), lp, lb, sc, bub, text, w in zip(rows, parts, logp, base, scored, bubble, texts, why):
+    for (job, _), (ids, k), lp, lb, bw, sc, bub, text, w in zip(rows, parts, logp, base, back, scored, bubble, texts,
+                                                              why):
         before = list(job.prompt.reply_prefix)
-        score = mmi_score(lp, lb or 0.0, k, job.params.mmi_lambda)
+        score = mmi_score(lp, lb or 0.0, k, job.params.mmi_lambda) + job.params.backward_weight * (bw or 0.0)
         out.append(Candidate(text, len(before) + k, tuple(before + sc), lp, lb, score, w, len(sc) > len(ids), bub))
+    return out
+
+
+def _reranked(rows: Sequence[tuple[Job, int]], why: Sequence[str | None]) -> list[int]:
+    """The rows whose score can change the choice: a job's acceptable candidates (no problem) when it has two
+    or more of them."""
+    ok: dict[int, list[int]] = {}
+    for i, (job, _) in enumerate(rows):
+        if job.params.rows > 1 and why[i] is None:
+            ok.setdefault(id(job), []).append(i)
+    return [i for group in ok.values() if len(group) > 1 for i in group]
+
+
+def has_backward(model) -> bool:
+    """Whether ``model`` holds the backward adapter (:data:`core.models.BACKWARD_ADAPTER`)."""
+    return BACKWARD_ADAPTER in (getattr(model, "peft_config", None) or {})
+
+
+def _backward(model, tokenizer, rows: Sequence[tuple[Job, int]], texts: Sequence[str],
+              need: Sequence[int]) -> list[float | None]:
+    """log p(message | reply) per message token by the backward adapter, for the reranked rows (``need``)
+    whose job weighs it and whose prompt names its message; None elsewhere (or without the adapter)."""
+    out: list[float | None] = [None] * len(rows)
+    todo = [i for i in need if rows[i][0].params.backward_weight > 0 and rows[i][0].prompt.message is not None]
+    if not todo or not has_backward(model):
+        return out
+    renders = {}
+    for i in todo:
+        speaker, message = rows[i][0].prompt.message  # type: ignore[misc]
+        key = (speaker, texts[i], message)
+        if key not in renders:
+            renders[key] = chat_format.render_backward(tokenizer, speaker, texts[i], message)
+    keys = list(renders)
+    got = reply_logp(model, tokenizer, [renders[k].input_ids[:renders[k].reply_start] for k in keys],
+                     [renders[k].input_ids[renders[k].reply_start:] for k in keys], [BACKWARD_ADAPTER] * len(keys))
+    per_token = {k: lp / max(len(renders[k].input_ids) - renders[k].reply_start, 1) for k, lp in zip(keys, got)}
+    for i in todo:
+        speaker, message = rows[i][0].prompt.message  # type: ignore[misc]
+        out[i] = per_token[(speaker, texts[i], message)]
     return out
 
 
@@ -626,13 +677,9 @@ def mmi_score(logp: float, logp_no_context: float, tokens: int, mmi_lambda: floa
 
 
 def _no_context(model, tokenizer, rows: Sequence[tuple[Job, int]], scored: Sequence[list[int]],
-                why: Sequence[str | None]) -> list[float | None]:
-    """log p(reply | no context) of the rows whose job reranks among two or more acceptable candidates."""
-    ok: dict[int, list[int]] = {}
-    for i, (job, _) in enumerate(rows):
-        if job.params.rows > 1 and job.params.mmi_lambda > 0 and why[i] is None:
-            ok.setdefault(id(job), []).append(i)
-    need = [i for group in ok.values() if len(group) > 1 for i in group]
+                reranked: Sequence[int]) -> list[float | None]:
+    """log p(reply | no context) of the reranked rows (:func:`_reranked`) whose job weighs it."""
+    need = [i for i in reranked if rows[i][0].params.mmi_lambda > 0]
     base: list[float | None] = [None] * len(rows)
     if need:
         first: dict[tuple, int] = {}  # (job, reply) -> the row scored for it

@@ -39,10 +39,11 @@ from typing import Any, Iterator, Sequence
 from chatbot import decoding, model_thread
 from chatbot.adapters import PersonaInfo, check_base, choose_base, choose_dialogue, discover
 from chatbot.decoding import MAX_NEW_TOKENS_CAP, Prompt, SamplingParams  # noqa: F401 (re-exported)
+from chatbot.routing import BASE_ADAPTER
 from core import chat_format
 from core.errors import UserError
 from core.memory import Memory, Recalled
-from core.models import default_device, find_extended, load_adapter, load_extended
+from core.models import BACKWARD_ADAPTER, default_device, find_backward, find_extended, load_adapter, load_extended
 from core.reply_shape import ReplyLimits, echo_sources
 
 log = logging.getLogger(__name__)
@@ -128,20 +129,26 @@ class Engine:
         path = find_extended(_fingerprint_of(infos, spec), cache_dir) or build_extended(
             spec, cache_dir, dialogue=choose_dialogue(infos, spec))
         model, tokenizer, manifest = model_thread.run(load_extended, path, device=device or default_device())
-        return cls.from_loaded(model, tokenizer, manifest, infos, spec, memory)
+        return cls.from_loaded(model, tokenizer, manifest, infos, spec, memory, find_backward(path))
 
     @classmethod
     def from_loaded(
         cls, base: Any, tokenizer: Any, extended_manifest: dict, infos: Sequence[PersonaInfo],
-        spec: str | None = None, memory: Memory | None = None,
+        spec: str | None = None, memory: Memory | None = None, backward: str | Path | None = None,
     ) -> "Engine":
-        """Wrap an already loaded extended base with the adapters whose fingerprint matches it."""
+        """Wrap an already loaded extended base with the adapters whose fingerprint matches it, and the
+        backward model that reranks replies (``backward``: its folder, installed in that extended base)."""
         infos = check_base(list(infos), spec, str(extended_manifest.get("fingerprint", "")))
         base.eval()
         model, infos = model_thread.run(_load_adapters, base, infos)
         if model is None:
             reasons = "; ".join(f"{i.name}: {i.reason}" for i in infos)
             raise UserError(f"no usable adapter ({reasons})")
+        if backward is not None:
+            model_thread.run(_load_backward, model, backward)
+        elif extended_manifest.get("dialogue"):
+            log.info("no backward model in this extended base: replies are reranked without it "
+                     "(python -m pipeline.extend installs it)")
         return cls(model.eval(), tokenizer, infos, memory)
 
     # ---- persona switching ----------------------------------------------------------------
@@ -211,12 +218,23 @@ class Engine:
         alone (the reranking baseline), what the reply must not echo, the persona's limits.
         ``adapter``: name it for a per-row adapter in a mixed batch (default: the active adapter)."""
         info = self.persona(persona)
+        backward = decoding.has_backward(self.model)
+        if persona is None and backward and adapter is None:
+            adapter = BASE_ADAPTER  # the bare base's rows run without adapter, the backward rows with theirs
         return Prompt(
             ids=self.prompt_ids(history, persona, max_new_tokens),
             no_context_ids=self.prompt_ids([], persona, max_new_tokens),
             sources=echo_sources((m["role"] == "assistant", str(m["content"])) for m in history),
             limits=info.limits if info else ReplyLimits(), adapter=adapter,
+            message=self._message(history, info) if backward else None,
         )
+
+    def _message(self, history: Sequence[dict], info: PersonaInfo | None) -> tuple[str, str] | None:
+        """(speaker, text) of the user's last turn, the backward score's message (None: no user turn last)."""
+        if not history or history[-1]["role"] == "assistant":
+            return None
+        turn = self._context(history[-1:], info)[0]
+        return turn["speaker"], turn["text"]
 
     def _context_budget(self, info: PersonaInfo | None, max_new_tokens: int) -> int:
         # the adapter saw at most max_length tokens in training; never pass the model's positions
@@ -291,7 +309,9 @@ class Engine:
 
         try:
             self._activate(persona)
-            off = self.model.disable_adapter() if persona is None else contextlib.nullcontext()
+            # the bare base: adapters off, unless its rows are routed (past the backward model's, which stay on)
+            off = self.model.disable_adapter() if persona is None and job.prompt.adapter is None \
+                else contextlib.nullcontext()
             with off:
                 return decoding.decode(self.model, self.tokenizer, [job])[0]
         except BaseException:
@@ -335,6 +355,16 @@ def build_extended(spec: str | None, cache_dir: str | Path | None, dialogue: boo
         raise UserError(error or f"--base-model {spec or 'default'}: cannot prepare the extended base "
                                  f"(python -m pipeline.extend exited with {proc.returncode})")
     return Path(printed[-1])
+
+
+def _load_backward(model: Any, path: str | Path) -> None:
+    """The backward model into the PeftModel beside the personas (a broken one is logged, never fatal)."""
+    try:
+        load_adapter(None, path, BACKWARD_ADAPTER, into=model)
+    except Exception as e:
+        log.warning("backward model %s unusable, replies are reranked without it: %s", path, e)
+        if BACKWARD_ADAPTER in model.peft_config:
+            model.delete_adapter(BACKWARD_ADAPTER)
 
 
 def _load_adapters(base: Any, infos: list[PersonaInfo]) -> tuple[Any, list[PersonaInfo]]:

@@ -204,6 +204,13 @@ def with_memory(instruction: str, memory: Sequence[Any]) -> str:
     return f"{instruction}\n\n{section}" if instruction else section
 
 
+def render_backward(tokenizer, speaker: str, reply: str, message: str) -> Rendered:
+    """The backward model's example (``core.models.BACKWARD_DIR``): ``reply`` as ``speaker``'s turn after the
+    empty instruction, ``message`` as the supervised reply, so its score is log p(message | reply). The reply
+    is the one turn shown: the message is what it must explain."""
+    return render(tokenizer, "", ({"speaker": speaker, "text": reply},), "", message)
+
+
 def render(
     tokenizer,
     instruction: str,

@@ -17,6 +17,10 @@ from core.files import read_json, read_json_or_empty
 CACHE_ENV = "KAKAO_PERSONA_CACHE"
 EXTENDED_MANIFEST = "manifest.json"
 EXTENDED_DIR = "extended"  # extended bases live in CACHE/extended/<cache key>/
+# the backward model p(message | reply) that reranks replies: a LoRA folder inside the extended base it was
+# trained on (put there by the extension), attached beside the persona adapters under BACKWARD_ADAPTER
+BACKWARD_DIR = "backward"
+BACKWARD_ADAPTER = "_backward"
 
 
 def default_cache_dir() -> Path:
@@ -46,6 +50,13 @@ def find_extended(fingerprint: str, cache_dir: str | Path | None = None) -> Path
         if read_json_or_empty(d / EXTENDED_MANIFEST).get("fingerprint") == fingerprint:
             return d
     return None
+
+
+def find_backward(extended: str | Path) -> Path | None:
+    """The backward model installed in the extended base folder ``extended``, or None (none trained for it)."""
+    path = Path(extended) / BACKWARD_DIR
+    files = ("adapter_config.json", "adapter_model.safetensors", "manifest.json")  # PEFT's, and ours
+    return path if all((path / f).is_file() for f in files) else None
 
 
 def load_tokenizer(path: str | Path):

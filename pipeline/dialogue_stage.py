@@ -15,6 +15,13 @@ into that one; ``python -m pipeline.dialogue --base-model X`` trains one for ano
 in the cache (``dialogue/<base sha256>``) and found there before the shipped one. The merged
 adapter's sha256 is part of the extended base's cache key and fingerprint, and persona
 adapters record whether their base had the stage, so the chat and evaluation load the same base.
+
+Beside the stage's adapter, in its ``backward/`` folder, may sit the **backward model** trained on the
+base with the stage merged (``python -m pipeline.dialogue --backward``): a LoRA that reads a reply as the
+user's turn and scores the message as the bot's, log p(message | reply). The extension installs it into
+the extended base it fits (:func:`install_backward`; ``core.models.find_backward``), where the chat's
+reranking and the evaluation's next-reply selection find it. It is not merged into anything and is not
+part of the base's fingerprint: adding or retraining it leaves persona adapters valid.
 """
 from __future__ import annotations
 
@@ -25,6 +32,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from core.errors import UserError
+from core.files import atomic_dir, read_json_or_empty
+from core.models import BACKWARD_DIR, EXTENDED_MANIFEST, find_backward
 
 
 ASSET = Path(__file__).resolve().parent / "assets" / "dialogue_ko"  # the shipped adapter
@@ -78,6 +87,28 @@ def adapter_for(base_sha256: str, cache: Path) -> DialogueAdapter | None:
             if found.base_sha256 == base_sha256:
                 return found
     return None
+
+
+def install_backward(adapter: DialogueAdapter, extended: Path) -> Path | None:
+    """Copy the backward model kept with ``adapter`` into the extended base folder ``extended`` (once, and
+    again when it changed); returns the installed folder. None when the stage has no backward model or it
+    was trained on another extended base than ``extended`` (a backward model reads the merged base's
+    hidden states: on another base its scores mean nothing)."""
+    src = adapter.path / BACKWARD_DIR
+    if find_backward(adapter.path) is None:
+        return None
+    trained_on = read_json_or_empty(src / MANIFEST).get("extended_fingerprint")
+    if trained_on != read_json_or_empty(Path(extended) / EXTENDED_MANIFEST).get("fingerprint"):
+        return None
+    dst = Path(extended) / BACKWARD_DIR
+    files = sorted(f.name for f in src.iterdir() if f.is_file())
+    if find_backward(extended) is not None and all(
+            (dst / f).is_file() and (dst / f).read_bytes() == (src / f).read_bytes() for f in files):
+        return dst
+    with atomic_dir(dst) as tmp:
+        for f in files:
+            (tmp / f).write_bytes((src / f).read_bytes())
+    return dst
 
 
 def merge_into(model, adapter: DialogueAdapter, plain_fingerprint: str, sample_ids: Sequence[int]):

@@ -20,11 +20,12 @@ from typing import Any, Sequence
 from core import adapter_format
 from core.chat_format import CHAT_TEMPLATE, EOT, PAD, SPECIAL_TOKENS, native_end_id, render, stop_ids
 from core.files import atomic_dir, sha256_of
-from core.models import EXTENDED_DIR, EXTENDED_MANIFEST, default_cache_dir, default_device, load_adapter, load_extended
+from core.models import (BACKWARD_DIR, EXTENDED_DIR, EXTENDED_MANIFEST, default_cache_dir, default_device,
+                         load_adapter, load_extended)
 from pipeline import base_model
 from pipeline.base_model import BaseModelRef, resolve_base
 from pipeline.dialogue_stage import DEFAULT as DIALOGUE_DEFAULT
-from pipeline.dialogue_stage import DialogueAdapter, adapter_for, merge_into
+from pipeline.dialogue_stage import DialogueAdapter, adapter_for, install_backward, merge_into
 
 log = logging.getLogger(__name__)
 
@@ -186,9 +187,11 @@ def _vocab_sha(tokenizer) -> str:
 
 
 def file_hashes(directory: Path) -> dict[str, str]:
-    """sha256 of every file under ``directory`` except the manifest."""
-    return {p.relative_to(directory).as_posix(): sha256_of(p)
-            for p in sorted(directory.rglob("*")) if p.is_file() and p.name != EXTENDED_MANIFEST}
+    """sha256 of every file under ``directory`` except the manifest and the backward model installed beside the
+    base (not part of it: :func:`pipeline.dialogue_stage.install_backward`)."""
+    files = (p for p in sorted(directory.rglob("*")) if p.is_file() and p.name != EXTENDED_MANIFEST)
+    return {p.relative_to(directory).as_posix(): sha256_of(p) for p in files
+            if p.relative_to(directory).parts[0] != BACKWARD_DIR}
 
 
 # -- build, cache, load ------------------------------------------------------------------------
@@ -289,7 +292,8 @@ def ensure_extended(spec: str | None, cache_dir: str | Path | None = None, seed:
                     dialogue: bool = DIALOGUE_DEFAULT) -> Path:
     """The cached extended base for ``spec`` (built on first use); returns its directory.
 
-    ``dialogue``: merge the dialogue stage (:mod:`pipeline.dialogue_stage`) when one exists for this base.
+    ``dialogue``: merge the dialogue stage (:mod:`pipeline.dialogue_stage`) when one exists for this base,
+    and install the backward model kept with it (:func:`pipeline.dialogue_stage.install_backward`).
     """
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     ref = resolve_base(spec, cache)
@@ -297,6 +301,8 @@ def ensure_extended(spec: str | None, cache_dir: str | Path | None = None, seed:
     target = cache / EXTENDED_DIR / cache_key(ref, seed, adapter.sha256 if adapter else None)
     if not (target / EXTENDED_MANIFEST).is_file():
         build_extended(ref, target, seed, adapter)
+    if adapter is not None and install_backward(adapter, target) is None:
+        log.debug("no backward model for this dialogue stage: replies are reranked without it")
     return target
 
 

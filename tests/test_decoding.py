@@ -330,3 +330,103 @@ def test_first_bubble_rerank_streams_the_chosen_bubble_then_goes_on_with_one_row
     assert rest and all(len(p) == 1 for p in rest) and streamed.ended  # then token by token
     assert list(reply.chosen.ids[:len(first)]) == first
     assert (together.text, together.chosen.ids) == (reply.text, reply.chosen.ids)  # the same in a batch
+
+
+@pytest.fixture(scope="module")
+def backward_engine(chat_dirs, tmp_path_factory):
+    """The two tiny personas and a (random, seeded) backward model loaded beside them, as the chat does."""
+    from chatbot.adapters import choose_base, discover
+    from chatbot.engine import Engine
+    from tests.chat_helpers import make_adapter
+
+    ext, adapters = chat_dirs
+    path = make_adapter(ext, tmp_path_factory.mktemp("backward") / "backward", "dialogue", "나", seed=9)
+    model, tok, manifest = load_extended(ext)
+    infos = discover(adapters)
+    return Engine.from_loaded(model, tok, manifest, infos, choose_base(infos, None), backward=path)
+
+
+def test_the_backward_model_loads_beside_the_personas_and_is_no_persona(backward_engine, engine):
+    from chatbot.routing import BASE_ADAPTER
+    from core.models import BACKWARD_ADAPTER
+
+    assert decoding.has_backward(backward_engine.model) and not decoding.has_backward(engine.model)
+    assert BACKWARD_ADAPTER not in [p.name for p in backward_engine.personas]
+    history = [{"role": "user", "content": "밥 먹었어?"}, {"role": "assistant", "content": "아직"},
+               {"role": "user", "content": "같이 먹자"}]
+    assert backward_engine.prompt(history, "minji", 8).message == ("철수", "같이 먹자")
+    assert engine.prompt(history, "minji", 8).message is None  # no backward model: nothing to score it by
+    bare = backward_engine.prompt(history, None, 8)  # the bare base: its rows routed past every adapter
+    assert bare.message == ("나", "같이 먹자") and bare.adapter == BASE_ADAPTER
+    assert backward_engine.reply(history, None, SamplingParams(max_new_tokens=6), seed=0)
+
+
+def _backward_per_token(engine, speaker: str, reply: str, message: str) -> float:
+    """log p(message | reply) per message token, one full forward routed through the backward adapter."""
+    import torch
+
+    from chatbot.routing import per_row_adapters
+    from core.models import BACKWARD_ADAPTER
+
+    r = chat_format.render_backward(engine.tokenizer, speaker, reply, message)
+    ids = torch.tensor([r.input_ids])
+    with torch.no_grad(), per_row_adapters(engine.model, [BACKWARD_ADAPTER]):
+        logits = engine.model(input_ids=ids).logits[0].float()
+    lp = torch.log_softmax(logits[r.reply_start - 1:-1], -1).gather(1, ids[0, r.reply_start:, None])[:, 0]
+    return float(lp.sum()) / len(lp)
+
+
+def test_candidates_are_reranked_with_the_backward_models_log_prob_of_the_message(backward_engine):
+    from chatbot.decoding import Job
+
+    hello = [{"role": "user", "content": "안녕, 오늘 뭐 해?"}]
+    prompt = backward_engine.prompt(hello, "minji", 10, adapter="minji")
+    with backward_engine.exclusive():
+        on, off = (decoding.decode(backward_engine.model, backward_engine.tokenizer,
+                                   [Job(prompt, SamplingParams(max_new_tokens=10, backward_weight=w), 3)])[0]
+                   for w in (1.0, 0.0))
+        scored = [c for c in on.candidates if c.logp_no_context is not None]
+        assert len(scored) >= 2
+        for c in scored:
+            mmi = decoding.mmi_score(c.logp, c.logp_no_context, c.tokens, 0.5)
+            want = _backward_per_token(backward_engine, "철수", c.text, "안녕, 오늘 뭐 해?")
+            assert c.score - mmi == pytest.approx(want, rel=1e-3, abs=1e-3)
+    assert [c.ids for c in on.candidates] == [c.ids for c in off.candidates]  # same samples, only the score differs
+    assert all(c.score == decoding.mmi_score(c.logp, c.logp_no_context, c.tokens, 0.5)
+               for c in off.candidates if c.logp_no_context is not None)
+    assert on.chosen.score == max(c.score for c in scored)
+
+
+def test_the_bare_base_routed_past_the_backward_model_replies_as_with_adapters_off(backward_engine, engine):
+    history = [{"role": "user", "content": "주말에 뭐 해?"}]
+    params = SamplingParams(max_new_tokens=8, backward_weight=0.0)  # same score: only the routing differs
+    assert backward_engine.reply(history, None, params, seed=2) == engine.reply(history, None, params, seed=2)
+
+
+def test_the_evaluation_reranks_with_the_backward_model_as_the_chat_does_and_puts_it_back(tiny, chat_dirs,
+                                                                                          tmp_path, monkeypatch):
+    import torch
+
+    from chatbot.routing import BASE_ADAPTER
+    from data_prep.records import ContextTurn
+    from pipeline.evaluation.generation import SamplingConfig, generate_replies
+    from pipeline.evaluation.runner import backward_attached
+    from pipeline.evaluation.scoring import Example
+    from tests.chat_helpers import make_adapter
+
+    model, tok = tiny
+    path = make_adapter(chat_dirs[0], tmp_path / "backward", "dialogue", "나", seed=9)
+    ex = Example("민수처럼 답해.", (ContextTurn("철수", "안녕"), ContextTurn("민수", "응")), "민수", "")
+    seen = []
+    real = decoding.decode
+    monkeypatch.setattr(decoding, "decode", lambda m, t, jobs: seen.extend(j.prompt for j in jobs) or real(m, t, jobs))
+    ids = torch.tensor([[2, 5, 9, 11]])
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+        with backward_attached(model, path) as reranking:
+            assert decoding.has_backward(reranking)
+            cfg = SamplingConfig(replace(SamplingParams(), max_new_tokens=6))
+            assert generate_replies(reranking, tok, [ex], 256, cfg)[0]
+        after = model(input_ids=ids).logits
+    assert seen[0].message == ("철수", "안녕") and seen[0].adapter == BASE_ADAPTER  # the partner's turn, not the burst
+    assert torch.equal(before, after) and not decoding.has_backward(model)

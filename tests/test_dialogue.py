@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from core.errors import UserError
-from core.models import load_extended
+from core.models import BACKWARD_DIR, find_backward, load_extended
 from core.models import read_extended_manifest as read_manifest
 from data_prep.chatbot_data import is_heldout, load_qa
 from pipeline import dialogue_stage as dialogue
@@ -206,3 +206,49 @@ def test_the_chat_builds_the_dialogue_base_in_its_child_process(stage, tmp_path)
     built = build_extended(spec, fresh, dialogue=True)
     assert built.name == merged.name
     assert read_manifest(built)["fingerprint"] == read_manifest(merged)["fingerprint"]
+
+
+def test_backward_pairs_turn_every_pair_around_on_the_same_split(small_csv):
+    train, val = dialogue_pairs(small_csv)
+    btrain, bval = dialogue_pairs(small_csv, backward=True)
+    assert [(p.context[0].speaker, p.context[0].text, p.response) for p in btrain + bval] == [
+        (p.context[0].speaker, p.response, p.context[0].text) for p in train + val]
+    assert [p.instruction for p in btrain] == [p.instruction for p in train]
+    for share in ({"no_context": 0.2}, {"cards": 0.2}):
+        with pytest.raises(UserError, match="backward"):
+            dialogue_pairs(small_csv, backward=True, **share)
+
+
+@pytest.fixture(scope="module")
+def backward(stage, small_csv):
+    """The backward model trained by ``python -m pipeline.dialogue --backward`` (2 steps), then installed."""
+    spec, cache, plain, adapter, merged = stage
+    argv = ["--csv", str(small_csv), "--base-model", spec, "--cache-dir", str(cache), "--max-steps", "2",
+            "--batch-size", "4", "--threads", "1", "--backward"]
+    assert dialogue_main(argv) == 0
+    assert ensure_extended(spec, cache, dialogue=True) == merged  # same cache entry: installs, does not rebuild
+    return adapter / BACKWARD_DIR
+
+
+def test_backward_model_trains_on_the_merged_base_and_is_installed_beside_it(stage, backward):
+    _, _, plain, adapter, merged = stage
+    m = json.loads((backward / "manifest.json").read_text(encoding="utf-8"))
+    assert m["stage"] == "backward" and m["config"]["dialogue"] is True
+    assert m["extended_fingerprint"] == read_manifest(merged)["fingerprint"] != read_manifest(plain)["fingerprint"]
+    installed = find_backward(merged)
+    assert installed == merged / BACKWARD_DIR and find_backward(plain) is None
+    assert all((installed / f.name).read_bytes() == f.read_bytes() for f in backward.iterdir())
+    assert read_manifest(merged)["dialogue"]["sha256"] == dialogue.read_adapter(adapter).sha256  # fingerprint kept
+    assert verify_extended(merged) == []
+
+
+def test_a_backward_model_of_another_base_is_not_installed(stage, backward, tmp_path):
+    _, _, _, adapter, merged = stage
+    other = tmp_path / "stage"
+    shutil.copytree(adapter, other)
+    m = json.loads((other / BACKWARD_DIR / "manifest.json").read_text())
+    (other / BACKWARD_DIR / "manifest.json").write_text(json.dumps({**m, "extended_fingerprint": "0" * 64}))
+    ext = tmp_path / "ext"
+    shutil.copytree(merged, ext, ignore=shutil.ignore_patterns(BACKWARD_DIR))
+    assert dialogue.install_backward(dialogue.read_adapter(other), ext) is None and find_backward(ext) is None
+    assert dialogue.install_backward(dialogue.read_adapter(adapter), ext) == ext / BACKWARD_DIR

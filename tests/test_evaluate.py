@@ -294,3 +294,35 @@ def test_evaluate_cli_bad_paths_exit_2_with_one_line(tmp_path, capsys):
     code = run_cli(main, ["--adapter", str(tmp_path / "nope"), "--data", str(tmp_path / "nodata")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("error: --adapter") and "--data" in err and "\n" not in err
+
+
+def test_selection_adds_the_backward_models_score_where_the_extended_base_has_one(adapter_and_data, extended,
+                                                                                   cache_dir, tmp_path):
+    """A backward model installed in the extended base (a random LoRA here) scores the items once; every
+    system's selection then reports ``pmi_bidi``."""
+    import shutil
+
+    from core.models import BACKWARD_DIR, find_backward
+    from pipeline.evaluate import main
+    from tests.chat_helpers import make_adapter
+
+    adapter, data = adapter_and_data
+    argv = ["--adapter", str(adapter), "--data", str(data), "--cache-dir", str(cache_dir), "--max-examples", "2",
+            "--general-lines", "0", "--generate", "0", "--samples", "0", "--no-identification",
+            "--selection-items", "3", "--qa", str(CHATBOT_CSV)]
+    runs = {}
+    try:
+        for name in ("without", "with"):
+            if name == "with":
+                make_adapter(extended[0], extended[0] / BACKWARD_DIR, "dialogue", "나", seed=9)
+                assert find_backward(extended[0]) is not None
+            assert run_cli(main, argv + ["--out", str(tmp_path / name)]) == 0
+            runs[name] = json.loads((tmp_path / name / "eval.json").read_text(encoding="utf-8"))
+    finally:
+        shutil.rmtree(extended[0] / BACKWARD_DIR, ignore_errors=True)
+    for item_set in ("persona", "qa"):
+        before, after = (r["personas"][PERSONA]["selection"][item_set] for r in (runs["without"], runs["with"]))
+        for system in ("base", "few_shot", "adapter"):
+            assert before[system]["pmi_bidi"]["hits1"] is None and after[system]["pmi_bidi"]["hits1"] is not None
+            assert after[system]["pmi"] == before[system]["pmi"]  # the forward scores are untouched
+    assert "PMI + backward" in (tmp_path / "with" / "eval.md").read_text(encoding="utf-8")

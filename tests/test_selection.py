@@ -14,9 +14,9 @@ import pytest
 
 from data_prep.chatbot_data import QA
 from data_prep.records import ContextTurn
-from core.chat_format import render
+from core.chat_format import render, render_backward
 from pipeline.evaluation import attribution, selection
-from pipeline.evaluation.scoring import ReplyScore, score_group
+from pipeline.evaluation.scoring import Example, ReplyScore, message_of, score_group
 from tests.test_evaluate import one_thread  # noqa: F401  (autouse: tiny models run faster on one thread)
 
 PERSONA, USER = "봇", "친구"
@@ -74,8 +74,8 @@ def test_a_model_that_copies_the_context_beats_one_that_ignores_it(extended_dir)
     shuffled = random.Random(0).sample(MESSAGES, len(MESSAGES))
     ignorer = hits(*fine_tune(extended_dir, [(s, m) for s, m in zip(shuffled, MESSAGES)]))
     for score in selection.SCORES:
-        if score == "pmi_marginal":
-            continue  # its messages are none these models saw: the next test
+        if score in ("pmi_marginal", "pmi_bidi"):
+            continue  # its messages are none these models saw: the next test; no backward model: below
         assert copier[score] >= 0.8, (score, copier)
         assert copier[score] - ignorer[score] >= 0.5, (score, copier, ignorer)
 
@@ -89,6 +89,49 @@ def test_marginal_pmi_tells_a_copier_from_an_ignorer_where_the_no_context_prompt
     # trained longer, the copier's reply after the bare instruction (no turn: a prompt it never saw) stops
     # standing for its p(reply), and PMI against it loses items that the marginal keeps
     assert copier["pmi"] < 0.8, copier
+
+
+def test_a_backward_model_that_copies_picks_the_reply_the_message_repeats(extended_dir):
+    """A copier read backward (the candidate as the user's turn, the message as the reply) finds the message
+    likeliest after the candidate that is the message; an ignorer does not. Both ranks go into ``pmi_bidi``."""
+    copier, tok = fine_tune(extended_dir, [(m, m) for m in MESSAGES])
+    shuffled = random.Random(0).sample(MESSAGES, len(MESSAGES))
+    ignorer, _ = fine_tune(extended_dir, [(s, m) for s, m in zip(shuffled, MESSAGES)])
+    its = items()
+    plain = selection.score_items(ignorer, tok, its, "", 64)  # the forward side: an ignorer's, near chance
+    got = {}
+    for name, backward in (("copier", copier), ("ignorer", ignorer)):
+        back = selection.backward_scores(backward, tok, its)
+        assert [len(b) for b in back] == [len(it.candidates) for it in its]
+        first = back[0][0]  # log p(message | the true reply), as render_backward lays it out
+        r = render_backward(tok, USER, its[0].candidates[0], its[0].example.context[-1].text)
+        assert first.logprob == pytest.approx(score_group(backward, tok, [r])[0].logprob, rel=1e-4, abs=1e-3)
+        got[name] = selection.summarize(selection.with_backward(plain, back))
+    assert got["copier"]["pmi_bidi"]["hits1"] >= 0.6 and got["ignorer"]["pmi_bidi"]["hits1"] <= 0.2, got
+    assert got["copier"]["pmi"] == got["ignorer"]["pmi"]  # the forward scores are left as they were
+
+
+def test_pmi_bidi_adds_the_backward_log_prob_and_the_chats_score_its_per_token_mean():
+    ctx = (ReplyScore(-8.0, 4), ReplyScore(-2.0, 2))
+    bare = (ReplyScore(-9.0, 4), ReplyScore(-2.2, 2))
+    back = (ReplyScore(-3.0, 3), ReplyScore(-9.0, 3))
+    plain = selection.Selected(ctx, bare)
+    both = selection.with_backward([plain], [back])[0]
+    assert both.values("pmi_bidi") == pytest.approx([1.0 - 3.0, 0.2 - 9.0])
+    assert not plain.has("pmi_bidi") and both.has("pmi_bidi") and both.has("pmi")
+    with pytest.raises(ValueError):
+        plain.values("pmi_bidi")
+    w = selection.BACKWARD_WEIGHT
+    assert both.values("mmi") == pytest.approx([m + w * b.logprob / b.tokens
+                                                for m, b in zip(plain.values("mmi"), back)])
+    assert selection.summarize([plain])["pmi_bidi"] == {"hits1": None, "mean_rank": None}
+
+
+def test_the_message_is_the_last_turn_not_the_personas():
+    ex = lambda *turns: Example("", tuple(ContextTurn(s, t) for s, t in turns), PERSONA, "응")  # noqa: E731
+    assert message_of(ex((USER, "밥 먹었어?"), (PERSONA, "아니"), (USER, "같이 먹자"))).text == "같이 먹자"
+    assert message_of(ex((USER, "밥 먹었어?"), (PERSONA, "아니"))).text == "밥 먹었어?"  # a burst
+    assert message_of(ex((PERSONA, "나 왔어"))) is None
 
 
 def test_no_context_scores_are_the_reply_after_the_bare_instruction(extended_dir):

@@ -3,6 +3,7 @@
     python -m pipeline.dialogue                                   # the default base; writes into the cache
     python -m pipeline.dialogue --max-steps 20 --out /tmp/dialogue  # a quick one, somewhere else
     python -m pipeline.dialogue --base-model ~/models/kogpt2-base-v2
+    python -m pipeline.dialogue --backward                        # the backward model, on the base with the stage
 
 Builds chat pairs from the *train* split of ChatbotData (``pipeline.dialogue.data``), trains
 a LoRA (plus the chat-token rows) on the plain extended base with ``pipeline.train``'s
@@ -11,6 +12,12 @@ trainer, and writes a dialogue adapter (``adapter_config.json``, ``adapter_model
 into the extended base for that base model from then on (the base's fingerprint changes, so
 persona adapters trained on the previous one are listed as trained on another base).
 The shipped adapter was trained with the defaults below.
+
+``--backward`` trains the backward model instead: the same pairs turned around (the answer as the user's
+turn, the question as the reply), on the extended base *with* the stage merged, written into the stage's
+``backward/`` folder, from where the extension installs it beside the merged base. The chat's reranking
+and the evaluation's next-reply selection add its log p(message | reply) to the forward score
+(docs/conversation.md). The shipped one was trained with the same defaults and ``--backward``.
 """
 from __future__ import annotations
 
@@ -27,7 +34,8 @@ from core.errors import UserError
 from core.models import default_cache_dir
 from data_prep.chatbot_data import DEFAULT_CSV
 from pipeline.base_model import resolve_base
-from pipeline.dialogue_stage import ASSET, MANIFEST, user_adapter_dir
+from core.models import BACKWARD_DIR
+from pipeline.dialogue_stage import ASSET, MANIFEST, adapter_for, user_adapter_dir
 from pipeline.dialogue.data import PERSONA, dialogue_pairs, write_data
 
 CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"  # what it needs of the trainer's output
@@ -59,6 +67,9 @@ def _args(argv: Sequence[str] | None):
                    help="share of rows whose instruction is a persona card (measured on the answers, under one of "
                         "a few names) instead of the empty or neutral one: the system text persona adapters "
                         "use (default 0)")
+    p.add_argument("--backward", action="store_true",
+                   help="train the backward model p(question | answer) on the base with the stage merged, for "
+                        "reranking replies; written into the stage's backward/ folder unless --out is given")
     p.add_argument("--init-adapter", type=Path, help="continue from this dialogue adapter's weights (e.g. "
                                                      "pipeline/assets/dialogue_ko) instead of a fresh LoRA")
     p.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
@@ -66,7 +77,7 @@ def _args(argv: Sequence[str] | None):
     return p.parse_args(argv)
 
 
-def export(trained: Path, out: Path, base_sha256: str) -> None:
+def export(trained: Path, out: Path, base_sha256: str, stage: str = "dialogue") -> None:
     """Keep the trainer's adapter config and weights (in float16: half the size, merged in the base's
     dtype; relative rounding error about 5e-4); a manifest with the base it fits; the licence."""
     from safetensors.torch import load_file, save_file
@@ -81,7 +92,7 @@ def export(trained: Path, out: Path, base_sha256: str) -> None:
     save_file({k: v.half() for k, v in weights.items()}, out / WEIGHTS, metadata={"format": "pt"})
     if out.resolve() != ASSET.resolve():
         shutil.copyfile(ASSET / LICENSE, out / LICENSE)
-    record = {"stage": "dialogue", "base_sha256": base_sha256, "data": "ChatbotData train split (MIT)", **keep}
+    record = {"stage": stage, "base_sha256": base_sha256, "data": "ChatbotData train split (MIT)", **keep}
     (out / MANIFEST).write_text(json.dumps(record, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
 
 
@@ -97,16 +108,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     cache = a.cache_dir or default_cache_dir()
     ref = resolve_base(a.base_model, cache)
     out = a.out or user_adapter_dir(cache, ref.sha256)
+    if a.backward:
+        stage = adapter_for(ref.sha256, cache)
+        if stage is None:
+            raise UserError("--backward: no dialogue stage for this base model; train one first (python -m "
+                            "pipeline.dialogue)")
+        out = a.out or stage.path / BACKWARD_DIR
     with tempfile.TemporaryDirectory(prefix="dialogue-") as tmp:
-        data = write_data(Path(tmp) / "data", *dialogue_pairs(a.csv, a.no_context, a.cards))
+        data = write_data(Path(tmp) / "data", *dialogue_pairs(a.csv, a.no_context, a.cards, a.backward))
         base_cfg = TrainConfig(str(data), str(Path(tmp) / "adapter"), persona=PERSONA, base_model=a.base_model,
-                               cache_dir=str(cache), seed=a.seed, threads=a.threads, dialogue=False)
+                               cache_dir=str(cache), seed=a.seed, threads=a.threads, dialogue=a.backward)
         cfg = replace(base_cfg, **{**TRAIN_DEFAULTS, "max_steps": a.max_steps, "batch_size": a.batch_size,
                                    "lr": a.lr, "contrast": a.contrast,
                                    "init_adapter": str(a.init_adapter) if a.init_adapter else None})
         cfg.validate()
         result = train(cfg)
-        export(result.out, out, ref.sha256)
+        export(result.out, out, ref.sha256, "backward" if a.backward else "dialogue")
     print(out)
     return 0
 

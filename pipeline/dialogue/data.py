@@ -7,6 +7,9 @@ name between a few names, so the stage does not tie its replies to one system te
 instead, measured on the answers themselves under a name of :data:`CARD_NAMES`: the shape of system
 text every persona adapter is trained and served with. The held-out split of
 :mod:`data_prep.chatbot_data` is never read.
+
+``backward`` turns every pair around (:func:`reversed_pair`): the answer is the user's turn and the
+question the reply, the data of the backward model p(message | reply) that reranks replies.
 """
 from __future__ import annotations
 
@@ -39,8 +42,16 @@ def qa_pair(qa: QA, cards: Sequence[str] = (), card_share: float = 0.0) -> Pair:
                 conversation_id=hashlib.sha256(qa.answer.encode("utf-8")).hexdigest()[:12], source="ChatbotData")
 
 
+def reversed_pair(pair: Pair) -> Pair:
+    """The exchange read the other way: the reply as the user's turn (same user), the message as the reply."""
+    if len(pair.context) != 1:
+        raise ValueError(f"a reversed pair needs exactly one message before the reply, not {len(pair.context)}")
+    (turn,) = pair.context
+    return replace(pair, context=(ContextTurn(turn.speaker, pair.response),), response=turn.text)
+
+
 def dialogue_pairs(csv: str | Path = DEFAULT_CSV, no_context: float = 0.0,
-                   cards: float = 0.0) -> tuple[list[Pair], list[Pair]]:
+                   cards: float = 0.0, backward: bool = False) -> tuple[list[Pair], list[Pair]]:
     """(train, validation) pairs from ChatbotData's train split only; split by a hash of the answer,
     so an answer shared by several questions is never on both sides.
 
@@ -51,7 +62,11 @@ def dialogue_pairs(csv: str | Path = DEFAULT_CSV, no_context: float = 0.0,
     ``cards``: the share of rows (train and validation) whose instruction is a persona card instead,
     rendered by :func:`data_prep.persona_card.build_card` from the train answers under each of
     :data:`CARD_NAMES`, so that the stage answers the message under a card as it does without one.
+
+    ``backward``: every pair reversed (:func:`reversed_pair`); the split is the same, by the original answer.
     """
+    if backward and (no_context or cards):
+        raise UserError("the backward model reads one message and one reply: no --no-context or --cards with it")
     rows = load_qa(csv, split="train")
     validation = [hash_bucket(qa.answer, "validation", VALIDATION_BUCKETS) == 0 for qa in rows]
     texts = [qa.answer for qa, v in zip(rows, validation) if not v]
@@ -60,6 +75,7 @@ def dialogue_pairs(csv: str | Path = DEFAULT_CSV, no_context: float = 0.0,
     train, val = [], []
     for qa, held in zip(rows, validation):
         pair = qa_pair(qa, instructions, cards)
+        pair = reversed_pair(pair) if backward else pair
         (val if held else train).append(pair)
         if not held and no_context and hash_bucket(qa.question, "no-context", 1000) < no_context * 1000:
             train.append(replace(pair, context=()))

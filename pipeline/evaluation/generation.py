@@ -2,7 +2,8 @@
 
 Every reply goes through :func:`chatbot.decoding.generate`, over the decoding the chat engine calls:
 the same sampling settings, the same candidate reranking, the same loop and echo rejection, so
-the statistics measured here are those of the replies a user gets. The same seed is set before
+the statistics measured here are those of the replies a user gets (with the backward model in the
+reranking when the model holds it, as the chat does: :func:`chatbot.decoding.has_backward`). The same seed is set before
 each system (base, few-shot, adapter) samples, so the side-by-side samples differ by the model,
 not by the random draw order.
 """
@@ -13,9 +14,10 @@ from typing import Sequence
 
 from chatbot import decoding
 from chatbot.decoding import Prompt, SamplingParams
+from chatbot.routing import BASE_ADAPTER
 from core.chat_format import render
 from core.reply_shape import ReplyLimits, echo_sources
-from pipeline.evaluation.scoring import Example
+from pipeline.evaluation.scoring import Example, message_of
 
 
 @dataclass(frozen=True)
@@ -27,14 +29,19 @@ class SamplingConfig:
     seed: int = 0
 
 
-def example_prompt(tokenizer, e: Example, budget: int | None, limits: ReplyLimits) -> Prompt | None:
-    """The decoding prompt of one held-out example (None where it cannot fit)."""
+def example_prompt(tokenizer, e: Example, budget: int | None, limits: ReplyLimits,
+                   backward: bool = False) -> Prompt | None:
+    """The decoding prompt of one held-out example (None where it cannot fit). ``backward``: the model
+    holds the backward adapter beside its own weights: the rows run without adapter, and the reranking
+    scores the message (:func:`.scoring.message_of`) with the backward one."""
     r = render(tokenizer, e.instruction, e.context, e.persona, None, budget)
     if r is None:
         return None
     alone = render(tokenizer, e.instruction, (), e.persona, None, budget)
+    msg = message_of(e) if backward else None
     return Prompt(r.input_ids, alone.input_ids if alone else r.input_ids[:1],
-                  echo_sources((t.speaker == e.persona, t.text) for t in e.context), limits)
+                  echo_sources((t.speaker == e.persona, t.text) for t in e.context), limits,
+                  adapter=BASE_ADAPTER if backward else None, message=None if msg is None else (msg.speaker, msg.text))
 
 
 def generate_replies(
@@ -46,7 +53,8 @@ def generate_replies(
 
     new = cfg.params.max_new_tokens
     budget = None if max_length is None else max(max_length - new, 8)
-    prompts = [example_prompt(tokenizer, e, budget, limits or ReplyLimits()) for e in examples]
+    backward = decoding.has_backward(model)
+    prompts = [example_prompt(tokenizer, e, budget, limits or ReplyLimits(), backward) for e in examples]
     out = [""] * len(examples)
     todo = [i for i, p in enumerate(prompts) if p is not None]
     torch.manual_seed(cfg.seed)

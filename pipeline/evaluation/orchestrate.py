@@ -4,7 +4,9 @@ The base model is loaded once and runs the base and few-shot systems for every
 persona (and, with several adapters, scores every held-out reply in each adapter's
 prompt: the attribution reference); each adapter is then loaded onto a fresh base (so
 adapters of different methods never mix), runs its system, scores every persona's
-held-out replies for speaker attribution, and is freed before the next. With ``--memory`` the
+held-out replies for speaker attribution, and is freed before the next. Where the extended base has a
+backward model (``core.models.find_backward``) it scores every selection item's candidates once, on the
+base, and every system's selection gets those scores (``pmi_bidi``). With ``--memory`` the
 adapter also ranks the selection items with the persona's memory in its prompt (system
 ``adapter_memory``: the same model, items and no-context scores, only the memory added).
 """
@@ -17,14 +19,16 @@ from typing import Any, Sequence
 
 from chatbot.decoding import SamplingParams
 from core.memory import Memory
+from core.models import BACKWARD_ADAPTER, find_backward
 from data_prep.chatbot_data import load_qa
 from pipeline.evaluation import attribution, charts, report, selection
 from pipeline.evaluation.generation import SamplingConfig
 from pipeline.evaluation.parallel import DEFAULT_TSV, ParallelIndex
-from pipeline.evaluation.runner import (SystemOutput, instruction_for, load_adapter, load_base_for, max_length_for,
-                                        run_system, work_units)
+from pipeline.evaluation.runner import (SystemOutput, attach, instruction_for, load_adapter, load_base_for,
+                                        max_length_for, run_system, work_units)
 from pipeline.evaluation.scoring import Example, ReplyScore
 from pipeline.evaluation.tasks import DEFAULT_CHATBOT_CSV, PersonaTask, build_task, general_examples
+from pipeline.extension import extended_for
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +65,11 @@ def _bar(total: int, desc: str):
     return tqdm(total=total, desc=desc, unit="ex", leave=False, dynamic_ncols=True)
 
 
-def _run(model, tok, cfg, task: PersonaTask, general: list[Example], system: str) -> SystemOutput:
+def _run(model, tok, cfg, task: PersonaTask, general: list[Example], system: str,
+         backward: Path | None) -> SystemOutput:
     sampling = SamplingConfig(replace(SamplingParams(), max_new_tokens=cfg.max_new_tokens), seed=cfg.seed)
     with _bar(work_units(task, general, cfg.generate), f"{task.persona}: {system}") as bar:
-        return run_system(model, tok, task, system, general, sampling, cfg.generate, progress=bar)
+        return run_system(model, tok, task, system, general, sampling, cfg.generate, progress=bar, backward=backward)
 
 
 Items = dict[str, list[selection.SelectionItem]]  # item set ("persona", "qa") -> items
@@ -105,6 +110,17 @@ def _select(model, tok, task: PersonaTask, items: Items, system: str, caches: tu
                 for n, its in items.items()}
 
 
+def _backward(model, tok, items: Sequence[Items], path: Path | None) -> list[dict[str, list]]:
+    """Per task and item set, the backward model's (at ``path``) log p(message | candidate) of every item
+    (all None without one). Attaches that LoRA to ``model`` (in place)."""
+    if path is None or not any(items):
+        return [{n: [None] * len(its) for n, its in task_items.items()} for task_items in items]
+    scorer = attach(model, path, BACKWARD_ADAPTER).eval()
+    with _bar(sum(len(its) for task_items in items for its in task_items.values()), "backward model") as bar:
+        return [{n: selection.backward_scores(scorer, tok, its, progress=bar) for n, its in task_items.items()}
+                for task_items in items]
+
+
 def recall_items(task: PersonaTask, items: Items) -> Memories:
     """What the persona's memory (its train pairs in the task's data folder) recalls for every item."""
     memory = Memory.load([task.data])
@@ -137,16 +153,18 @@ def run_all(cfg, tasks: Sequence[PersonaTask]) -> dict[str, Any]:
     reference: dict[str, list[ReplyScore | None]] = {}  # the base model in each adapter's prompt
     adapted: dict[str, list[ReplyScore | None]] = {}
     model, tok, _ = load_base_for(tasks[0].manifest, cfg.cache_dir)
+    backward_path = find_backward(extended_for(tasks[0].manifest, cfg.cache_dir))  # the chat's reranker, if any
     for task, out, sel, its, (gen, _) in zip(tasks, outputs, selections, items, general):
         for system in ("base", "few_shot"):
-            out[system] = _run(model, tok, cfg, task, gen, system)
+            out[system] = _run(model, tok, cfg, task, gen, system, backward_path)
             sel[system] = _select(model, tok, task, its, system)
     if attributing:
         reference = _attribution_scores(model, tok, tasks, tasks)
+    backward = _backward(model, tok, items, backward_path)  # last: it adds the backward LoRA to ``model``
     del model
     for task, out, sel, its, mem, (gen, _) in zip(tasks, outputs, selections, items, memories, general):
         model, tok = load_adapter(task, cfg.cache_dir)
-        out["adapter"] = _run(model, tok, cfg, task, gen, "adapter")
+        out["adapter"] = _run(model, tok, cfg, task, gen, "adapter", backward_path)
         caches: tuple[dict, dict] = ({}, {})
         sel["adapter"] = _select(model, tok, task, its, "adapter", caches)
         if mem is not None:
@@ -154,6 +172,9 @@ def run_all(cfg, tasks: Sequence[PersonaTask]) -> dict[str, Any]:
         if attributing:
             adapted.update(_attribution_scores(model, tok, tasks, [task]))
         del model
+    for sel, back in zip(selections, backward):
+        for system, sets in sel.items():
+            sel[system] = {n: selection.with_backward(v, back[n]) for n, v in sets.items()}
     personas = {t.persona: report.persona_results(t, o, cfg.samples, source, s, _overlap(its, mem))
                 for t, o, s, its, mem, (_, source) in zip(tasks, outputs, selections, items, memories, general)}
     truths = [t.persona for t in tasks for _ in t.held_out]

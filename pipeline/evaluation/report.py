@@ -173,7 +173,7 @@ def _persona_md(name: str, r: dict[str, Any], charts: Mapping[str, str]) -> list
 SELECTION_SETS = {"persona": "own held-out replies (distractors: the persona's replies in other conversations)",
                   "qa": "general Korean Q/A not trained on (ChatbotData held-out split)"}
 SCORE_LABELS = {"mean": "mean log-prob", "pmi": "PMI", "pmi_mean": "PMI per token", "mmi": "chat's MMI",
-                "pmi_marginal": "PMI, marginal p(reply)"}
+                "pmi_marginal": "PMI, marginal p(reply)", "pmi_bidi": "PMI + backward"}
 
 
 def _selection_md(sel: Mapping[str, Any], memory: Mapping[str, Any] | None = None) -> list[str]:

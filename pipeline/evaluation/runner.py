@@ -16,10 +16,12 @@ every forward).
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
+from core.models import BACKWARD_ADAPTER, find_backward
 from core.models import load_adapter as attach
 from pipeline.evaluation.generation import SamplingConfig, generate_replies
 from pipeline.evaluation.identification import IdItem, Ranking, rank_item
@@ -51,6 +53,28 @@ def load_adapter(task: PersonaTask, cache_dir: Path | None = None):
     return attach(base, task.adapter).merge_and_unload().eval(), tok
 
 
+@contextmanager
+def backward_attached(model, path: Path | None) -> Iterator:
+    """``model`` with the backward model at ``path`` attached for the block (the PeftModel), then taken
+    off again, ``model`` as it was; ``model`` itself where ``path`` is None."""
+    if path is None:
+        yield model
+        return
+    peft = attach(model, path, BACKWARD_ADAPTER).eval()
+    try:
+        yield peft
+    finally:
+        peft.unload()
+
+
+def attach_backward(model, extended: Path):
+    """``model`` (an extended base, adapters merged or none) with the backward model installed in the
+    extended base folder ``extended`` attached, as a PeftModel whose active adapter it is (``model``'s
+    layers change in place); None when that base has no backward model."""
+    path = find_backward(extended)
+    return None if path is None else attach(model, path, BACKWARD_ADAPTER).eval()
+
+
 def instruction_for(task: PersonaTask, system: str) -> str:
     return task.few_shot_instruction if system == "few_shot" else task.manifest["instruction"]
 
@@ -71,9 +95,10 @@ def work_units(task: PersonaTask, general: Sequence[Example], generate: int) -> 
 
 def run_system(
     model, tok, task: PersonaTask, system: str, general: Sequence[Example], sampling: SamplingConfig,
-    generate: int, progress=None,
+    generate: int, progress=None, backward: Path | None = None,
 ) -> SystemOutput:
-    """Perplexity on held-out replies (+ general text), identification rankings, sampled replies."""
+    """Perplexity on held-out replies (+ general text), identification rankings, sampled replies (reranked
+    with the backward model at ``backward`` too, where given, as the chat reranks)."""
     instruction = instruction_for(task, system)
     max_len = max_length_for(tok, task, system)
     heldout = score_examples(model, tok, task.with_instruction(task.held_out, instruction), max_len, progress)
@@ -92,5 +117,6 @@ def run_system(
         if progress is not None:
             progress.update(1)
     prompts = task.with_instruction(task.held_out[:generate], instruction)
-    generated = generate_replies(model, tok, prompts, max_len, sampling, progress, task.limits)
+    with backward_attached(model, backward if prompts else None) as reranking:  # the chat's reranking
+        generated = generate_replies(reranking, tok, prompts, max_len, sampling, progress, task.limits)
     return SystemOutput(heldout, general_scores, rankings, generated)

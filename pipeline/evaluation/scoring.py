@@ -47,6 +47,13 @@ class ReplyScore:
         return self.logprob / self.tokens
 
 
+def message_of(e: Example) -> Any | None:
+    """The turn ``e``'s reply answers: the last one of its context not the persona's (None: none); the
+    backward model's message."""
+    theirs = [t for t in e.context if t.speaker != e.persona]
+    return theirs[-1] if theirs else None
+
+
 def render_group(tokenizer, examples: Sequence[Example], max_length: int | None) -> list[Rendered] | None:
     """Render examples that share instruction and context with the *same* kept context.
 

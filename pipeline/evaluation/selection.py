@@ -23,6 +23,7 @@ Five scores rank the candidates (each is reported, see :data:`SCORES`):
   each gain a little from the context);
 - ``mmi``: the score the chat picks its reply by among its sampled candidates
   (:mod:`chatbot.decoding`): ``(log p(reply | context) - 0.5 log p(reply | no context)) / tokens``,
+  plus ``log p(message | reply) / message tokens`` where there is a backward model (``pmi_bidi``),
   so its Hits@1 says how often the chat's own reranking would choose the true reply;
 - ``pmi_marginal``: log p(reply | context) - log p(reply), where p(reply) is the model's own
   marginal, the mean of p(reply | m) over K other held-out messages m of the set
@@ -33,7 +34,14 @@ Five scores rank the candidates (each is reported, see :data:`SCORES`):
   after the instruction), so its p(reply) is a rough stand-in for that marginal; with the
   candidates drawn from the same kind of replies, ranking by p(reply | context) / p(reply)
   is the Bayes choice when p(reply) is the true marginal. Costs K prompt passes per
-  candidate text (cached by text: the Q/A pool is small, the persona pool a few dozen).
+  candidate text (cached by text: the Q/A pool is small, the persona pool a few dozen);
+- ``pmi_bidi``: ``pmi`` + log p(message | reply) by the backward model (``core.models.BACKWARD_DIR``,
+  trained on ChatbotData turned around; the message being the last turn not the persona's): the
+  bidirectional MMI of Li et al. 2016, the reranker of DialoGPT. For a fixed message, log p(message |
+  reply) ranks replies as the PMI does (it is PMI + log p(message)), so the sum adds up two estimates of
+  the same quantity whose errors differ: the backward one needs no p(reply) at all, and it is the same
+  general model for every system, persona adapters included. Reported where the extended base has a
+  backward model; the chat reranks by it too (:mod:`chatbot.decoding`).
 
 With a memory (``python -m pipeline.evaluate --memory``, system ``adapter_memory``) each item's
 prompt also shows the persona's own past replies to messages like the item's (:mod:`core.memory`,
@@ -53,18 +61,19 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from chatbot.decoding import SamplingParams, mmi_score
-from core.chat_format import render
+from core.chat_format import render, render_backward
 from core.errors import UserError
 from core.memory import Memory, Recalled
 from data_prep.chatbot_data import QA
 from data_prep.records import ContextTurn
-from pipeline.evaluation.scoring import Example, ReplyScore, render_group, score_group
+from pipeline.evaluation.scoring import Example, ReplyScore, message_of, render_group, score_group
 from pipeline.evaluation.tasks import persona_pairs
 
 CANDIDATES = 20  # the true reply + 19 distractors (ConvAI2's Hits@1 of 20)
-SCORES = ("mean", "pmi", "pmi_mean", "mmi", "pmi_marginal")
+SCORES = ("mean", "pmi", "pmi_mean", "mmi", "pmi_marginal", "pmi_bidi")
 MARGINAL_CONTEXTS = 32  # other held-out messages p(reply) is averaged over for ``pmi_marginal``, when asked for
 MMI_LAMBDA = SamplingParams().mmi_lambda  # the chat's weight of log p(reply | no context)
+BACKWARD_WEIGHT = SamplingParams().backward_weight  # and of log p(message | reply) per message token
 
 
 @dataclass(frozen=True)
@@ -90,10 +99,12 @@ class Selected:
     with_context: tuple[ReplyScore, ...]
     without_context: tuple[ReplyScore, ...]
     marginal: tuple[float, ...] | None = None  # log mean_k p(candidate | marginal context k); None: not measured
+    backward: tuple[ReplyScore, ...] | None = None  # log p(message | candidate) by the backward model; None: none
 
     def has(self, score: str) -> bool:
-        """Whether ``score`` can be computed for this item (``pmi_marginal`` needs marginal contexts)."""
-        return score != "pmi_marginal" or self.marginal is not None
+        """Whether ``score`` can be computed for this item (``pmi_marginal`` needs marginal contexts,
+        ``pmi_bidi`` backward scores)."""
+        return {"pmi_marginal": self.marginal, "pmi_bidi": self.backward}.get(score, ()) is not None
 
     def values(self, score: str) -> list[float]:
         """One value per candidate under ``score`` (one of :data:`SCORES`); higher = chosen."""
@@ -106,11 +117,16 @@ class Selected:
         pmi = [c.logprob - n.logprob for c, n in zip(self.with_context, self.without_context)]
         if score == "pmi":
             return pmi
+        if score == "pmi_bidi":
+            if self.backward is None:
+                raise ValueError("pmi_bidi: this item was scored without a backward model")
+            return [p + b.logprob for p, b in zip(pmi, self.backward)]
         if score == "pmi_mean":
             return [p / c.tokens for p, c in zip(pmi, self.with_context)]
-        if score == "mmi":
-            return [mmi_score(c.logprob, n.logprob, c.tokens, MMI_LAMBDA)
-                    for c, n in zip(self.with_context, self.without_context)]
+        if score == "mmi":  # the chat's: with the backward model's term where the item has it
+            back = [BACKWARD_WEIGHT * b.mean for b in self.backward] if self.backward else [0.0] * len(pmi)
+            return [mmi_score(c.logprob, n.logprob, c.tokens, MMI_LAMBDA) + b
+                    for c, n, b in zip(self.with_context, self.without_context, back)]
         raise ValueError(f"unknown score {score!r}; one of {SCORES}")
 
     def hit(self, score: str) -> float:
@@ -234,6 +250,30 @@ def score_items(model, tokenizer, items: Sequence[SelectionItem], instruction: s
         if progress is not None:
             progress.update(1)
     return out
+
+
+def backward_scores(model, tokenizer, items: Sequence[SelectionItem],
+                    progress=None) -> list[tuple[ReplyScore, ...] | None]:
+    """log p(message | candidate) of every item's candidates by ``model``, a backward model
+    (:func:`core.chat_format.render_backward`; the message: :func:`.scoring.message_of`); None for an item
+    with no message. The same for every system: pass it to :func:`with_backward` for each."""
+    out: list[tuple[ReplyScore, ...] | None] = []
+    for item in items:
+        msg = message_of(item.example)
+        if msg is None:
+            out.append(None)
+        else:
+            renders = [render_backward(tokenizer, msg.speaker, c, msg.text) for c in item.candidates]
+            out.append(tuple(score_group(model, tokenizer, renders)))
+        if progress is not None:
+            progress.update(1)
+    return out
+
+
+def with_backward(selected: Sequence[Selected | None],
+                  backward: Sequence[tuple[ReplyScore, ...] | None]) -> list[Selected | None]:
+    """The scored items with their backward scores (:func:`backward_scores` of the same items)."""
+    return [None if s is None else replace(s, backward=b) for s, b in zip(selected, backward)]
 
 
 def marginal_logprobs(model, tokenizer, item: SelectionItem, instruction: str, max_length: int | None,
