@@ -271,14 +271,19 @@ METHOD_NOTES = """\
 - Identification ranks the style variants of one reply by **mean** log-prob per token: variants differ a
   lot in length, and a sum would prefer the shortest one whatever its style. Chance = 1/number of variants.
 - Next-reply selection ranks the true held-out reply among 19 others (the persona's own replies from other
-  conversations; or other held-out Q/A answers) in the same context, by five scores: mean log-prob per token
+  conversations; or other held-out Q/A answers) in the same context, by six scores: mean log-prob per token
   given the context; PMI = log p(reply | context) - log p(reply | same instruction, no context); PMI per
   token; the chat's MMI, (log p(reply | context) - 0.5 log p(reply | no context)) / tokens, what the chat
-  picks its reply by among its candidates; and marginal PMI, log p(reply | context) - log p(reply) with
-  p(reply) the mean of p(reply | m) over other held-out messages m (`--marginal-contexts`, where given).
-  Read PMI: mean log-prob prefers short, generic replies that fit any message, while PMI keeps only what
-  the message adds; the marginal measures p(reply) after real messages rather than after a prompt with
-  none, and ranks the true reply better on average, but first no more often than PMI. Chance = 1/20. Ties
+  picks its reply by among its candidates (with the backward term below where there is one); marginal PMI,
+  log p(reply | context) - log p(reply) with p(reply) the mean of p(reply | m) over other held-out messages m
+  (`--marginal-contexts`, where given); and PMI + backward, PMI + log p(message | reply) by the backward model
+  (trained on dialogue turned around; where the extended base has one), a second estimate of the same PMI that
+  needs no p(reply).
+  Read PMI + backward where it is reported, else PMI: mean log-prob prefers short, generic replies that fit
+  any message, while PMI keeps only what the message adds, and the backward estimate's errors differ from the
+  forward one's (on 100 held-out Q/A it raised every system, docs/conversation.md); the marginal measures
+  p(reply) after real messages rather than after a prompt with none, and ranks the true reply better on
+  average, but first no more often than PMI. Chance = 1/20. Ties
   at the top count as a fair draw.
 - Speaker attribution (several adapters): each held-out reply is scored by every adapter as its persona's reply
   (its instruction, its turns as the bot's) and given to the highest log-prob (the same reply tokens for every
