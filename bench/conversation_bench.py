@@ -193,17 +193,15 @@ def qa_only(a) -> None:
         m = read_manifest(folder)
         items = selection.qa_items(heldout, a.selection_items, a.seed, m["persona"], m["user_speaker"],
                                    marginal=a.marginal_contexts)
-        scored = {}
         for system in ("base", "adapter"):
             model, tok, _ = load_base_for(m)  # a fresh base each time: the adapter is merged into its weights
             if system == "adapter":
                 model = load_adapter(model, folder).merge_and_unload().eval()
-            scored[system] = selection.score_items(model, tok, items, m["instruction"], m.get("max_length"),
-                                                   marginal={})
+            scored = selection.score_items(model, tok, items, m["instruction"], m.get("max_length"), marginal={})
             if system == "base":  # the backward model's scores, the same for both systems: on this base, last
                 scorer = attach_backward(model, extended_for(m))
                 back = selection.backward_scores(scorer, tok, items) if scorer is not None else [None] * len(items)
-            s = selection.summarize(selection.with_backward(scored[system], back))
+            s = selection.summarize(selection.with_backward(scored, back))
             print(f"{m['persona']:6s} {system:8s} n={s['n']}: {figures(s, 2)}", flush=True)
 
 
