@@ -654,19 +654,13 @@ def _backward(model, tokenizer, rows: Sequence[tuple[Job, int]], texts: Sequence
     todo = [i for i in need if rows[i][0].params.backward_weight > 0 and rows[i][0].prompt.message is not None]
     if not todo or not has_backward(model):
         return out
-    renders = {}
+    key = {i: (*rows[i][0].prompt.message, texts[i]) for i in todo}  # (speaker, message, reply): scored once
+    renders = {k: chat_format.render_backward(tokenizer, k[0], k[2], k[1]) for k in dict.fromkeys(key.values())}
+    got = reply_logp(model, tokenizer, [r.input_ids[:r.reply_start] for r in renders.values()],
+                     [r.input_ids[r.reply_start:] for r in renders.values()], [BACKWARD_ADAPTER] * len(renders))
+    per_token = {k: lp / max(len(r.input_ids) - r.reply_start, 1) for (k, r), lp in zip(renders.items(), got)}
     for i in todo:
-        speaker, message = rows[i][0].prompt.message  # type: ignore[misc]
-        key = (speaker, texts[i], message)
-        if key not in renders:
-            renders[key] = chat_format.render_backward(tokenizer, speaker, texts[i], message)
-    keys = list(renders)
-    got = reply_logp(model, tokenizer, [renders[k].input_ids[:renders[k].reply_start] for k in keys],
-                     [renders[k].input_ids[renders[k].reply_start:] for k in keys], [BACKWARD_ADAPTER] * len(keys))
-    per_token = {k: lp / max(len(renders[k].input_ids) - renders[k].reply_start, 1) for k, lp in zip(keys, got)}
-    for i in todo:
-        speaker, message = rows[i][0].prompt.message  # type: ignore[misc]
-        out[i] = per_token[(speaker, texts[i], message)]
+        out[i] = per_token[key[i]]
     return out
 
 

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from core import adapter_format
 from core.chat_format import CHAT_TEMPLATE, EOT
 from core.errors import UserError
 from core.files import read_json, read_json_or_empty
@@ -55,7 +56,7 @@ def find_extended(fingerprint: str, cache_dir: str | Path | None = None) -> Path
 def find_backward(extended: str | Path) -> Path | None:
     """The backward model installed in the extended base folder ``extended``, or None (none trained for it)."""
     path = Path(extended) / BACKWARD_DIR
-    files = ("adapter_config.json", "adapter_model.safetensors", "manifest.json")  # PEFT's, and ours
+    files = (adapter_format.ADAPTER_CONFIG, adapter_format.ADAPTER_WEIGHTS, adapter_format.MANIFEST)
     return path if all((path / f).is_file() for f in files) else None
 
 

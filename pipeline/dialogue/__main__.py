@@ -31,10 +31,9 @@ from typing import Sequence
 
 from core.cli import parser, run_cli, setup_logging
 from core.errors import UserError
-from core.models import default_cache_dir
+from core.models import BACKWARD_DIR, default_cache_dir
 from data_prep.chatbot_data import DEFAULT_CSV
 from pipeline.base_model import resolve_base
-from core.models import BACKWARD_DIR
 from pipeline.dialogue_stage import ASSET, MANIFEST, adapter_for, user_adapter_dir
 from pipeline.dialogue.data import PERSONA, dialogue_pairs, write_data
 
