@@ -31,13 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from core.adapter_format import ADAPTER_CONFIG, ADAPTER_WEIGHTS, MANIFEST
 from core.errors import UserError
 from core.files import atomic_dir, read_json_or_empty
 from core.models import BACKWARD_DIR, EXTENDED_MANIFEST, find_backward
 
 
 ASSET = Path(__file__).resolve().parent / "assets" / "dialogue_ko"  # the shipped adapter
-MANIFEST = "manifest.json"
 
 
 DEFAULT = True  # extend/train/run merge the stage unless --no-dialogue (docs/dialogue.md has the measurements)
@@ -61,7 +61,7 @@ class DialogueAdapter:
 def read_adapter(path: str | Path = ASSET) -> DialogueAdapter:
     """The dialogue adapter at ``path``; UserError when it is not one."""
     path = Path(path)
-    files = [path / "adapter_config.json", path / "adapter_model.safetensors"]  # PEFT's file names
+    files = [path / ADAPTER_CONFIG, path / ADAPTER_WEIGHTS]
     missing = [f.name for f in files + [path / MANIFEST] if not f.is_file()]
     if missing:
         raise UserError(f"{path}: not a dialogue adapter (missing {', '.join(missing)}); "

@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from core.adapter_format import MANIFEST
 from core.errors import UserError
 from core import chat_format
 from core.cli import parser, run_cli, setup_logging
@@ -290,8 +291,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _args(argv)
     setup_logging()
     adapter, out = Path(args.adapter), Path(args.out)
-    if not (adapter / "manifest.json").is_file():
-        raise UserError(f"--adapter {adapter}: no manifest.json (not an adapter written by pipeline.train)")
+    if not (adapter / MANIFEST).is_file():
+        raise UserError(f"--adapter {adapter}: no {MANIFEST} (not an adapter written by pipeline.train)")
     if out.resolve() == adapter.resolve():
         raise UserError("--out must differ from --adapter")
     if args.format == "merged":

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
+from core.adapter_format import ADAPTER_WEIGHTS, MANIFEST
 from core.cli import parser as make_parser
 from core.cli import run_cli, setup_logging
 from core.errors import UserError
@@ -193,7 +194,7 @@ def train_stage(cfg: RunConfig, persona: str, extended: str) -> Stage:
     argv = ["--data", str(data), "--persona", persona, "--out", str(out), *_base(cfg), *_cache(cfg),
             *_dialogue(cfg), *cfg.train_args]
     inputs = (data / "train.jsonl", data / "validation.jsonl", data / "personas" / f"{persona}.yaml")
-    return Stage(f"train:{persona}", tuple(argv), inputs, (out / "manifest.json",),
+    return Stage(f"train:{persona}", tuple(argv), inputs, (out / MANIFEST,),
                  lambda: _call(train.main, argv), {"extended": extended, "defaults": train_defaults()})
 
 
@@ -204,7 +205,7 @@ def evaluate_stage(cfg: RunConfig) -> Stage:
             *_cache(cfg), *cfg.eval_args]
     if len(cfg.personas) > 1:
         argv += ["--out", str(cfg.eval_dir())]
-    inputs = tuple(cfg.adapter(p) / n for p in cfg.personas for n in ("manifest.json", "adapter_model.safetensors"))
+    inputs = tuple(cfg.adapter(p) / n for p in cfg.personas for n in (MANIFEST, ADAPTER_WEIGHTS))
     return Stage("evaluate", tuple(argv), inputs, (cfg.eval_dir() / "eval.json",), lambda: _call(evaluate.main, argv))
 
 

@@ -29,15 +29,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
+from core.adapter_format import ADAPTER_CONFIG, ADAPTER_WEIGHTS, MANIFEST
 from core.cli import parser, run_cli, setup_logging
 from core.errors import UserError
 from core.models import BACKWARD_DIR, default_cache_dir
 from data_prep.chatbot_data import DEFAULT_CSV
 from pipeline.base_model import resolve_base
-from pipeline.dialogue_stage import ASSET, MANIFEST, adapter_for, user_adapter_dir
+from pipeline.dialogue_stage import ASSET, adapter_for, user_adapter_dir
 from pipeline.dialogue.data import PERSONA, dialogue_pairs, write_data
 
-CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"  # what it needs of the trainer's output
 LICENSE = "LICENSE-ChatbotData"
 # the shipped adapter's settings. Q/A examples are short (~33 tokens), so batch 16 is cheap: 600 steps are about one
 # epoch of the 10,358 train pairs (~3 s a step on two idle CPU cores, 45 min); the validation loss was lowest at step
@@ -86,9 +86,9 @@ def export(trained: Path, out: Path, base_sha256: str, stage: str = "dialogue") 
                                      "config", "metrics", "versions", "init_adapter_sha256") if k in manifest}
     keep["config"] = {k: v for k, v in keep["config"].items() if k not in ("data", "out", "cache_dir")}
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(trained / CONFIG, out / CONFIG)
-    weights = load_file(trained / WEIGHTS)
-    save_file({k: v.half() for k, v in weights.items()}, out / WEIGHTS, metadata={"format": "pt"})
+    shutil.copyfile(trained / ADAPTER_CONFIG, out / ADAPTER_CONFIG)
+    weights = load_file(trained / ADAPTER_WEIGHTS)
+    save_file({k: v.half() for k, v in weights.items()}, out / ADAPTER_WEIGHTS, metadata={"format": "pt"})
     if out.resolve() != ASSET.resolve():
         shutil.copyfile(ASSET / LICENSE, out / LICENSE)
     record = {"stage": stage, "base_sha256": base_sha256, "data": "ChatbotData train split (MIT)", **keep}

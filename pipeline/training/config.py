@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from core.adapter_format import ADAPTER_WEIGHTS
 from core.errors import UserError
 from core.models import default_device
 from data_prep.persona_card import card_path
@@ -104,8 +105,8 @@ class TrainConfig:
             p.append("--contrast must not be negative")
         if not 0 <= self.no_context <= 1:
             p.append("--no-context must be between 0 and 1")
-        if self.init_adapter and not (Path(self.init_adapter) / "adapter_model.safetensors").is_file():
-            p.append(f"--init-adapter {self.init_adapter}: no adapter_model.safetensors there")
+        if self.init_adapter and not (Path(self.init_adapter) / ADAPTER_WEIGHTS).is_file():
+            p.append(f"--init-adapter {self.init_adapter}: no {ADAPTER_WEIGHTS} there")
         if self.qlora and default_device() != "cuda":
             p.append("--qlora needs a CUDA GPU (bitsandbytes 4-bit); on a CPU train plain LoRA")
         if p:

@@ -136,7 +136,7 @@ def init_sha256(cfg: TrainConfig) -> str | None:
     """sha256 of the ``--init-adapter`` weights (None without one)."""
     if not cfg.init_adapter:
         return None
-    return sha256_of(Path(cfg.init_adapter) / "adapter_model.safetensors")
+    return sha256_of(Path(cfg.init_adapter) / adapter_format.ADAPTER_WEIGHTS)
 
 
 def init_from(cfg: TrainConfig, model, ext_manifest: dict) -> None:
@@ -148,17 +148,17 @@ def init_from(cfg: TrainConfig, model, ext_manifest: dict) -> None:
     from safetensors.torch import load_file
 
     path = Path(cfg.init_adapter)
-    conf = json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))
+    conf = json.loads((path / adapter_format.ADAPTER_CONFIG).read_text(encoding="utf-8"))
     if (conf.get("r"), conf.get("lora_alpha")) != (cfg.lora_r, cfg.lora_alpha):
         raise UserError(f"--init-adapter {path}: LoRA r={conf.get('r')} alpha={conf.get('lora_alpha')}, this run "
                         f"r={cfg.lora_r} alpha={cfg.lora_alpha}")
-    manifest_path = path / "manifest.json"
+    manifest_path = path / adapter_format.MANIFEST
     fp = json.loads(manifest_path.read_text(encoding="utf-8")).get("extended_fingerprint") \
         if manifest_path.is_file() else None
     if fp and fp != ext_manifest.get("fingerprint"):
         raise UserError(f"--init-adapter {path}: trained on extended base {str(fp)[:12]}, this run's is "
                         f"{str(ext_manifest.get('fingerprint'))[:12]}")
-    result = set_peft_model_state_dict(model, load_file(path / "adapter_model.safetensors"))
+    result = set_peft_model_state_dict(model, load_file(path / adapter_format.ADAPTER_WEIGHTS))
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     missing = sorted(n for n in result.missing_keys if n in trainable)
     if result.unexpected_keys or missing:
