@@ -69,7 +69,7 @@ class SamplingParams:
     max_new_tokens: int = 128
     candidates: int = 4  # sampled in one batch, one is kept (1 = plain sampling, streamed)
     mmi_lambda: float = 0.5  # weight of log p(reply | no context) in the score; 0 = likelihood only
-    backward_weight: float = 1.0  # weight of log p(message | reply) per message token; 0 = off
+    backward_weight: float = 3.0  # weight of log p(message | reply) per message token; 0 = off
 
     def clamped(self) -> "SamplingParams":
         return SamplingParams(
