@@ -51,15 +51,6 @@ def dev_items(heldout, n: int, test_items: int, persona: str, user: str, seed: i
     return items
 
 
-def hits1(rows: list[list[float]]) -> float:
-    """Hits@1 of the first value in each row (a tie with k-1 others counts 1/k, as selection.Selected.hit)."""
-    total = 0.0
-    for v in rows:
-        best = max(v)
-        total += (v[0] == best) / sum(x == best for x in v)
-    return total / len(rows) if rows else float("nan")
-
-
 def chrf(hyp: str, ref: str, beta: float = 2.0, order: int = 3) -> float:
     """Character n-gram F-score (n = 1..order, spaces removed; Popovic 2015), 0..1."""
     def grams(s: str, n: int) -> Counter:
@@ -81,7 +72,6 @@ def chrf(hyp: str, ref: str, beta: float = 2.0, order: int = 3) -> float:
 
 def ranking(a, folders) -> None:
     """Measure 1: Hits@1 on the dev items of the chat's score at each weight, adapter and base."""
-    from chatbot.decoding import SamplingParams, mmi_score
     from core.adapter_format import read_manifest
     from core.models import load_adapter
     from data_prep.chatbot_data import load_qa
@@ -89,7 +79,6 @@ def ranking(a, folders) -> None:
     from pipeline.evaluation.runner import attach_backward
     from pipeline.extension import extended_for, load_base_for
 
-    lam = SamplingParams().mmi_lambda
     heldout = load_qa(split="heldout")
     print(f"1. ranking 20 given answers, {a.items} dev Q/A items, Hits@1 (chance 0.05)", flush=True)
     print(f"{'':16s} the chat's score at w = {' '.join(f'{w:<4g}' for w in WEIGHTS)} | "
@@ -109,13 +98,9 @@ def ranking(a, folders) -> None:
                 if scorer is None:
                     raise SystemExit(f"{folder}: its extended base has no backward model; nothing to weigh")
                 back = selection.backward_scores(scorer, tok, items)
-            kept = [(s, b) for s, b in zip(scored, back) if s is not None and b is not None]
-            chat = [hits1([[mmi_score(c.logprob, n.logprob, c.tokens, lam) + w * bk.mean
-                            for c, n, bk in zip(s.with_context, s.without_context, b)] for s, b in kept])
-                    for w in WEIGHTS]
-            bidi = [hits1([[c.logprob - n.logprob + mu * bk.logprob
-                            for c, n, bk in zip(s.with_context, s.without_context, b)] for s, b in kept])
-                    for mu in MUS]
+            kept = [s for s in selection.with_backward(scored, back) if s is not None and s.backward is not None]
+            chat = [sum(s.hit("mmi", w) for s in kept) / len(kept) for w in WEIGHTS]
+            bidi = [sum(s.hit("pmi_bidi", mu) for s in kept) / len(kept) for mu in MUS]
             table.setdefault(system, []).append(chat + bidi)
             print(f"{m['persona']:6s} {system:8s}  {' '.join(f'{x:.2f}' for x in chat)}  |  "
                   f"{' '.join(f'{x:.2f}' for x in bidi)}   (n={len(kept)})", flush=True)

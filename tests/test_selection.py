@@ -125,6 +125,11 @@ def test_pmi_bidi_adds_the_backward_log_prob_and_the_chats_score_its_per_token_m
     assert both.values("mmi") == pytest.approx([m + w * b.logprob / b.tokens
                                                 for m, b in zip(plain.values("mmi"), back)])
     assert selection.summarize([plain])["pmi_bidi"] == {"hits1": None, "mean_rank": None}
+    # another weight of the backward term (what bench/rerank_weight_bench.py varies); 0 leaves the forward score
+    assert both.values("pmi_bidi", 2.0) == pytest.approx([1.0 - 6.0, 0.2 - 18.0])
+    assert both.values("mmi", 0.0) == pytest.approx(plain.values("mmi"))
+    turned = selection.with_backward([selection.Selected(ctx[::-1], bare[::-1])], [back])[0]  # PMI prefers the other
+    assert turned.hit("pmi_bidi", 0.0) == 0.0 and turned.hit("pmi_bidi") == 1.0  # the term turns the choice
 
 
 def test_the_message_is_the_last_turn_not_the_personas():

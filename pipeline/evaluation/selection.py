@@ -106,8 +106,10 @@ class Selected:
         ``pmi_bidi`` backward scores)."""
         return {"pmi_marginal": self.marginal, "pmi_bidi": self.backward}.get(score, ()) is not None
 
-    def values(self, score: str) -> list[float]:
-        """One value per candidate under ``score`` (one of :data:`SCORES`); higher = chosen."""
+    def values(self, score: str, backward_weight: float | None = None) -> list[float]:
+        """One value per candidate under ``score`` (one of :data:`SCORES`); higher = chosen.
+        ``backward_weight``: the backward term's weight in ``mmi`` (default :data:`BACKWARD_WEIGHT`, the chat's)
+        and ``pmi_bidi`` (default 1), for measuring other weights (bench/rerank_weight_bench.py)."""
         if score == "mean":
             return [s.mean for s in self.with_context]
         if score == "pmi_marginal":
@@ -120,18 +122,20 @@ class Selected:
         if score == "pmi_bidi":
             if self.backward is None:
                 raise ValueError("pmi_bidi: this item was scored without a backward model")
-            return [p + b.logprob for p, b in zip(pmi, self.backward)]
+            mu = 1.0 if backward_weight is None else backward_weight
+            return [p + mu * b.logprob for p, b in zip(pmi, self.backward)]
         if score == "pmi_mean":
             return [p / c.tokens for p, c in zip(pmi, self.with_context)]
         if score == "mmi":  # the chat's: with the backward model's term where the item has it
-            back = [BACKWARD_WEIGHT * b.mean for b in self.backward] if self.backward else [0.0] * len(pmi)
+            w = BACKWARD_WEIGHT if backward_weight is None else backward_weight
+            back = [w * b.mean for b in self.backward] if self.backward else [0.0] * len(pmi)
             return [mmi_score(c.logprob, n.logprob, c.tokens, MMI_LAMBDA) + b
                     for c, n, b in zip(self.with_context, self.without_context, back)]
         raise ValueError(f"unknown score {score!r}; one of {SCORES}")
 
-    def hit(self, score: str) -> float:
+    def hit(self, score: str, backward_weight: float | None = None) -> float:
         """1 when the true reply alone scores highest; 1/k when it ties with k-1 others (a fair coin)."""
-        v = self.values(score)
+        v = self.values(score, backward_weight)
         top = max(v)
         return 0.0 if v[0] < top else 1 / sum(x == top for x in v)
 
