@@ -62,7 +62,7 @@ def main(argv=None) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from core import chat_format
-from pipeline import export
+    from pipeline import export
     from pipeline.extension import load_trained
 
     adapter, tmp = Path(args.adapter), Path(tempfile.mkdtemp(prefix="export-check-"))
