@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.persona_fidelity import STYLES, write_exports  # noqa: E402
 from data_prep import smilestyle  # noqa: E402
-from pipeline.evaluation.selection import MARGINAL_CONTEXTS, SCORES  # noqa: E402
+from pipeline.evaluation.selection import MARGINAL_CONTEXTS, SCORES, paired, summarize  # noqa: E402
 
 COLUMNS = (("persona", "mean"), ("persona", "pmi"), ("persona", "pmi_marginal"), ("persona", "pmi_bidi"),
            ("qa", "mean"), ("qa", "pmi"), ("qa", "pmi_marginal"), ("qa", "pmi_bidi"))
@@ -130,8 +130,11 @@ def print_table(result: dict) -> None:
         qa = [x["qa"]["adapter"].get(score, {}).get("hits1") for x in sels if "qa" in x]
         if qa and None not in qa:
             met = all(v >= QA_TARGET for v in qa)
+            cis = [(name, x["qa"]["adapter"][score].get("hits1_ci95"))
+                   for name, x in zip(result["personas"], sels) if "qa" in x]
             print(f"target adapter Q/A Hits@1 ({LABELS[score]}) >= {QA_TARGET} on every persona: "
-                  f"{'MET' if met else 'NOT MET'}")
+                  f"{'MET' if met else 'NOT MET'} (95% intervals: "
+                  + ", ".join(f"{name} [{ci[0]:.2f}, {ci[1]:.2f}]" for name, ci in cis if ci) + ")")
     att = result.get("attribution")
     if att:
         p = att["primary"]
@@ -193,6 +196,7 @@ def qa_only(a) -> None:
         m = read_manifest(folder)
         items = selection.qa_items(heldout, a.selection_items, a.seed, m["persona"], m["user_speaker"],
                                    marginal=a.marginal_contexts)
+        runs: dict = {}
         for system in ("base", "adapter"):
             model, tok, _ = load_base_for(m)  # a fresh base each time: the adapter is merged into its weights
             if system == "adapter":
@@ -201,8 +205,21 @@ def qa_only(a) -> None:
             if system == "base":  # the backward model's scores, the same for both systems: on this base, last
                 scorer = attach_backward(model, extended_for(m))
                 back = selection.backward_scores(scorer, tok, items) if scorer is not None else [None] * len(items)
-            s = selection.summarize(selection.with_backward(scored, back))
+            runs[system] = selection.with_backward(scored, back)
+            s = selection.summarize(runs[system])
             print(f"{m['persona']:6s} {system:8s} n={s['n']}: {figures(s, 2)}", flush=True)
+        print(f"{m['persona']:6s} 95% intervals (bootstrap over the items) and adapter - base on the same items: "
+              + "; ".join(paired_line(runs, k) for k in ("pmi", "mmi", "pmi_bidi")
+                          if paired(runs["adapter"], runs["base"], k)), flush=True)
+
+
+def paired_line(runs: dict, score: str) -> str:
+    """``score``'s Hits@1 interval for the base and the adapter, and their paired difference."""
+    ci = {s: summarize(runs[s])[score]["hits1_ci95"] for s in ("base", "adapter")}
+    d = paired(runs["adapter"], runs["base"], score)
+    return (f"{score} base [{ci['base'][0]:.2f}, {ci['base'][1]:.2f}], adapter [{ci['adapter'][0]:.2f}, "
+            f"{ci['adapter'][1]:.2f}], difference {d['diff']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}] "
+            f"(items only the adapter ranks right: {d['a_only']}, only the base: {d['b_only']})")
 
 
 def main(argv=None) -> int:

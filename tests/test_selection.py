@@ -124,7 +124,7 @@ def test_pmi_bidi_adds_the_backward_log_prob_and_the_chats_score_its_per_token_m
     w = selection.BACKWARD_WEIGHT
     assert both.values("mmi") == pytest.approx([m + w * b.logprob / b.tokens
                                                 for m, b in zip(plain.values("mmi"), back)])
-    assert selection.summarize([plain])["pmi_bidi"] == {"hits1": None, "mean_rank": None}
+    assert selection.summarize([plain])["pmi_bidi"] == {"hits1": None, "hits1_ci95": None, "mean_rank": None}
     # another weight of the backward term (what bench/rerank_weight_bench.py varies); 0 leaves the forward score
     assert both.values("pmi_bidi", 2.0) == pytest.approx([1.0 - 6.0, 0.2 - 18.0])
     assert both.values("mmi", 0.0) == pytest.approx(plain.values("mmi"))
@@ -182,7 +182,7 @@ def test_marginal_pmi_subtracts_the_mean_over_other_messages_and_is_left_out_wit
         without.values("pmi_marginal")
     summary = selection.summarize([with_marginal, without])
     assert summary["n"] == 2 and summary["pmi_marginal"]["hits1"] == 1.0  # over the one item that has it
-    assert selection.summarize([without])["pmi_marginal"] == {"hits1": None, "mean_rank": None}
+    assert selection.summarize([without])["pmi_marginal"] == {"hits1": None, "hits1_ci95": None, "mean_rank": None}
 
 
 def test_marginal_contexts_are_no_items_and_answered_by_no_candidate_and_leave_the_items_as_they_were():
@@ -241,6 +241,38 @@ def test_a_tie_at_the_top_counts_as_a_fair_draw():
     assert s.hit("mean") == 0.25 and s.rank("mean") == 2.5
     summary = selection.summarize([s, None])
     assert summary["n"] == 1 and summary["skipped"] == 1 and summary["chance"] == 0.25
+
+
+def _chosen(right: bool) -> selection.Selected:
+    """An item whose true reply is ranked first (``right``) or last by every score."""
+    ctx = (ReplyScore(-2.0 if right else -9.0, 2), ReplyScore(-5.0, 2))
+    return selection.Selected(ctx, (ReplyScore(-6.0, 2), ReplyScore(-6.0, 2)))
+
+
+def test_hits_intervals_hold_the_figure_narrow_with_more_items_and_are_seeded():
+    assert selection.interval([]) is None
+    assert selection.interval([1.0] * 20) == (1.0, 1.0)  # every resample the same: no spread
+    few = [1.0] * 5 + [0.0] * 5
+    many = [1.0] * 150 + [0.0] * 150
+    lo, hi = selection.interval(few)
+    lo2, hi2 = selection.interval(many)
+    assert lo < 0.5 < hi and lo2 < 0.5 < hi2 and hi2 - lo2 < (hi - lo) / 3  # ~1/sqrt(30) as wide
+    assert 0.045 < (hi2 - lo2) / 2 < 0.07  # the binomial half-width at 0.5 and 300 items: 1.96 * 0.029 = 0.057
+    assert selection.interval(many) == (lo2, hi2)  # the same draws every call
+    summary = selection.summarize([_chosen(True)] * 3 + [_chosen(False)] * 3)
+    assert summary["pmi"]["hits1"] == 0.5 and summary["pmi"]["hits1_ci95"] == selection.interval([1.0] * 3 + [0.0] * 3)
+
+
+def test_paired_difference_counts_the_items_each_system_alone_gets_right():
+    adapter = [_chosen(True), _chosen(True), _chosen(False), None, _chosen(True)]
+    base = [_chosen(True), _chosen(False), _chosen(True), _chosen(False), _chosen(False)]
+    d = selection.paired(adapter, base, "pmi")
+    assert d["n"] == 4  # the item the adapter could not score is left out of both
+    assert (d["a_only"], d["b_only"]) == (2, 1) and d["diff"] == pytest.approx(0.25)
+    assert d["ci95"][0] <= 0.25 <= d["ci95"][1]
+    same = selection.paired(base, base, "pmi")
+    assert same["diff"] == 0 and same["ci95"] == (0.0, 0.0)  # pairing: a system against itself has no spread
+    assert selection.paired(adapter, base, "pmi_bidi") is None  # no backward scores
 
 
 def test_distractors_are_distinct_other_texts_and_seeded():

@@ -51,6 +51,7 @@ def persona_results(task: PersonaTask, out: Mapping[str, SystemOutput], samples:
             "total": task.style_match.total},
         "identification": {s: _summary(o) for s, o in out.items()} if task.id_items else None,
         "selection": _selection(selected or {}),
+        "selection_vs_base": _selection_vs_base(selected or {}),
         "selection_memory": dict(memory) if memory else None,
         "style": {"real": real, **style},
         "style_distance": dist,
@@ -82,16 +83,29 @@ def _summary(o: SystemOutput) -> dict[str, Any]:
 def _rounded(d: Any) -> Any:
     if isinstance(d, dict):
         return {k: _rounded(v) for k, v in d.items()}
+    if isinstance(d, (list, tuple)):
+        return [_rounded(v) for v in d]
     return _r(d) if isinstance(d, float) else d
 
 
 def _selection(selected: Mapping[str, Mapping[str, Sequence]]) -> dict[str, Any] | None:
-    """Item set -> system -> Hits@1 / mean rank under each score (None when selection was skipped)."""
+    """Item set -> system -> Hits@1 (and its 95% interval) / mean rank under each score (None when selection
+    was skipped)."""
     sets = {name for per in selected.values() for name in per}
     if not sets:
         return None
     return {name: {system: _rounded(selection.summarize(per[name])) for system, per in selected.items() if name in per}
             for name in sorted(sets)}
+
+
+def _selection_vs_base(selected: Mapping[str, Mapping[str, Sequence]]) -> dict[str, Any] | None:
+    """Item set -> score -> the adapter's Hits@1 difference from the base on the same items, with its 95%
+    interval and the items each one alone ranks right (:func:`selection.paired`)."""
+    base, adapter = selected.get("base") or {}, selected.get("adapter") or {}
+    out = {name: {k: _rounded(v) for k in selection.SCORES
+                  if (v := selection.paired(adapter[name], base[name], k)) is not None}
+           for name in sorted(set(base) & set(adapter))}
+    return out or None
 
 
 def _forgetting(out: Mapping[str, SystemOutput], source: str) -> dict[str, Any]:
@@ -151,7 +165,7 @@ def _persona_md(name: str, r: dict[str, Any], charts: Mapping[str, str]) -> list
                       for s, v in r["identification"].items()])
         md.append("")
     if r.get("selection"):
-        md += _selection_md(r["selection"], r.get("selection_memory"))
+        md += _selection_md(r["selection"], r.get("selection_memory"), r.get("selection_vs_base"))
     md += ["### Style of generated replies vs the persona's real replies (distance; 0 = same)", ""]
     stats = list(r["style_distance"][systems[0]])
     md += _table(["statistic", "real"] + [SYSTEM_LABELS[s] for s in systems],
@@ -176,7 +190,12 @@ SCORE_LABELS = {"mean": "mean log-prob", "pmi": "PMI", "pmi_mean": "PMI per toke
                 "pmi_marginal": "PMI, marginal p(reply)", "pmi_bidi": "PMI + backward"}
 
 
-def _selection_md(sel: Mapping[str, Any], memory: Mapping[str, Any] | None = None) -> list[str]:
+def _interval(ci: Sequence[float] | None, sign: str = "") -> str:
+    return "–" if ci is None else f"[{ci[0]:{sign}.2f}, {ci[1]:{sign}.2f}]"
+
+
+def _selection_md(sel: Mapping[str, Any], memory: Mapping[str, Any] | None = None,
+                  vs_base: Mapping[str, Any] | None = None) -> list[str]:
     md = ["### Next-reply selection (Hits@1: the true reply ranked first among the candidates)", ""]
     for name, per in sel.items():
         first = next(iter(per.values()))
@@ -185,6 +204,13 @@ def _selection_md(sel: Mapping[str, Any], memory: Mapping[str, Any] | None = Non
         md += _table(["system"] + [f"Hits@1 {SCORE_LABELS[k]}" for k in scores] + ["mean rank (PMI)"],
                      [[SYSTEM_LABELS[s]] + [v[k]["hits1"] for k in scores] + [v["pmi"]["mean_rank"]]
                       for s, v in per.items()])
+        key = "pmi_bidi" if "pmi_bidi" in scores else "pmi"  # the score to read (docs/conversation.md)
+        md += ["", f"95% intervals of Hits@1 {SCORE_LABELS[key]} (bootstrap over the items): " + ", ".join(
+            f"{SYSTEM_LABELS[s]} {_interval(v[key].get('hits1_ci95'))}" for s, v in per.items()) + "."]
+        d = (vs_base or {}).get(name, {}).get(key)
+        if d:
+            md += [f"Adapter - base on the same items: {d['diff']:+.2f} {_interval(d['ci95'], '+')}; items only the "
+                   f"adapter ranks right: {d['a_only']}, only the base: {d['b_only']}."]
         m = (memory or {}).get(name)
         if m:
             md += ["", f"Memory: {m['with_memory']} of {m['items']} items recalled a past exchange ({m['shown']} "

@@ -48,6 +48,9 @@ prompt also shows the persona's own past replies to messages like the item's (:m
 train pairs only; the items are held-out ones); the no-context prompt stays the bare instruction,
 the memory being part of what the context brings.
 
+Each Hits@1 comes with a 95% bootstrap interval over the items (:func:`interval`), and
+:func:`paired` compares two systems on the same items.
+
 Cost: each item is one shared-prefix pass (:func:`.scoring.score_group`: the context
 once, the 20 candidates as a batch of tails) plus the candidates' no-context and marginal
 scores, cached by text, since the candidates come from a small pool.
@@ -57,6 +60,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -330,13 +334,49 @@ def memory_overlap(items: Sequence[SelectionItem], memories: Sequence[Sequence[R
 
 
 def summarize(selected: Sequence[Selected | None]) -> dict[str, object]:
-    """Hits@1 and mean rank of the true reply under each score, chance level, items scored and skipped."""
+    """Hits@1 (with its 95% bootstrap interval, :func:`interval`) and mean rank of the true reply under each
+    score, chance level, items scored and skipped."""
     kept = [s for s in selected if s is not None]
     n = len(kept)
     out: dict[str, object] = {"n": n, "skipped": len(selected) - n,
                               "chance": sum(1 / len(s.with_context) for s in kept) / n if n else None}
     for score in SCORES:
         some = [s for s in kept if s.has(score)]  # pmi_marginal: the items that had marginal contexts
-        out[score] = {"hits1": sum(s.hit(score) for s in some) / len(some) if some else None,
+        hits = [s.hit(score) for s in some]
+        out[score] = {"hits1": sum(hits) / len(hits) if hits else None, "hits1_ci95": interval(hits),
                       "mean_rank": sum(s.rank(score) for s in some) / len(some) if some else None}
     return out
+
+
+RESAMPLES = 1000  # bootstrap resamples of the items behind a Hits@1 interval
+
+
+@lru_cache(maxsize=8)
+def _resamples(n: int) -> tuple[tuple[int, ...], ...]:
+    """The same seeded draws of ``n`` item indices (with replacement) for every system and score."""
+    rng = random.Random(f"bootstrap:{n}")
+    return tuple(tuple(rng.randrange(n) for _ in range(n)) for _ in range(RESAMPLES))
+
+
+def interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of the mean of per-item values (hits, or paired differences of hits):
+    how far the figure moves on another draw of as many items like these. None for no items."""
+    if not values:
+        return None
+    n = len(values)
+    means = sorted(sum(values[i] for i in draw) / n for draw in _resamples(n))
+    tail = (1 - level) / 2
+    return means[int(tail * RESAMPLES)], means[min(RESAMPLES - 1, int((1 - tail) * RESAMPLES))]
+
+
+def paired(a: Sequence[Selected | None], b: Sequence[Selected | None], score: str) -> dict[str, Any] | None:
+    """System ``a`` against ``b`` on the same items (the same order): the Hits@1 difference a - b over the
+    items both scored, its 95% bootstrap interval, and the items each one alone gets right. Pairing removes
+    what the items share (how hard each one is), so the interval is narrower than two separate ones."""
+    both = [(x, y) for x, y in zip(a, b) if x is not None and y is not None and x.has(score) and y.has(score)]
+    if not both:
+        return None
+    hits = [(x.hit(score), y.hit(score)) for x, y in both]
+    diff = [h - g for h, g in hits]
+    return {"n": len(diff), "diff": sum(diff) / len(diff), "ci95": interval(diff),
+            "a_only": sum(1 for h, g in hits if h > g), "b_only": sum(1 for h, g in hits if g > h)}
