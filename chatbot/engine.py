@@ -219,8 +219,10 @@ class Engine:
         ``adapter``: name it for a per-row adapter in a mixed batch (default: the active adapter)."""
         info = self.persona(persona)
         backward = decoding.has_backward(self.model)
-        if persona is None and backward and adapter is None:
-            adapter = BASE_ADAPTER  # the bare base's rows run without adapter, the backward rows with theirs
+        if persona is None and adapter is None:
+            # the bare base's rows are routed past every adapter (the backward model's rows keep theirs); a batch
+            # of only such rows runs with the adapters switched off (chatbot.routing)
+            adapter = BASE_ADAPTER
         return Prompt(
             ids=self.prompt_ids(history, persona, max_new_tokens),
             no_context_ids=self.prompt_ids([], persona, max_new_tokens),
@@ -305,15 +307,9 @@ class Engine:
 
     def _generate(self, job: decoding.Job, persona: str | None) -> decoding.Reply:
         """On the model thread, the caller holding the lock: swap to ``persona`` and decode ``job``."""
-        import contextlib
-
         try:
             self._activate(persona)
-            # the bare base: adapters off, unless its rows are routed (past the backward model's, which stay on)
-            off = self.model.disable_adapter() if persona is None and job.prompt.adapter is None \
-                else contextlib.nullcontext()
-            with off:
-                return decoding.decode(self.model, self.tokenizer, [job])[0]
+            return decoding.decode(self.model, self.tokenizer, [job])[0]
         except BaseException:
             log.exception("generation failed")
             raise

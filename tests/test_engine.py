@@ -33,6 +33,22 @@ def test_base_differs_from_personas(engine):
     assert base == engine.reply(HELLO, None, P, seed=3)  # adapters really come back off
 
 
+def test_the_bare_base_replies_as_the_model_with_its_adapters_off(engine):
+    """One path for the bare base: its rows are routed past every adapter, which for a batch of only such
+    rows is the model with its adapters switched off."""
+    from chatbot import decoding
+    from chatbot.routing import BASE_ADAPTER
+
+    params = GenerationParams(temperature=0, max_new_tokens=8)
+    engine.reply(HELLO, "junho", P, seed=1)  # a persona active (its new-token rows pinned) before the base
+    prompt = engine.prompt(HELLO, None, params.max_new_tokens)
+    assert prompt.adapter == BASE_ADAPTER
+    got = engine.reply(HELLO, None, params)
+    with engine.exclusive(), engine.model.disable_adapter():
+        off = decoding.decode(engine.model, engine.tokenizer, [decoding.Job(replace(prompt, adapter=None), params)])[0]
+    assert got and got == off.text
+
+
 def test_pinned_token_rows_match_peft_forward(engine):
     """The in-place new-token rows give the same logits as PEFT's own TrainableTokens forward."""
     import torch
