@@ -100,6 +100,9 @@ def test_rehearsal_leaves_out_the_heldout_qa_split(tmp_path):
     answers = sorted(heldout)[:2] + ["그냥 쉬어"]
     jl.write_text("".join(json.dumps({"q": "뭐해?", "a": a}, ensure_ascii=False) + "\n" for a in answers), "utf-8")
     assert not is_heldout("그냥 쉬어") and [p.response for p in read_rehearsal(jl)] == ["그냥 쉬어"]
+    txt = tmp_path / "r.txt"  # plain lines too: the same answers with no question are still what is measured
+    txt.write_text("\n".join(answers) + "\n", "utf-8")
+    assert [p.response for p in read_rehearsal(txt)] == ["그냥 쉬어"]
 
 
 def test_without_context_copies_a_stable_share_with_no_turns():

@@ -96,10 +96,10 @@ def read_rehearsal(path: str | Path, speaker: str = DEFAULT_USER) -> list[Pair]:
     instruction/output, or a prepared pair); anything else as plain text, one
     reply per line with no context. All use :data:`NEUTRAL_INSTRUCTION`.
 
-    Q/A rows (CSV and JSONL) whose answer falls in the fixed held-out split of
-    :func:`data_prep.chatbot_data.is_heldout` are left out: next-reply selection
-    (``pipeline.evaluate --qa``) measures on that split of any Q/A file, so passing the same
-    file to both must not train on what is measured.
+    Rows whose reply falls in the fixed held-out split of :func:`data_prep.chatbot_data.is_heldout`
+    are left out, in every format: next-reply selection (``pipeline.evaluate --qa``) measures on
+    that split of any Q/A file, so a file holding the same answers (as Q/A rows or as plain lines)
+    must not train on what is measured.
     """
     path = Path(path)
     if not path.is_file():
@@ -122,12 +122,11 @@ def read_rehearsal(path: str | Path, speaker: str = DEFAULT_USER) -> list[Pair]:
     except (UnicodeDecodeError, json.JSONDecodeError, csv.Error) as e:
         raise UserError(f"--rehearsal {path}: cannot read ({e})") from e
     pairs = [p for p in rows if p is not None]
-    if path.suffix.lower() in (".csv", ".jsonl", ".json"):
-        kept = [p for p in pairs if not is_heldout(p.response)]
-        if len(kept) < len(pairs):
-            log.info("--rehearsal %s: %d of %d rows left out, their answers are in the held-out split that "
-                     "next-reply selection measures on", path, len(pairs) - len(kept), len(pairs))
-        pairs = kept
+    kept = [p for p in pairs if not is_heldout(p.response)]
+    if len(kept) < len(pairs):
+        log.info("--rehearsal %s: %d of %d rows left out, their replies are in the held-out split that "
+                 "next-reply selection measures on", path, len(pairs) - len(kept), len(pairs))
+    pairs = kept
     if not pairs:
         raise UserError(f"--rehearsal {path}: no usable examples")
     return pairs
