@@ -248,8 +248,10 @@ def test_evaluate_cli_writes_json_markdown_and_charts(adapter_and_data, cache_di
         assert 1 <= got["pmi"]["mean_rank"] <= 20
         lo, hi = got["pmi"]["hits1_ci95"]
         assert 0 <= lo <= got["pmi"]["hits1"] <= hi <= 1
-        d = r["selection_vs_base"][s]["pmi"]  # the adapter against the base on the same items
-        assert d["n"] == 2 and d["diff"] == pytest.approx(got["pmi"]["hits1"] - sel[s]["base"]["pmi"]["hits1"], abs=2e-3)
+        for other in ("base", "few_shot"):  # the adapter against each on the same items
+            d = r["selection_vs"][s][other]["pmi"]
+            assert d["n"] == 2 and d["diff"] == pytest.approx(got["pmi"]["hits1"] - sel[s][other]["pmi"]["hits1"],
+                                                               abs=2e-3)
     assert result["attribution"] is None  # one adapter: nothing to attribute
     assert len(r["samples"]) == 2 and {"real", "base", "few_shot", "adapter"} <= set(r["samples"][0])
     assert set(r["style_distance"]["adapter"]) >= {"length", "laugh_k", "emoji", "endings", "distinct_2"}
@@ -260,6 +262,7 @@ def test_evaluate_cli_writes_json_markdown_and_charts(adapter_and_data, cache_di
     assert "Persona identification" in md and "few-shot" in md and "Next-reply selection" in md
     assert "adapter + memory" in md and "Memory: " in md
     assert "95% intervals of Hits@1" in md and "Adapter - base on the same items" in md
+    assert "Adapter - few-shot on the same items" in md
     assert "Generated replies: empty, echoes" in md
     for png in ("perplexity.png", "style.png", "identification.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -51,7 +51,7 @@ def persona_results(task: PersonaTask, out: Mapping[str, SystemOutput], samples:
             "total": task.style_match.total},
         "identification": {s: _summary(o) for s, o in out.items()} if task.id_items else None,
         "selection": _selection(selected or {}),
-        "selection_vs_base": _selection_vs_base(selected or {}),
+        "selection_vs": _selection_paired(selected or {}),
         "selection_memory": dict(memory) if memory else None,
         "style": {"real": real, **style},
         "style_distance": dist,
@@ -98,14 +98,22 @@ def _selection(selected: Mapping[str, Mapping[str, Sequence]]) -> dict[str, Any]
             for name in sorted(sets)}
 
 
-def _selection_vs_base(selected: Mapping[str, Mapping[str, Sequence]]) -> dict[str, Any] | None:
-    """Item set -> score -> the adapter's Hits@1 difference from the base on the same items, with its 95%
-    interval and the items each one alone ranks right (:func:`selection.paired`)."""
-    base, adapter = selected.get("base") or {}, selected.get("adapter") or {}
-    out = {name: {k: _rounded(v) for k in selection.SCORES
-                  if (v := selection.paired(adapter[name], base[name], k)) is not None}
-           for name in sorted(set(base) & set(adapter))}
+def _selection_paired(selected: Mapping[str, Mapping[str, Sequence]]) -> dict[str, Any] | None:
+    """Item set -> system the adapter is compared with (base, few-shot) -> score -> the adapter's Hits@1
+    difference from it on the same items, with its 95% interval and the items each one alone ranks right
+    (:func:`selection.paired`)."""
+    adapter = selected.get("adapter") or {}
+    out: dict[str, Any] = {}
+    for name in sorted(adapter):
+        per = {other: {k: _rounded(v) for k in selection.SCORES
+                       if (v := selection.paired(adapter[name], selected[other][name], k)) is not None}
+               for other in PAIRED_WITH if name in (selected.get(other) or {})}
+        if per:
+            out[name] = per
     return out or None
+
+
+PAIRED_WITH = ("base", "few_shot")  # the systems the adapter's selection is paired with
 
 
 def _forgetting(out: Mapping[str, SystemOutput], source: str) -> dict[str, Any]:
@@ -165,7 +173,7 @@ def _persona_md(name: str, r: dict[str, Any], charts: Mapping[str, str]) -> list
                       for s, v in r["identification"].items()])
         md.append("")
     if r.get("selection"):
-        md += _selection_md(r["selection"], r.get("selection_memory"), r.get("selection_vs_base"))
+        md += _selection_md(r["selection"], r.get("selection_memory"), r.get("selection_vs"))
     md += ["### Style of generated replies vs the persona's real replies (distance; 0 = same)", ""]
     stats = list(r["style_distance"][systems[0]])
     md += _table(["statistic", "real"] + [SYSTEM_LABELS[s] for s in systems],
@@ -195,7 +203,7 @@ def _interval(ci: Sequence[float] | None, sign: str = "") -> str:
 
 
 def _selection_md(sel: Mapping[str, Any], memory: Mapping[str, Any] | None = None,
-                  vs_base: Mapping[str, Any] | None = None) -> list[str]:
+                  paired: Mapping[str, Any] | None = None) -> list[str]:
     md = ["### Next-reply selection (Hits@1: the true reply ranked first among the candidates)", ""]
     for name, per in sel.items():
         first = next(iter(per.values()))
@@ -207,10 +215,12 @@ def _selection_md(sel: Mapping[str, Any], memory: Mapping[str, Any] | None = Non
         key = "pmi_bidi" if "pmi_bidi" in scores else "pmi"  # the score to read (docs/conversation.md)
         md += ["", f"95% intervals of Hits@1 {SCORE_LABELS[key]} (bootstrap over the items): " + ", ".join(
             f"{SYSTEM_LABELS[s]} {_interval(v[key].get('hits1_ci95'))}" for s, v in per.items()) + "."]
-        d = (vs_base or {}).get(name, {}).get(key)
-        if d:
-            md += [f"Adapter - base on the same items: {d['diff']:+.2f} {_interval(d['ci95'], '+')}; items only the "
-                   f"adapter ranks right: {d['a_only']}, only the base: {d['b_only']}."]
+        for other, per_score in (paired or {}).get(name, {}).items():
+            d = per_score.get(key)
+            if d:
+                who = SYSTEM_LABELS[other].split(" (")[0]
+                md += ["", f"Adapter - {who} on the same items: {d['diff']:+.2f} {_interval(d['ci95'], '+')}; items only "
+                       f"the adapter ranks right: {d['a_only']}, only the {who}: {d['b_only']}."]
         m = (memory or {}).get(name)
         if m:
             md += ["", f"Memory: {m['with_memory']} of {m['items']} items recalled a past exchange ({m['shown']} "
