@@ -333,4 +333,8 @@ def test_selection_adds_the_backward_models_score_where_the_extended_base_has_on
         for system in ("base", "few_shot", "adapter"):
             assert before[system]["pmi_bidi"]["hits1"] is None and after[system]["pmi_bidi"]["hits1"] is not None
             assert after[system]["pmi"] == before[system]["pmi"]  # the forward scores are untouched
-    assert "PMI + backward" in (tmp_path / "with" / "eval.md").read_text(encoding="utf-8")
+    md = {name: (tmp_path / name / "eval.md").read_text(encoding="utf-8") for name in runs}
+    assert "Hits@1 PMI + backward" in md["with"] and "Hits@1 PMI + backward" not in md["without"]
+    # the score to read: the summary, the intervals and the paired differences follow the backward model
+    assert "Q/A Hits@1 (PMI + backward) base" in md["with"] and "Q/A Hits@1 (PMI) base" in md["without"]
+    assert "95% intervals of Hits@1 PMI + backward" in md["with"]

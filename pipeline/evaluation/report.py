@@ -198,6 +198,12 @@ SCORE_LABELS = {"mean": "mean log-prob", "pmi": "PMI", "pmi_mean": "PMI per toke
                 "pmi_marginal": "PMI, marginal p(reply)", "pmi_bidi": "PMI + backward"}
 
 
+def read_score(per_system: Mapping[str, Any]) -> str:
+    """The selection score to read (docs/conversation.md): PMI + backward where the items have it, else PMI."""
+    has_bidi = any(v.get("pmi_bidi", {}).get("hits1") is not None for v in per_system.values())
+    return "pmi_bidi" if has_bidi else "pmi"
+
+
 def _interval(ci: Sequence[float] | None, sign: str = "") -> str:
     return "–" if ci is None else f"[{ci[0]:{sign}.2f}, {ci[1]:{sign}.2f}]"
 
@@ -212,7 +218,7 @@ def _selection_md(sel: Mapping[str, Any], memory: Mapping[str, Any] | None = Non
         md += _table(["system"] + [f"Hits@1 {SCORE_LABELS[k]}" for k in scores] + ["mean rank (PMI)"],
                      [[SYSTEM_LABELS[s]] + [v[k]["hits1"] for k in scores] + [v["pmi"]["mean_rank"]]
                       for s, v in per.items()])
-        key = "pmi_bidi" if "pmi_bidi" in scores else "pmi"  # the score to read (docs/conversation.md)
+        key = read_score(per)
         md += ["", f"95% intervals of Hits@1 {SCORE_LABELS[key]} (bootstrap over the items): " + ", ".join(
             f"{SYSTEM_LABELS[s]} {_interval(v[key].get('hits1_ci95'))}" for s, v in per.items()) + "."]
         for other, per_score in (paired or {}).get(name, {}).items():
@@ -293,8 +299,9 @@ def _headline(data: dict[str, Any]) -> str:
         bit += f", general Korean ppl x{_fmt(r['forgetting']['adapter_over_base'])}"
         if r.get("selection") and "qa" in r["selection"]:
             qa = r["selection"]["qa"]
-            bit += (f", Q/A Hits@1 (PMI) base {_fmt(qa['base']['pmi']['hits1'])} -> adapter "
-                    f"{_fmt(qa['adapter']['pmi']['hits1'])}")
+            key = read_score(qa)
+            bit += (f", Q/A Hits@1 ({SCORE_LABELS[key]}) base {_fmt(qa['base'][key]['hits1'])} -> adapter "
+                    f"{_fmt(qa['adapter'][key]['hits1'])}")
         parts.append(bit)
     return "; ".join(parts) + "."
 
