@@ -181,11 +181,8 @@ def qa_only(a) -> None:
     import torch
 
     from core.adapter_format import read_manifest
-    from core.models import load_adapter
     from data_prep.chatbot_data import load_qa
     from pipeline.evaluation import selection
-    from pipeline.evaluation.runner import attach_backward
-    from pipeline.extension import extended_for, load_base_for
 
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -196,27 +193,41 @@ def qa_only(a) -> None:
         m = read_manifest(folder)
         items = selection.qa_items(heldout, a.selection_items, a.seed, m["persona"], m["user_speaker"],
                                    marginal=a.marginal_contexts)
-        runs: dict = {}
-        for system in ("base", "adapter"):
-            model, tok, _ = load_base_for(m)  # a fresh base each time: the adapter is merged into its weights
-            if system == "adapter":
-                model = load_adapter(model, folder).merge_and_unload().eval()
-            scored = selection.score_items(model, tok, items, m["instruction"], m.get("max_length"), marginal={})
-            if system == "base":  # the backward model's scores, the same for both systems: on this base, last
-                scorer = attach_backward(model, extended_for(m))
-                back = selection.backward_scores(scorer, tok, items) if scorer is not None else [None] * len(items)
-            runs[system] = selection.with_backward(scored, back)
-            s = selection.summarize(runs[system])
-            print(f"{m['persona']:6s} {system:8s} n={s['n']}: {figures(s, 2)}", flush=True)
+        runs, summaries = {}, {}
+        for system, scored in base_and_adapter(folder, m, items):
+            runs[system], summaries[system] = scored, summarize(scored)
+            print(f"{m['persona']:6s} {system:8s} n={summaries[system]['n']}: {figures(summaries[system], 2)}",
+                  flush=True)
+        pairs = {k: d for k in ("pmi", "mmi", "pmi_bidi") if (d := paired(runs["adapter"], runs["base"], k))}
         print(f"{m['persona']:6s} 95% intervals (bootstrap over the items) and adapter - base on the same items: "
-              + "; ".join(paired_line(runs, k) for k in ("pmi", "mmi", "pmi_bidi")
-                          if paired(runs["adapter"], runs["base"], k)), flush=True)
+              + "; ".join(paired_line(summaries, k, d) for k, d in pairs.items()), flush=True)
 
 
-def paired_line(runs: dict, score: str) -> str:
-    """``score``'s Hits@1 interval for the base and the adapter, and their paired difference."""
-    ci = {s: summarize(runs[s])[score]["hits1_ci95"] for s in ("base", "adapter")}
-    d = paired(runs["adapter"], runs["base"], score)
+def base_and_adapter(folder: Path, manifest: dict, items):
+    """Yield ("base", scored items), then ("adapter", ...): ``items`` scored under the persona's card by the
+    adapter's base and by the adapter, with the backward model's scores where its extended base has one (the
+    same for both systems; None per item without one)."""
+    from core.models import load_adapter
+    from pipeline.evaluation import selection
+    from pipeline.evaluation.runner import attach_backward
+    from pipeline.extension import extended_for, load_base_for
+
+    back = None
+    for system in ("base", "adapter"):
+        model, tok, _ = load_base_for(manifest)  # a fresh base each time: the adapter is merged into its weights
+        if system == "adapter":
+            model = load_adapter(model, folder).merge_and_unload().eval()
+        scored = selection.score_items(model, tok, items, manifest["instruction"], manifest.get("max_length"),
+                                       marginal={})
+        if back is None:  # the backward model's scores, the same for both systems: on this base, last
+            scorer = attach_backward(model, extended_for(manifest))
+            back = selection.backward_scores(scorer, tok, items) if scorer is not None else [None] * len(items)
+        yield system, selection.with_backward(scored, back)
+
+
+def paired_line(summaries: dict, score: str, d: dict) -> str:
+    """``score``'s Hits@1 interval for the base and the adapter, and their paired difference ``d``."""
+    ci = {s: summaries[s][score]["hits1_ci95"] for s in ("base", "adapter")}
     return (f"{score} base [{ci['base'][0]:.2f}, {ci['base'][1]:.2f}], adapter [{ci['adapter'][0]:.2f}, "
             f"{ci['adapter'][1]:.2f}], difference {d['diff']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}] "
             f"(items only the adapter ranks right: {d['a_only']}, only the base: {d['b_only']})")

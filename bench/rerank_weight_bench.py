@@ -72,12 +72,9 @@ def chrf(hyp: str, ref: str, beta: float = 2.0, order: int = 3) -> float:
 
 def ranking(a, folders) -> None:
     """Measure 1: Hits@1 on the dev items of the chat's score at each weight, adapter and base."""
+    from bench.conversation_bench import base_and_adapter
     from core.adapter_format import read_manifest
-    from core.models import load_adapter
     from data_prep.chatbot_data import load_qa
-    from pipeline.evaluation import selection
-    from pipeline.evaluation.runner import attach_backward
-    from pipeline.extension import extended_for, load_base_for
 
     heldout = load_qa(split="heldout")
     print(f"1. ranking 20 given answers, {a.items} dev Q/A items, Hits@1 (chance 0.05)", flush=True)
@@ -87,18 +84,10 @@ def ranking(a, folders) -> None:
     for folder in folders:
         m = read_manifest(folder)
         items = dev_items(heldout, a.items, a.test_items, m["persona"], m["user_speaker"])
-        back = None
-        for system in ("base", "adapter"):
-            model, tok, _ = load_base_for(m)  # a fresh base each time: the adapter is merged into its weights
-            if system == "adapter":
-                model = load_adapter(model, folder).merge_and_unload().eval()
-            scored = selection.score_items(model, tok, items, m["instruction"], m.get("max_length"))
-            if back is None:  # the backward model's scores, the same for both systems: on this base, last
-                scorer = attach_backward(model, extended_for(m))
-                if scorer is None:
-                    raise SystemExit(f"{folder}: its extended base has no backward model; nothing to weigh")
-                back = selection.backward_scores(scorer, tok, items)
-            kept = [s for s in selection.with_backward(scored, back) if s is not None and s.backward is not None]
+        for system, scored in base_and_adapter(folder, m, items):
+            kept = [s for s in scored if s is not None and s.backward is not None]
+            if not kept:
+                raise SystemExit(f"{folder}: its extended base has no backward model; nothing to weigh")
             chat = [sum(s.hit("mmi", w) for s in kept) / len(kept) for w in WEIGHTS]
             bidi = [sum(s.hit("pmi_bidi", mu) for s in kept) / len(kept) for mu in MUS]
             table.setdefault(system, []).append(chat + bidi)
@@ -108,16 +97,6 @@ def ranking(a, folders) -> None:
         mean = [sum(col) / len(col) for col in zip(*rows)]
         print(f"{'mean':6s} {system:8s}  {' '.join(f'{x:.2f}' for x in mean[:len(WEIGHTS)])}  |  "
               f"{' '.join(f'{x:.2f}' for x in mean[len(WEIGHTS):])}")
-
-
-class _Quiet:
-    """A streamer that drops the tokens: the chat's decoding path (first-bubble reranking) without a screen."""
-
-    def put(self, ids) -> None:
-        pass
-
-    def end(self) -> None:
-        pass
 
 
 def chat_choice(a, folders) -> None:
@@ -146,7 +125,7 @@ def chat_choice(a, folders) -> None:
         for i, item in enumerate(items):
             history = [{"role": "user", "content": item.example.context[-1].text}]
             p = engine.checked(history, params)
-            job = Job(engine.prompt(history, m["persona"], p.max_new_tokens), p, a.seed + i, _Quiet())
+            job = Job(engine.prompt(history, m["persona"], p.max_new_tokens), p, a.seed + i)  # no streamer: no screen
             with engine.exclusive():
                 reply = model_thread.run(decoding.decode, engine.model, engine.tokenizer, [job])[0]
             ok = [c for c in reply.candidates if c.problem is None]
