@@ -91,6 +91,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-steps", type=int, help="training steps per persona (default: pipeline.train's)")
     ap.add_argument("--max-examples", type=int, default=30, help="held-out replies per persona (default 30)")
     ap.add_argument("--contrast", type=float, help="pipeline.train --contrast (default: pipeline.train's)")
+    ap.add_argument("--contrast-negatives", choices=("next", "similar"),
+                    help="pipeline.train --contrast-negatives (default: pipeline.train's)")
     ap.add_argument("--rehearsal", type=Path,
                     help="pipeline.train --rehearsal: general Q/A mixed into each persona's training (its held-out "
                          "split left out), e.g. ../shared/data/chatbot_data/ChatbotData.csv")
@@ -128,6 +130,8 @@ def main(argv=None) -> int:
         argv_run += ["--max-steps", str(a.max_steps)]
     if a.contrast is not None:
         argv_run += ["--contrast", str(a.contrast)]
+    if a.contrast_negatives:
+        argv_run += ["--contrast-negatives", a.contrast_negatives]
     if a.rehearsal:
         argv_run += ["--rehearsal", str(a.rehearsal)]
     print("python -m pipeline.run " + " ".join(argv_run), flush=True)

@@ -25,6 +25,7 @@ from typing import Sequence
 from core.cli import parser, run_cli, setup_logging
 from pipeline.dialogue_stage import add_flag as dialogue_flag
 from pipeline.training.config import TrainConfig
+from pipeline.training.data import CONTRAST_NEGATIVES
 from pipeline.training.methods import METHODS
 from pipeline.training.run import train
 
@@ -79,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     a("--contrast", type=float, default=d.contrast,
       help="weight of a contrastive term: each reply must be likelier after its own prompt than after another "
            f"example's (one extra forward per example; default {d.contrast:g}: off)")
+    a("--contrast-negatives", choices=CONTRAST_NEGATIVES, default=d.contrast_negatives,
+      help="the other prompt each reply is contrasted with: next (the next example of its batch, a random one) "
+           "or similar (the train pair whose message is most like its own, by TF-IDF of character n-grams, from "
+           f"another conversation and not a near copy: a hard distractor) (default {d.contrast_negatives})")
     a("--no-context", type=float, default=d.no_context, metavar="SHARE",
       help="share of the persona's train replies also trained with no message before them, the prompt that "
            "next-reply selection's PMI and the chat's reranking read p(reply) from (default 0: off)")

@@ -11,7 +11,7 @@ from core.chat_format import IGNORE_INDEX
 from core.cli import run_cli
 from data_prep.records import ContextTurn, Pair
 from pipeline.train import main, parse_args
-from pipeline.training.data import render_pairs, swap_contexts
+from pipeline.training.data import render_pairs, render_with_distractors, similar_contexts, swap_contexts
 from pipeline.training.run import train
 from tests.test_train_cli import no_gpu  # noqa: F401 (fixture)
 from tests.test_train_helpers import extended, persona_data, persona_pairs, train_cache  # noqa: F401 (fixtures)
@@ -43,6 +43,43 @@ def test_swap_contexts_skips_own_prompt_too_long_and_single(tok):
     assert swapped[0] is None and swapped[1] is not None and swapped[2] is not None
     assert swap_contexts(ex, len(ex[0].input_ids) + 1)[1] is None  # r's long prompt + q's reply do not fit
     assert swap_contexts(ex[:1], 256) == [None]
+
+
+def _pair(message: str, reply: str, conversation: str) -> Pair:
+    return Pair("민수", "말해", (ContextTurn("민수", "ㅇㅇ"), ContextTurn("지영", message)), reply, conversation)
+
+
+def test_similar_contexts_picks_the_nearest_message_of_another_conversation():
+    pairs = [_pair("이번 주말에 영화 보러 갈래?", "좋아 ㅋㅋ", "c1"),
+             _pair("이번 주말에 영화 보러 갈래?", "콜", "c1"),            # same conversation: never a distractor
+             _pair("이번 주말에 영화 보러 갈래??", "ㄱㄱ", "c2"),          # a near copy: asks the same thing
+             _pair("주말에 영화 볼까 아니면 쉴까", "쉬자", "c3"),
+             _pair("배고프다 밥 먹었어?", "아직", "c4"),                   # shares no n-gram with any other
+             _pair("이번 주말에 영화 어때", "좋아 ㅋㅋ", "c5")]           # the same reply as the first: fits both
+    got = similar_contexts(pairs)
+    # 0: 1 is its conversation, 2 a near copy, 5 has its reply, so the next nearest, 3; 1 ("콜") may take 5
+    assert got == [3, 5, 5, 5, None, 1]
+    assert similar_contexts(pairs) == got  # deterministic
+    assert similar_contexts(pairs[:2]) == [None, None]  # one conversation: nothing qualifies
+    assert similar_contexts([]) == []
+
+
+def test_render_with_distractors_puts_the_reply_after_the_mined_prompt(tok):
+    pairs = persona_pairs(limit=6)
+    others = similar_contexts(pairs)
+    examples, distractors, stats = render_with_distractors(pairs, others, tok, 256)
+    plain, plain_stats = render_pairs(pairs, tok, 256)
+    assert examples == plain and stats == plain_stats and len(distractors) == len(examples)
+    assert any(d is not None for d in distractors)
+    for p, j, e, d in zip(pairs, others, examples, distractors):
+        if d is None:
+            continue
+        other = chat_format.render(tok, p.instruction, pairs[j].context, p.persona, pairs[j].response, 256)
+        assert d.input_ids[:d.reply_start] == other.input_ids[:other.reply_start]  # the other pair's prompt
+        assert d.input_ids[d.reply_start:] == e.input_ids[e.reply_start:]  # this pair's reply and <|eot|>
+        assert d.labels[d.reply_start:] == e.labels[e.reply_start:]
+    none = render_with_distractors(pairs, [None] * len(pairs), tok, 256)[1]
+    assert none == [None] * len(pairs)
 
 
 def test_contrast_gradient_lowers_the_term(tiny_gemma_dir, train_cache):
@@ -82,6 +119,8 @@ def test_contrast_is_logged_and_the_best_step_chosen_by_the_objective(tiny_gemma
     try:
         plain = train(parse_args([*flags, "--out", str(tmp_path / "plain")]))
         contrast = train(parse_args([*flags, "--out", str(tmp_path / "contrast"), "--contrast", "0.5"]))
+        similar = train(parse_args([*flags, "--out", str(tmp_path / "similar"), "--contrast", "0.5",
+                                    "--contrast-negatives", "similar"]))
     finally:
         torch.set_num_threads(threads)
     records = [json.loads(x) for x in (tmp_path / "contrast" / "metrics.jsonl").read_text().splitlines()]
@@ -96,6 +135,19 @@ def test_contrast_is_logged_and_the_best_step_chosen_by_the_objective(tiny_gemma
     assert m["val_contrast_acc"] == best["val_contrast_acc"]
     assert "val_contrast" not in plain.manifest["metrics"]
     assert contrast.manifest["config"]["contrast"] == 0.5
+
+    # mined distractors: a different term (other prompts), logged the same way, named in the config
+    mined = [json.loads(x) for x in (tmp_path / "similar" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in mined if "loss" in r] == [r["step"] for r in steps]
+    assert [r["loss"] for r in mined if "loss" in r][0] == steps[0]["loss"]  # same batches, same LM loss
+    assert [r["contrast"] for r in mined if "loss" in r] != [r["contrast"] for r in steps]
+    assert similar.manifest["config"]["contrast_negatives"] == "similar"
+    with pytest.raises(SystemExit) as bad:
+        parse_args([*flags, "--out", str(tmp_path / "bad"), "--contrast", "1", "--contrast-negatives", "hardest"])
+    assert bad.value.code == 2
+    # without the term the distractors' kind shapes nothing, so it does not change what a checkpoint must match
+    assert "contrast_negatives" not in parse_args([*flags, "--out", "x"]).fingerprint_fields()
+    assert parse_args([*flags, "--out", "x", "--contrast", "1"]).fingerprint_fields()["contrast_negatives"] == "next"
 
 
 def test_init_adapter_starts_from_its_weights(tiny_gemma_dir, persona_data, train_cache, tmp_path, no_gpu, capsys):

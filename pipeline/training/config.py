@@ -16,7 +16,7 @@ from core.models import default_device
 from data_prep.persona_card import card_path
 from data_prep.records import read_pairs
 from pipeline.dialogue_stage import DEFAULT as DIALOGUE_DEFAULT
-from pipeline.training.data import persona_instruction, user_speaker
+from pipeline.training.data import CONTRAST_NEGATIVES, persona_instruction, user_speaker
 from pipeline.training.methods import METHODS
 
 # config fields that may change between a checkpoint and --resume without invalidating it
@@ -70,6 +70,9 @@ class TrainConfig:
     # weight of the contrastive term (loop._forward): each reply's loss after its own prompt against after another
     # example's prompt; 0 trains on the replies' likelihood alone
     contrast: float = 0.0
+    # which other prompt each reply is contrasted with: "next" (the next example of the batch, a random one) or
+    # "similar" (the train example whose message is most like this one's, from another conversation: a hard one)
+    contrast_negatives: str = "next"
     init_adapter: str | None = None  # start from this adapter's weights (same rank and base) instead of fresh LoRA
     # share of the persona's train replies also trained with no turn before them: the prompt PMI's and the chat's
     # reranking read log p(reply | no context) from, which persona examples otherwise never show
@@ -103,6 +106,8 @@ class TrainConfig:
             p.append(f"--rehearsal {self.rehearsal}: no such file")
         if not self.contrast >= 0:
             p.append("--contrast must not be negative")
+        if self.contrast_negatives not in CONTRAST_NEGATIVES:
+            p.append(f"--contrast-negatives {self.contrast_negatives}: choose one of {', '.join(CONTRAST_NEGATIVES)}")
         if not 0 <= self.no_context <= 1:
             p.append("--no-context must be between 0 and 1")
         if self.init_adapter and not (Path(self.init_adapter) / ADAPTER_WEIGHTS).is_file():
@@ -115,6 +120,8 @@ class TrainConfig:
     def fingerprint_fields(self) -> dict[str, Any]:
         """The config as it shapes the weights: what a checkpoint must agree with to be resumed."""
         d = asdict(self)
+        if not self.contrast:  # the distractors' kind shapes nothing without the term
+            d.pop("contrast_negatives")
         return {k: v for k, v in d.items() if k not in RESUME_FREE}
 
 

@@ -20,6 +20,7 @@ from typing import Sequence
 from core import chat_format
 from core.chat_format import IGNORE_INDEX, Rendered
 from core.errors import UserError
+from core.memory import MemoryIndex, answered
 from data_prep.chatbot_data import hash_bucket, is_heldout
 from data_prep.records import ContextTurn, Pair
 
@@ -30,6 +31,9 @@ NEUTRAL_INSTRUCTION = "상대의 말에 자연스럽고 친절하게 답하세�
 REHEARSAL_PERSONA = "assistant"
 BUCKET_BATCHES = 16  # batches per sorted chunk: big enough to cut padding, small enough to stay random
 DEFAULT_USER = "사용자"
+CONTRAST_NEGATIVES = ("next", "similar")  # the contrastive term's distractor prompts (TrainConfig.contrast_negatives)
+NEAR_COPY = 0.8  # cosine from which another message is taken to ask the same thing: not a distractor
+SIMILAR_CANDIDATES = 16  # nearest messages looked at per pair
 
 
 @dataclass(frozen=True)
@@ -42,14 +46,8 @@ class RenderStats:
 
 def render_pairs(pairs: Sequence[Pair], tokenizer, max_length: int) -> tuple[list[Rendered], RenderStats]:
     """Render each pair with its instruction and context; context is trimmed from the left to fit."""
-    out, too_long = [], 0
-    for p in pairs:
-        r = chat_format.render(tokenizer, p.instruction, p.context, p.persona, p.response, max_length)
-        if r is None:
-            too_long += 1
-        else:
-            out.append(r)  # render always supervises at least the closing EOT
-    return out, RenderStats(len(out), too_long)
+    out, _, stats = render_with_distractors(pairs, [None] * len(pairs), tokenizer, max_length)
+    return out, stats
 
 
 def persona_instruction(pairs: Sequence[Pair]) -> str:
@@ -174,6 +172,48 @@ def swap_contexts(examples: Sequence[Rendered], max_length: int) -> list[Rendere
             continue
         out.append(Rendered(prompt + tail, [IGNORE_INDEX] * b + e.labels[a:], other.context_turns))
     return out
+
+
+def similar_contexts(pairs: Sequence[Pair]) -> list[int | None]:
+    """For each pair, the index of the pair whose message (:func:`core.memory.answered`) is most like its own
+    by the memory's TF-IDF cosine, among pairs of *another* conversation with another reply and a message that
+    is not a near copy (cosine below :data:`NEAR_COPY`, so the reply may well not fit it); None where no pair
+    qualifies. The hard distractors of the contrastive term (``--contrast-negatives similar``): a reply
+    must be likelier after its own message than after the nearest one that asks something else.
+    Deterministic: ties keep the pairs' order."""
+    messages = [answered(p.context, p.persona) for p in pairs]
+    # the index keys each message by its pair's position (a unique "reply"), so no two pairs merge
+    index = MemoryIndex.build((m, str(i)) for i, m in enumerate(messages))
+    out: list[int | None] = []
+    for i, (p, m) in enumerate(zip(pairs, messages)):
+        pick = None
+        for hit in index.search(m, k=SIMILAR_CANDIDATES, min_similarity=0.0) if m else []:
+            j = int(hit.reply)
+            q = pairs[j]
+            if (j != i and hit.score < NEAR_COPY and q.context and q.response != p.response
+                    and (not p.conversation_id or q.conversation_id != p.conversation_id)):
+                pick = j
+                break
+        out.append(pick)
+    return out
+
+
+def render_with_distractors(pairs: Sequence[Pair], others: Sequence[int | None], tokenizer, max_length: int,
+                            ) -> tuple[list[Rendered], list[Rendered | None], RenderStats]:
+    """:func:`render_pairs`, and beside each example its reply after the context of ``pairs[others[i]]`` (same
+    instruction; None where ``others[i]`` is None or that does not fit ``max_length``)."""
+    out, distractors, too_long = [], [], 0
+    for p, j in zip(pairs, others):
+        r = chat_format.render(tokenizer, p.instruction, p.context, p.persona, p.response, max_length)
+        if r is None:
+            too_long += 1
+            continue
+        out.append(r)  # render always supervises at least the closing EOT
+        d = None if j is None else chat_format.render(tokenizer, p.instruction, pairs[j].context, p.persona,
+                                                       p.response, max_length)
+        distractors.append(d if d is not None and d.input_ids[:d.reply_start] != r.input_ids[:r.reply_start]
+                           else None)
+    return out, distractors, RenderStats(len(out), too_long)
 
 
 def collate(examples: Sequence[Rendered], pad: int) -> dict:

@@ -35,12 +35,17 @@ from pipeline.training.data import collate, plan_batches, swap_contexts
 
 @dataclass(frozen=True)
 class LoopData:
-    """Rendered examples for the loop; ``rehearsal_val`` may be empty."""
+    """Rendered examples for the loop; ``rehearsal_val`` may be empty. ``train_distractors`` /
+    ``val_distractors``, when given, hold each example's reply after a mined other prompt
+    (``--contrast-negatives similar``; None where there is none), in the examples' order; without them
+    the contrastive term rotates prompts within each batch (:func:`swap_contexts`)."""
 
     train: list[Rendered]
     val: list[Rendered]
     rehearsal_val: list[Rendered]
     pad: int
+    train_distractors: list[Rendered | None] | None = None
+    val_distractors: list[Rendered | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -171,23 +176,24 @@ class _Ctx:
         return self.acc.unwrap_model(self.model).model
 
 
-def _micro_batches(c: _Ctx, state: LoopState) -> list[list[Rendered]]:
-    """This rank's micro-batches for the next step; advances the data position."""
+def _micro_batches(c: _Ctx, state: LoopState) -> list[list[int]]:
+    """This rank's micro-batches (indices into the train examples) for the next step; advances the data
+    position."""
     world, accum = c.acc.num_processes, c.cfg.grad_accum
     if state.batch_in_epoch // (world * accum) >= c.spe:
         state.epoch, state.batch_in_epoch = state.epoch + 1, 0
     plan = plan_batches(c.lengths, c.cfg.batch_size, c.cfg.seed, state.epoch)
     start = state.batch_in_epoch + c.acc.process_index * accum
     state.batch_in_epoch += world * accum
-    return [[c.data.train[i] for i in plan[j]] for j in range(start, start + accum)]
+    return [plan[j] for j in range(start, start + accum)]
 
 
 def _forward(c: _Ctx, examples: list[Rendered], negatives: list | None = None) -> tuple[object, object, int, int]:
     """(sum of the replies' token losses, sum of the contrastive term, its pairs, pairs it ranks right).
 
-    With ``--contrast`` the batch also holds each reply after another example's prompt
-    (:func:`swap_contexts`), and the term is ``softplus(loss(reply | own prompt) - loss(reply | other
-    prompt))`` per reply, the losses summed over the reply's tokens: a Bradley-Terry preference for the
+    With ``--contrast`` the batch also holds each reply after another example's prompt (``negatives``:
+    the next example's, :func:`swap_contexts`, or a mined similar one), and the term is
+    ``softplus(loss(reply | own prompt) - loss(reply | other prompt))`` per reply, the losses summed over the reply's tokens: a Bradley-Terry preference for the
     prompt the reply answers, so the model learns to *use* the message (the distractor objective of
     TransferTransfo, Wolf et al. 2019, on the LM's own likelihood; PMI ranking rewards exactly this).
     """
@@ -209,9 +215,12 @@ def _forward(c: _Ctx, examples: list[Rendered], negatives: list | None = None) -
             int((margin < 0).sum()))
 
 
-def _negatives(c: _Ctx, examples: list[Rendered]) -> list:
-    """The contrastive term's distractors for ``examples`` ([] with the term off)."""
-    return swap_contexts(examples, c.cfg.max_length) if c.cfg.contrast else []
+def _negatives(c: _Ctx, examples: list[Rendered], mined: list[Rendered | None] | None = None) -> list:
+    """The contrastive term's distractors for ``examples`` ([] with the term off): ``mined`` (theirs, in
+    their order) where given, else the batch's prompts rotated."""
+    if not c.cfg.contrast:
+        return []
+    return list(mined) if mined is not None else swap_contexts(examples, c.cfg.max_length)
 
 
 def _train_step(c: _Ctx, state: LoopState) -> dict:
@@ -219,9 +228,12 @@ def _train_step(c: _Ctx, state: LoopState) -> dict:
     import torch
 
     _seed_step(c.cfg.seed, state.step, c.acc.process_index)
-    micro = _micro_batches(c, state)
+    mined = c.data.train_distractors
+    micro_idx = _micro_batches(c, state)
+    micro = [[c.data.train[i] for i in b] for b in micro_idx]
     local_n = sum(e.supervised for b in micro for e in b)
-    negatives = [_negatives(c, b) for b in micro]
+    negatives = [_negatives(c, b, None if mined is None else [mined[i] for i in idx])
+                 for b, idx in zip(micro, micro_idx)]
     local_pairs = sum(e is not None for b in negatives for e in b)
     global_n, global_pairs = _reduce_sum(c.acc, local_n, local_pairs)
     world = c.acc.num_processes
@@ -252,21 +264,25 @@ def _train_step(c: _Ctx, state: LoopState) -> dict:
     return m
 
 
-def evaluate(c: _Ctx, examples: list[Rendered]) -> dict | None:
+def evaluate(c: _Ctx, examples: list[Rendered], mined: list[Rendered | None] | None = None) -> dict | None:
     """Mean loss per supervised token over ``examples`` (sharded over ranks), and with ``--contrast``
-    the contrastive term's mean and the share of replies it ranks right (each against the next
-    example's prompt in length order); None when there are no examples."""
+    the contrastive term's mean and the share of replies it ranks right (each against its ``mined``
+    distractor where given, else the next example's prompt in length order); None when there are no
+    examples."""
     import torch
 
     if not examples:
         return None
-    mine = sorted(examples[c.acc.process_index::c.acc.num_processes], key=lambda e: len(e.input_ids))
+    rank, world = c.acc.process_index, c.acc.num_processes
+    order = sorted(range(rank, len(examples), world), key=lambda i: len(examples[i].input_ids))
     total, n, con, pairs, right = 0.0, 0, 0.0, 0, 0
     c.model.eval()
     with torch.no_grad():
-        for i in range(0, len(mine), c.cfg.batch_size):
-            part = mine[i:i + c.cfg.batch_size]
-            lm_sum, contrast_sum, k, ok = _forward(c, part)
+        for i in range(0, len(order), c.cfg.batch_size):
+            idx = order[i:i + c.cfg.batch_size]
+            part = [examples[j] for j in idx]
+            lm_sum, contrast_sum, k, ok = _forward(c, part, _negatives(c, part, None if mined is None
+                                                                        else [mined[j] for j in idx]))
             total, n = total + float(lm_sum), n + sum(e.supervised for e in part)
             if contrast_sum is not None:
                 con, pairs, right = con + float(contrast_sum), pairs + k, right + ok
@@ -284,7 +300,7 @@ def objective(cfg: TrainConfig, ev: dict) -> float:
 
 def _eval_and_track(c: _Ctx, state: LoopState, best: dict | None, log: MetricsLog) -> dict | None:
     """Evaluate, log, and keep the best weights; returns the (possibly new) best weights."""
-    ev = evaluate(c, c.data.val)
+    ev = evaluate(c, c.data.val, c.data.val_distractors)
     reh = evaluate(c, c.data.rehearsal_val)
     val = ev["loss"] if ev is not None else None
     record = {"step": state.step, "val_loss": val, "val_ppl": math.exp(min(val, 50)) if val is not None else None,

@@ -26,7 +26,8 @@ from pipeline.extension import ensure_extended
 from pipeline.training import checkpoint as ckpt_io
 from pipeline.training import memory
 from pipeline.training.config import PersonaData, TrainConfig, load_persona_data
-from pipeline.training.data import read_rehearsal, rehearsal_split, render_pairs, without_context
+from pipeline.training.data import (read_rehearsal, rehearsal_split, render_pairs, render_with_distractors,
+                                    similar_contexts, without_context)
 from pipeline.training.loop import LoopData, LoopResult, read_metrics
 from pipeline.training.loop import run as run_loop
 from pipeline.training.methods import MethodSettings, apply_method, count_parameters
@@ -82,16 +83,26 @@ def load_base(cfg: TrainConfig, ext_path: Path, device):
 
 
 def build_loop_data(cfg: TrainConfig, pd: PersonaData, tok) -> tuple[LoopData, dict[str, int]]:
-    """Render persona (and rehearsal) pairs; count what was dropped."""
-    bare = without_context(pd.train, cfg.no_context)
-    train, st = render_pairs(list(pd.train) + bare, tok, cfg.max_length)
+    """Render persona (and rehearsal) pairs, with the contrastive term's mined distractors where asked;
+    count what was dropped."""
     val_pairs = list(pd.val)
     if len(val_pairs) > cfg.eval_limit:  # a fixed sample keeps evaluation cheap and comparable
         val_pairs = random.Random(cfg.seed).sample(val_pairs, cfg.eval_limit)
-    val, vst = render_pairs(val_pairs, tok, cfg.max_length)
-    counts = {"train_examples": st.kept, "validation_examples": vst.kept,
-              "dropped_too_long": st.dropped_too_long + vst.dropped_too_long,
-              **({"no_context_examples": len(bare)} if bare else {})}
+    mined = bool(cfg.contrast) and cfg.contrast_negatives == "similar"
+
+    def render(pairs):
+        others = similar_contexts(pairs) if mined else [None] * len(pairs)
+        return render_with_distractors(pairs, others, tok, cfg.max_length)
+
+    train, train_d, st = render(list(pd.train))
+    val, val_d, vst = render(val_pairs)
+    bare_pairs = without_context(pd.train, cfg.no_context)
+    bare, bst = render_pairs(bare_pairs, tok, cfg.max_length)
+    train, train_d = train + bare, train_d + [None] * len(bare)
+    counts = {"train_examples": st.kept + bst.kept, "validation_examples": vst.kept,
+              "dropped_too_long": st.dropped_too_long + bst.dropped_too_long + vst.dropped_too_long,
+              **({"no_context_examples": len(bare_pairs)} if bare_pairs else {}),
+              **({"contrast_distractors": sum(d is not None for d in train_d)} if mined else {})}
     reh_val: list = []
     if cfg.rehearsal:
         pairs = read_rehearsal(cfg.rehearsal, pd.user_speaker)
@@ -99,12 +110,12 @@ def build_loop_data(cfg: TrainConfig, pd: PersonaData, tok) -> tuple[LoopData, d
                                                          max_val=max(1, min(64, cfg.eval_limit)))
         reh_train, rst = render_pairs(reh_train_pairs, tok, cfg.max_length)
         reh_val, rvst = render_pairs(reh_val_pairs, tok, cfg.max_length)
-        train = train + reh_train
+        train, train_d = train + reh_train, train_d + [None] * len(reh_train)
         counts.update(rehearsal_train_examples=rst.kept, rehearsal_validation_examples=rvst.kept,
                       rehearsal_dropped_too_long=rst.dropped_too_long + rvst.dropped_too_long)
     if not train:
         raise UserError(f"--max-length {cfg.max_length}: no training pair fits (every reply is too long)")
-    return LoopData(train, val, reh_val, pad_id(tok)), counts
+    return LoopData(train, val, reh_val, pad_id(tok), train_d if mined else None, val_d if mined else None), counts
 
 
 def run_fingerprint(cfg: TrainConfig, ext_manifest: dict, data_hash: str, init_sha256: str | None = None) -> str:
@@ -248,6 +259,9 @@ def train(cfg: TrainConfig) -> TrainResult:
              "whose reply alone does not fit --max-length %d", pd.persona, len(data.train),
              counts.get("rehearsal_train_examples", 0), counts.get("no_context_examples", 0), len(data.val),
              counts["dropped_too_long"], cfg.max_length)
+    if "contrast_distractors" in counts:
+        log.info("--contrast-negatives similar: %d of %d persona examples have a mined distractor prompt",
+                 counts["contrast_distractors"], len(pd.train))
     init = init_sha256(cfg)
     fingerprint = run_fingerprint(cfg, ext_manifest, pd.data_hash, init)
     ckpt, meta = _resume_point(cfg, fingerprint, acc.is_main_process)
