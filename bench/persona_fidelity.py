@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from data_prep import smilestyle  # noqa: E402
+from pipeline.training.data import CONTRAST_NEGATIVES  # noqa: E402
 
 STYLES = ("halbae", "king", "sosim", "emoticon")
 TARGET = 0.8
@@ -91,7 +92,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max-steps", type=int, help="training steps per persona (default: pipeline.train's)")
     ap.add_argument("--max-examples", type=int, default=30, help="held-out replies per persona (default 30)")
     ap.add_argument("--contrast", type=float, help="pipeline.train --contrast (default: pipeline.train's)")
-    ap.add_argument("--contrast-negatives", choices=("next", "similar"),
+    ap.add_argument("--contrast-negatives", choices=CONTRAST_NEGATIVES,
                     help="pipeline.train --contrast-negatives (default: pipeline.train's)")
     ap.add_argument("--rehearsal", type=Path,
                     help="pipeline.train --rehearsal: general Q/A mixed into each persona's training (its held-out "

@@ -193,8 +193,8 @@ def _forward(c: _Ctx, examples: list[Rendered], negatives: list | None = None) -
 
     With ``--contrast`` the batch also holds each reply after another example's prompt (``negatives``:
     the next example's, :func:`swap_contexts`, or a mined similar one), and the term is
-    ``softplus(loss(reply | own prompt) - loss(reply | other prompt))`` per reply, the losses summed over the reply's tokens: a Bradley-Terry preference for the
-    prompt the reply answers, so the model learns to *use* the message (the distractor objective of
+    ``softplus(loss(reply | own prompt) - loss(reply | other prompt))`` per reply, the losses summed over the
+    reply's tokens: a Bradley-Terry preference for the prompt the reply answers, so the model learns to *use* the message (the distractor objective of
     TransferTransfo, Wolf et al. 2019, on the LM's own likelihood; PMI ranking rewards exactly this).
     """
     import torch
@@ -215,12 +215,14 @@ def _forward(c: _Ctx, examples: list[Rendered], negatives: list | None = None) -
             int((margin < 0).sum()))
 
 
-def _negatives(c: _Ctx, examples: list[Rendered], mined: list[Rendered | None] | None = None) -> list:
-    """The contrastive term's distractors for ``examples`` ([] with the term off): ``mined`` (theirs, in
-    their order) where given, else the batch's prompts rotated."""
+def _negatives(c: _Ctx, examples: list[Rendered], mined: list[Rendered | None] | None = None,
+               idx: list[int] | None = None) -> list:
+    """The contrastive term's distractors for ``examples`` ([] with the term off): where ``mined`` is given
+    (aligned with the whole example list), the entries at ``idx``, the examples' positions in it; else the
+    batch's prompts rotated."""
     if not c.cfg.contrast:
         return []
-    return list(mined) if mined is not None else swap_contexts(examples, c.cfg.max_length)
+    return [mined[i] for i in idx] if mined is not None else swap_contexts(examples, c.cfg.max_length)
 
 
 def _train_step(c: _Ctx, state: LoopState) -> dict:
@@ -228,12 +230,10 @@ def _train_step(c: _Ctx, state: LoopState) -> dict:
     import torch
 
     _seed_step(c.cfg.seed, state.step, c.acc.process_index)
-    mined = c.data.train_distractors
     micro_idx = _micro_batches(c, state)
     micro = [[c.data.train[i] for i in b] for b in micro_idx]
     local_n = sum(e.supervised for b in micro for e in b)
-    negatives = [_negatives(c, b, None if mined is None else [mined[i] for i in idx])
-                 for b, idx in zip(micro, micro_idx)]
+    negatives = [_negatives(c, b, c.data.train_distractors, idx) for b, idx in zip(micro, micro_idx)]
     local_pairs = sum(e is not None for b in negatives for e in b)
     global_n, global_pairs = _reduce_sum(c.acc, local_n, local_pairs)
     world = c.acc.num_processes
@@ -281,8 +281,7 @@ def evaluate(c: _Ctx, examples: list[Rendered], mined: list[Rendered | None] | N
         for i in range(0, len(order), c.cfg.batch_size):
             idx = order[i:i + c.cfg.batch_size]
             part = [examples[j] for j in idx]
-            lm_sum, contrast_sum, k, ok = _forward(c, part, _negatives(c, part, None if mined is None
-                                                                        else [mined[j] for j in idx]))
+            lm_sum, contrast_sum, k, ok = _forward(c, part, _negatives(c, part, mined, idx))
             total, n = total + float(lm_sum), n + sum(e.supervised for e in part)
             if contrast_sum is not None:
                 con, pairs, right = con + float(contrast_sum), pairs + k, right + ok
