@@ -18,7 +18,7 @@ Pure text, no model. Definitions:
   A text loops when any prefix of it ends in one of these: that is what lets the logits
   processor ban, token by token, exactly what the final check would reject.
 - **register**: the reply is polite (존댓말: a sentence ends in -요, -죠, -(스)ㅂ니다/-ㅂ니까 or
-  -시오, :func:`is_polite`) while the persona's real turns almost never are (``polite_share`` below
+  -시오, or in the polite answer words 네 / 예 / 넵 / 아뇨 as a word of their own, :func:`is_polite`) while the persona's real turns almost never are (``polite_share`` below
   :data:`POLITE_RARE`): a friend who writes 반말 does not answer "맛있게 드세요!".
 """
 from __future__ import annotations
@@ -47,6 +47,9 @@ POLITE_RARE = 0.1  # a persona polite in fewer of its turns than this writes 반
 TRAILING = re.compile(r"[\s.!?~…,ㅋㅎㅠㅜ^;:)(_\-\u2600-\u27BF\U0001F000-\U0001FAFF]+$")
 _SENTENCES = re.compile(r"[.!?\n]+")
 _B_FINAL = 17  # ㅂ as a Hangul syllable's final consonant: 합니다, 입니까, 습니다
+# a sentence's last word that is a polite "yes" / "no" ("예.", "아 네"); 반말 says 응 / 어 / ㅇㅇ / 아니.
+# Only as a word of its own: the casual ending -네 ("좋네", "맞네") is part of its word.
+POLITE_WORDS = frozenset({"네", "예", "넵", "넹", "네네", "예예", "아뇨", "아니오"})
 
 
 @dataclass(frozen=True)
@@ -136,7 +139,8 @@ def longest_class_runs(texts: Sequence[str]) -> dict[str, int]:
 
 def _polite_end(sentence: str) -> bool:
     core = TRAILING.sub("", sentence)
-    if core.endswith(("요", "죠", "시오")):
+    words = core.split()
+    if core.endswith(("요", "죠", "시오")) or (words and words[-1] in POLITE_WORDS):
         return True
     # -ㅂ니다 / -ㅂ니까 (합니다, 입니까), not the casual -니까 of "배고프니까"
     return len(core) >= 3 and core[-2] == "니" and core[-1] in "다까" and "가" <= core[-3] <= "힣" \

@@ -61,9 +61,10 @@ def test_echo():
 
 def test_register_polite_endings_and_casual_personas():
     for polite in ("맛있게 드세요!", "네 알겠어요 ㅎㅎ", "그렇죠?", "감사합니다.", "어디 가십니까", "응. 먹었어요\n너는?",
-                   "조심히 가시오~"):
+                   "조심히 가시오~", "예. 아 예 그럼 어때?", "아 네 ㅎㅎ", "넵!", "아뇨"):
         assert is_polite(polite), polite
-    for casual in ("맛있게 먹어!", "배고프니까 빨리 와", "응 알겠어 ㅋㅋ", "뭐해?", "요즘 바빠", "ㅋㅋㅋ", "", "ok"):
+    for casual in ("맛있게 먹어!", "배고프니까 빨리 와", "응 알겠어 ㅋㅋ", "뭐해?", "요즘 바빠", "ㅋㅋㅋ", "", "ok",
+                   "오 좋네", "그거 맞네!", "네 차례야", "응 ㅇㅇ"):
         assert not is_polite(casual), casual
     assert MINSU.polite_share == 0.0 and MINSU.casual  # none of 민수's turns is polite
     assert problem("맛있게 드세요!", [], MINSU) == "register" and problem("맛있게 먹어!", [], MINSU) is None
