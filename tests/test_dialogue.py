@@ -98,6 +98,17 @@ def test_dialogue_rejects_a_share_outside_zero_to_one(small_csv):
             dialogue_main(["--csv", str(small_csv), flag, "1.5"])
 
 
+def test_the_stage_takes_hard_distractors_for_its_contrastive_term(tiny_gemma_dir, small_csv, tmp_path):
+    out = tmp_path / "stage"
+    argv = ["--csv", str(small_csv), "--base-model", str(tiny_gemma_dir), "--cache-dir", str(tmp_path / "cache"),
+            "--max-steps", "1", "--batch-size", "4", "--threads", "1", "--contrast", "1",
+            "--contrast-negatives", "similar", "--out", str(out)]
+    assert dialogue_main(argv) == 0
+    m = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert m["config"]["contrast"] == 1 and m["config"]["contrast_negatives"] == "similar"
+    assert m["metrics"]["contrast_distractors"] > 0.5 * m["metrics"]["train_examples"]
+
+
 def test_pair_is_the_question_as_user_turn_and_the_answer_as_reply(small_csv):
     qa = load_qa(small_csv, split="train")[0]
     pair = next(p for p in dialogue_pairs(small_csv)[0] + dialogue_pairs(small_csv)[1] if p.response == qa.answer)

@@ -37,6 +37,7 @@ from data_prep.chatbot_data import DEFAULT_CSV
 from pipeline.base_model import resolve_base
 from pipeline.dialogue_stage import ASSET, adapter_for, user_adapter_dir
 from pipeline.dialogue.data import PERSONA, dialogue_pairs, write_data
+from pipeline.training.data import CONTRAST_NEGATIVES
 
 LICENSE = "LICENSE-ChatbotData"
 # the shipped adapter's settings. Q/A examples are short (~33 tokens), so batch 16 is cheap: 600 steps are about one
@@ -59,6 +60,10 @@ def _args(argv: Sequence[str] | None):
     p.add_argument("--contrast", type=float, default=0.0,
                    help="weight of the contrastive term (pipeline.train --contrast): each answer must be likelier "
                         "after its own question than after another's (default 0: off)")
+    p.add_argument("--contrast-negatives", choices=CONTRAST_NEGATIVES, default="next",
+                   help="the other question an answer is contrasted with (pipeline.train --contrast-negatives): "
+                        "next (the next pair of its batch) or similar (the most similar train question with "
+                        "another answer, not a near copy) (default next)")
     p.add_argument("--no-context", type=float, default=0.0, metavar="SHARE",
                    help="share of train rows whose answer is also trained with no question before it, the prompt "
                         "PMI's p(reply) comes from (default 0)")
@@ -119,6 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                cache_dir=str(cache), seed=a.seed, threads=a.threads, dialogue=a.backward)
         cfg = replace(base_cfg, **{**TRAIN_DEFAULTS, "max_steps": a.max_steps, "batch_size": a.batch_size,
                                    "lr": a.lr, "contrast": a.contrast,
+                                   "contrast_negatives": a.contrast_negatives,
                                    "init_adapter": str(a.init_adapter) if a.init_adapter else None})
         cfg.validate()
         result = train(cfg)
