@@ -28,13 +28,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def main() -> None:
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--adapters", required=True, help="trained adapters dir (python -m pipeline.train's --out)")
     ap.add_argument("--persona", default=None, help="persona to ask (default: the first usable one)")
     ap.add_argument("--messages", type=int, default=30, help="held-out ChatbotData questions to send")
     ap.add_argument("--seed", type=int, default=0, help="sampling seed of every reply")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     from chatbot import decoding, model_thread
     from chatbot.decoding import SamplingParams
@@ -72,12 +72,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except Exception as e:  # noqa: BLE001 - a bench's one-line error
-        from core.errors import UserError
+    from core.cli import run_cli
 
-        if not isinstance(e, UserError):
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(run_cli(main))

@@ -45,7 +45,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from chatbot.routing import BASE_ADAPTER
 
-from core.reply_shape import ReplyLimits, bubbles, new_loop, problem
+from core.reply_shape import ReplyLimits, bubbles, is_echo, new_loop, problem
 from core import chat_format
 from core.models import BACKWARD_ADAPTER, cache_name
 
@@ -54,7 +54,7 @@ MAX_CANDIDATES = 16
 _RANK = {None: 0, "echo": 1, "unfinished": 1, "register": 1, "empty": 3}  # loops rank 2: see _rank
 LAGGARD_FACTOR = 1.5  # a row this many times longer than a finished sibling (+ LAGGARD_SLACK tokens) is cut
 LAGGARD_SLACK = 4
-CONTINUATION_SEED = 0x5DEECE66D  # xor-ed into a job's seed for the row that goes on after its first bubble
+CONTINUATION_SEED = 0x5DEECE66D  # times the bubble number, xor-ed into a job's seed for the bubbles after the first
 NARROW_POSITIONS = 8  # up to this many positions needing logits, the output layer runs as W @ h.T (CPU)
 
 
@@ -292,22 +292,32 @@ def decode(model, tokenizer, jobs: Sequence[Job], *, by_bubble: bool = True) -> 
     """One :class:`Reply` per job: ``params.rows`` candidates each, all jobs' rows in one batched
     ``generate`` (rows of different adapters routed per row), then reranked per job.
 
-    ``by_bubble`` (first-bubble reranking): the candidates of a job are sampled only until each has
-    ended its first bubble (a line, see :func:`core.reply_shape.bubbles`) or the reply; they are
-    scored and one is chosen there, its bubble goes to the job's streamer at once, and only the chosen
-    row goes on (one candidate, streamed token by token, its tokens counted and checked with the
-    bubble's). A one-bubble reply is chosen exactly as by the whole-reply reranking (False)."""
+    ``by_bubble`` (bubble-by-bubble reranking): the candidates of a job are sampled only until each has
+    ended its first bubble (a line, see :func:`core.reply_shape.bubbles`) or the reply; they are scored
+    and checked there, one is chosen, and its bubble goes to the job's streamer at once. Then the next
+    bubble is sampled the same way after the chosen one. Whether there is one is the job's first row's own
+    draw (:func:`_as_drawn`, :func:`_went_on`), and which one is chosen among the candidates that add one,
+    checked with the bubbles before and reranked; a later bubble is shown only when one of its candidates passes the checks
+    (else the reply ends before it). A one-bubble reply is chosen exactly as by the whole-reply reranking
+    (False). With one row (greedy, ``candidates`` 1) the reply streams token by token, in one piece."""
     jobs = [replace(j, params=j.params.clamped()) for j in jobs]
     try:
         out = _decode_rows(model, tokenizer, jobs, by_bubble)
-        go_on = [i for i, r in enumerate(out) if r.chosen is not None and r.chosen.bubble]
-        for j, r in zip(jobs, out):
-            if j.streamer is not None and j.params.rows > 1 and r.chosen is not None:
-                j.streamer.put(_tensor(r.chosen.ids[:-1] if r.chosen.ended else r.chosen.ids))
-        if go_on:
-            rest = _decode_rows(model, tokenizer, [_continued(jobs[i], out[i].chosen) for i in go_on], False)
-            for i, r in zip(go_on, rest):
-                out[i] = _joined(out[i], r.chosen)
+        if by_bubble:
+            newline = tuple(tokenizer("\n", add_special_tokens=False)["input_ids"])
+            out = [_as_drawn(r, newline) if j.params.rows > 1 else r for j, r in zip(jobs, out)]
+        shown = [0] * len(jobs)  # reply tokens of each job already streamed
+        going, turn = list(range(len(jobs))), 0
+        while going:  # each turn adds a token at least, and a bubble ends only below the token limit
+            for i in going:
+                shown[i] = _stream(jobs[i], out[i].chosen, shown[i])
+            going = [i for i in going if out[i].chosen is not None and out[i].chosen.bubble]
+            if going:
+                turn += 1
+                rest = _decode_rows(model, tokenizer, [_continued(jobs[i], out[i].chosen, turn) for i in going],
+                                    by_bubble)
+                for i, r in zip(going, rest):
+                    out[i] = _went_on(out[i], r)
     finally:
         for j in jobs:
             if j.streamer is not None:
@@ -321,20 +331,67 @@ def _tensor(ids: Sequence[int]):
     return torch.tensor(list(ids), dtype=torch.long)
 
 
-def _continued(job: Job, bubble: Candidate) -> Job:
-    """The chosen row going on after its first bubble: one candidate, its own random stream."""
-    seed = None if job.seed is None else (int(job.seed) ^ CONTINUATION_SEED) & (2**63 - 1)
-    prompt = replace(job.prompt, reply_prefix=tuple(job.prompt.reply_prefix) + tuple(bubble.ids))
-    return replace(job, prompt=prompt, params=replace(job.params, candidates=1), seed=seed)
+def _stream(job: Job, chosen: Candidate | None, shown: int) -> int:
+    """Put the chosen candidate's reply tokens after the first ``shown`` to ``job``'s streamer (its stop token
+    left out) where its rows were reranked (one row streams token by token); the count shown after."""
+    if job.streamer is None or job.params.rows == 1 or chosen is None:
+        return shown
+    ids = chosen.ids[:-1] if chosen.ended else chosen.ids
+    if len(ids) > shown:
+        job.streamer.put(_tensor(ids[shown:]))
+    return max(shown, len(ids))
+
+
+def _continued(job: Job, so_far: Candidate, turn: int) -> Job:
+    """``job`` going on after the bubbles chosen so far (``so_far``'s ids), with a random stream of its own
+    for each ``turn``."""
+    seed = None if job.seed is None else (int(job.seed) ^ (CONTINUATION_SEED * turn)) & (2**63 - 1)
+    return replace(job, prompt=replace(job.prompt, reply_prefix=tuple(so_far.ids)), seed=seed)
+
+
+def _as_drawn(reply: Reply, newline: tuple[int, ...]) -> Reply:
+    """``reply`` (reranked on first bubbles) going on after its first bubble or not as the job's first row
+    drew it, whichever candidate was chosen: the reranking picks what the bubble says, not how many bubbles
+    the persona sends (it would favour one kind of ending). A chosen candidate that ended its reply where
+    the first row went on gets a line break instead of its stop token; a first row cut before either
+    leaves the choice as it is."""
+    chosen, first = reply.chosen, reply.candidates[0] if reply.candidates else None
+    if chosen is None or first is None or chosen.bubble == first.bubble or not (first.bubble or first.ended):
+        return reply
+    if first.bubble and not chosen.ended:
+        return reply  # cut at its token limit: nothing can follow
+    after = replace(chosen, bubble=False) if not first.bubble else \
+        replace(chosen, ids=tuple(chosen.ids[:-1]) + newline, ended=False, bubble=True)
+    return Reply(chosen.text, _swapped(reply, after), picked=reply.candidates.index(chosen))
+
+
+def _went_on(so_far: Reply, after: Reply) -> Reply:
+    """``so_far`` followed by the bubble chosen among ``after``'s candidates (sampled after it), or ended
+    there. Whether the reply goes on is the model's own draw: the job's first row, which alone would have
+    gone on (a reranked "end here", one token against a bubble's many, would change how often the persona
+    sends several messages). Which bubble: the best ranked of the candidates that add one; none (or none
+    that passes the checks, where the bubbles before did) ends the reply too."""
+    before = so_far.chosen
+    more = [c for c in after.candidates if c.text != before.text]
+    best = min(more, key=_rank) if more else None
+    if best is None or after.candidates[0].text == before.text or (best.problem and not before.problem):
+        return Reply(before.text, _swapped(so_far, replace(before, bubble=False)),
+                     picked=so_far.candidates.index(before))
+    return _joined(so_far, best)
 
 
 def _joined(first: Reply, rest: Candidate) -> Reply:
-    """``first``'s chosen bubble followed by the rest of its reply: it keeps the score it was chosen by."""
-    at = first.candidates.index(first.chosen)
+    """``first``'s chosen bubbles followed by ``rest`` (what was chosen after them): the reply keeps the score
+    its first bubble was chosen by."""
     bubble = first.chosen
     whole = replace(rest, logp=bubble.logp + rest.logp, logp_no_context=bubble.logp_no_context, score=bubble.score)
-    cands = first.candidates[:at] + (whole,) + first.candidates[at + 1:]
-    return Reply(whole.text, cands, picked=at)
+    return Reply(whole.text, _swapped(first, whole), picked=first.candidates.index(bubble))
+
+
+def _swapped(reply: Reply, chosen: Candidate) -> tuple[Candidate, ...]:
+    """``reply``'s candidates with ``chosen`` in place of its chosen one."""
+    at = reply.candidates.index(reply.chosen)
+    return reply.candidates[:at] + (chosen,) + reply.candidates[at + 1:]
 
 
 def _decode_rows(model, tokenizer, jobs: Sequence[Job], by_bubble: bool) -> list[Reply]:
@@ -570,7 +627,8 @@ class Laggards:
     The batch runs until its last row ends, so one long candidate holds back the reply (and, with
     first-bubble reranking, the first bubble): a row still going at ``LAGGARD_FACTOR`` times the length
     of its job's shortest finished candidate (its reply or its first bubble) plus ``LAGGARD_SLACK``
-    tokens is cut (and ranked as ``unfinished``). ``groups``: the job index of each row."""
+    tokens is cut (and ranked as ``unfinished``). A row that ended at its first token (after a bubble: "the
+    reply ends here") sets no pace. ``groups``: the job index of each row."""
 
     def __init__(self, groups: Sequence[int]):
         self.groups = list(groups)
@@ -579,7 +637,7 @@ class Laggards:
         """Which rows to cut at ``step`` tokens; ``finished``: the step each row ended at (None: going on)."""
         shortest: dict[int, int] = {}
         for g, f in zip(self.groups, finished):
-            if f is not None:
+            if f is not None and f > 1:
                 shortest[g] = min(f, shortest.get(g, f))
         return [f is None and g in shortest and step >= shortest[g] * LAGGARD_FACTOR + LAGGARD_SLACK
                 for g, f in zip(self.groups, finished)]
@@ -616,6 +674,8 @@ def _candidates(model, tokenizer, rows: Sequence[tuple[Job, int]], gen, logps, s
         before = list(job.prompt.reply_prefix)
         texts.append(tokenizer.decode(before + ids, skip_special_tokens=True).strip())
         w = problem(texts[-1], job.prompt.sources, job.prompt.limits)
+        if w is None and before and _echoes_earlier(tokenizer, job.prompt.sources, before, ids):
+            w = "echo"
         if w is None and len(sc) == len(ids) and not bub and len(before) + len(ids) < job.params.max_new_tokens:
             w = "unfinished"  # cut by Laggards: no stop token, under its token limit
         why.append(w)
@@ -629,6 +689,13 @@ def _candidates(model, tokenizer, rows: Sequence[tuple[Job, int]], gen, logps, s
         score = mmi_score(lp, lb or 0.0, k, job.params.mmi_lambda) + job.params.backward_weight * (bw or 0.0)
         out.append(Candidate(text, len(before) + k, tuple(before + sc), lp, lb, score, w, len(sc) > len(ids), bub))
     return out
+
+
+def _echoes_earlier(tokenizer, sources: Sequence[str], before: Sequence[int], ids: Sequence[int]) -> bool:
+    """Whether a later bubble (``ids`` after the bubbles ``before``) copies the message, the persona's last
+    reply or one of the bubbles before it."""
+    earlier = bubbles(tokenizer.decode(list(before), skip_special_tokens=True))
+    return is_echo(tokenizer.decode(list(ids), skip_special_tokens=True), (*sources, *earlier))
 
 
 def _reranked(rows: Sequence[tuple[Job, int]], why: Sequence[str | None]) -> list[int]:
@@ -688,8 +755,10 @@ def _no_context(model, tokenizer, rows: Sequence[tuple[Job, int]], scored: Seque
 
 
 def no_context_logp(model, tokenizer, rows: Sequence[Prompt], replies: Sequence[Sequence[int]]) -> list[float]:
-    """log p(reply | the instruction alone) of each row's reply ids, in one batched forward."""
-    return reply_logp(model, tokenizer, [p.no_context_ids for p in rows], replies, _adapter_names(rows))
+    """log p(reply | the instruction alone) of each row's reply ids (after its reply prefix, which is
+    given in both), in one batched forward."""
+    return reply_logp(model, tokenizer, [list(p.no_context_ids) + list(p.reply_prefix) for p in rows], replies,
+                      _adapter_names(rows))
 
 
 def reply_logp(model, tokenizer, prefixes: Sequence[Sequence[int]], replies: Sequence[Sequence[int]],

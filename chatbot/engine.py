@@ -252,8 +252,8 @@ class Engine:
         """Stream the reply to ``history`` ([{role: user|assistant, content}], last one the user's).
 
         Yields the growing reply text (each item is the whole reply so far, not a delta); with
-        several candidates (the default) the first bubble comes in one piece once the candidates'
-        first bubbles are reranked, the rest token by token. A multi-line reply is a burst: one bubble per line
+        several candidates (the default) each bubble comes in one piece once the candidates for it
+        are reranked. A multi-line reply is a burst: one bubble per line
         (:func:`core.reply_shape.bubbles`). ``persona`` None = the base model with adapters
         disabled. Raises KeyError for an unknown persona, :class:`MessageTooLong` for a message
         over the limit.

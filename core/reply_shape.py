@@ -4,7 +4,8 @@ logits processor) and evaluation (the generated-reply statistics).
 
 Pure text, no model. Definitions:
 
-- **empty**: nothing left once whitespace is stripped;
+- **empty**: nothing left once whitespace is stripped, or a bubble that is one stray mark (``.``, ``,``,
+  ``-``, ``*`` or ``·`` alone: :data:`STRAY_MARKS`; "?", "..." and "ㅋ" say something);
 - **echo**: the reply copies a source (the message it answers, or the persona's own previous
   reply): after :func:`normalise` (NFC, case-folded, whitespace and ``.,!?~…`` removed) it equals
   the source, or it has at least :data:`ECHO_MIN_CHARS` characters and a ``difflib`` ratio of at
@@ -42,6 +43,7 @@ ECHO_RATIO = 0.8
 NGRAM = 4
 MAX_BLOCK = 40
 _STRIP = re.compile(r"[\s.,!?~…]+")
+STRAY_MARKS = frozenset(".,-*·")  # a bubble of one of these alone says nothing
 POLITE_RARE = 0.1  # a persona polite in fewer of its turns than this writes 반말: a polite reply is off-register
 # what may follow a sentence's last syllable: laughter, crying, emoji, emoticon parts, punctuation
 TRAILING = re.compile(r"[\s.!?~…,ㅋㅎㅠㅜ^;:)(_\-\u2600-\u27BF\U0001F000-\U0001FAFF]+$")
@@ -227,7 +229,7 @@ def loop_reason(text: str, limits: ReplyLimits | None = None) -> str | None:
 
 def problem(reply: str, sources: Sequence[str], limits: ReplyLimits | None = None) -> str | None:
     """``empty``, ``echo``, ``loop:<reason>``, ``register`` or None: why a candidate reply is rejected."""
-    if not reply.strip():
+    if not reply.strip() or any(b in STRAY_MARKS for b in bubbles(reply)):
         return "empty"
     why = loop_reason(reply, limits)
     if why:

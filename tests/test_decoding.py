@@ -7,7 +7,7 @@ import pytest
 
 from chatbot import decoding
 from chatbot.decoding import Prompt, SamplingParams
-from core.reply_shape import ReplyLimits, longest_runs, loop_reason
+from core.reply_shape import ReplyLimits, bubbles, longest_runs, loop_reason
 from core import chat_format
 from tests.chat_helpers import chat_dirs, engine, load_extended  # noqa: F401 (fixtures)
 
@@ -213,6 +213,8 @@ def test_a_rambling_candidate_is_cut_once_a_sibling_has_finished():
     assert lag(9, [4, None, 7, None, None]) == [False, False, False, False, False]
     assert lag(10, [4, None, 7, None, None]) == [False, True, False, False, False]
     assert lag(40, [None] * 5) == [False] * 5
+    # a row that ended at its first token (a later bubble's "the reply ends here") sets no pace
+    assert lag(12, [1, None, None, None, None]) == [False] * 5
 
 
 def _padded_rows(tok, rows):
@@ -309,10 +311,10 @@ def test_first_bubble_rerank_picks_what_the_whole_reply_rerank_picks_for_one_bub
     assert all(len(r.candidates) == 4 and "\n" not in r.text for r in first)
 
 
-def test_first_bubble_rerank_streams_the_chosen_bubble_then_goes_on_with_one_row(tiny):
+def test_bubble_rerank_streams_each_chosen_bubble_as_a_whole(tiny):
     model, tok = tiny
     newline = tok.convert_ids_to_tokens(_newline_ids(tok)[0])
-    hook = _biased(model, tok, {"▁응": 40.0, newline: 30.0, chat_format.EOT: 10.0})
+    hook = _biased(model, tok, {"▁응": 40.0, "▁지금": 38.5, newline: 37.0, chat_format.EOT: 30.0})
     params = SamplingParams(max_new_tokens=24)
     try:
         streamed = _Recorder()
@@ -325,11 +327,101 @@ def test_first_bubble_rerank_streams_the_chosen_bubble_then_goes_on_with_one_row
     assert len(reply.bubbles) >= 2 and reply.chosen.text == reply.text
     others = [c for c in reply.candidates if c is not reply.chosen]
     assert len(others) == 3 and all(len(c.text.splitlines()) <= 1 for c in others)  # first bubbles only
-    first, *rest = streamed.puts
-    assert "\n" in tok.decode(first) and tok.decode(first).strip() == reply.bubbles[0]
-    assert rest and all(len(p) == 1 for p in rest) and streamed.ended  # then token by token
-    assert list(reply.chosen.ids[:len(first)]) == first
+    shown = [tok.decode(put) for put in streamed.puts]
+    assert [b for text in shown for b in bubbles(text)] == reply.bubbles and len(streamed.puts) >= 2
+    assert all(text.endswith("\n") and len(bubbles(text)) == 1 for text in shown[:-1])  # a whole bubble each
+    assert streamed.ended
+    ids = reply.chosen.ids[:-1] if reply.chosen.ended else reply.chosen.ids
+    assert [t for put in streamed.puts for t in put] == list(ids)
     assert (together.text, together.chosen.ids) == (reply.text, reply.chosen.ids)  # the same in a batch
+
+
+def _scripted_rows(tok, said: list[str], problems: dict[int, str], calls: list, first_ends: int | None = None):
+    """A stand-in for ``decoding._decode_rows``: call k (from 1) chooses the first k bubbles of ``said``
+    (the last one ends the reply), with the problem ``problems`` gives it; at call ``first_ends`` the first
+    row ends the reply where it is and another row adds the bubble."""
+    ids = [tok(t, add_special_tokens=False)["input_ids"] for t in said]
+    eot = tok.convert_tokens_to_ids(chat_format.EOT)
+
+    def cand(k: int, problem=None, end_here=False):
+        last = k == len(said) or end_here
+        ids_k = tuple(t for part in ids[:k] for t in part) + ((eot,) if last else ())
+        return decoding.Candidate("".join(said[:k]).strip(), 1, ids_k, -1.0, None, 0.0, problem, ended=last,
+                                  bubble=not last)
+
+    def rows(model, tokenizer, jobs, by_bubble):
+        (job,) = jobs
+        calls.append((tuple(job.prompt.reply_prefix), job.seed, job.params.candidates, by_bubble))
+        k = len(calls)
+        chosen = cand(k, problems.get(k))
+        if k == first_ends:
+            return [decoding.Reply(chosen.text, (cand(k - 1, end_here=True), chosen), picked=1)]
+        return [decoding.Reply(chosen.text, (chosen,))]
+    return rows, ids
+
+
+def test_each_later_bubble_is_chosen_among_candidates_after_the_bubbles_before(tiny, monkeypatch):
+    """decode's loop: the first bubble, then one batch of candidates per later bubble, each sampled after
+    the reply chosen so far (its reply prefix) with a seed of its own, streamed as it is chosen."""
+    model, tok = tiny
+    calls: list = []
+    rows, ids = _scripted_rows(tok, ["응\n", "지금 가\n", "5분만"], {}, calls)
+    monkeypatch.setattr(decoding, "_decode_rows", rows)
+    streamed = _Recorder()
+    reply = decoding.decode(model, tok, [decoding.Job(_prompt(tok, "뭐해?"), SamplingParams(), 7, streamed)])[0]
+    assert reply.bubbles == ["응", "지금 가", "5분만"] and reply.chosen.ended
+    assert [c[0] for c in calls] == [(), tuple(ids[0]), tuple(ids[0] + ids[1])]
+    assert len({c[1] for c in calls}) == 3 and all(c[2] == 4 and c[3] for c in calls)
+    assert streamed.puts == ids and streamed.ended
+
+
+def test_a_later_bubble_whose_candidates_all_fail_the_checks_is_not_shown(tiny, monkeypatch):
+    model, tok = tiny
+    calls: list = []
+    rows, ids = _scripted_rows(tok, ["응\n", "지금 가요\n", "5분만"], {2: "register"}, calls)
+    monkeypatch.setattr(decoding, "_decode_rows", rows)
+    streamed = _Recorder()
+    reply = decoding.decode(model, tok, [decoding.Job(_prompt(tok, "뭐해?"), SamplingParams(), 7, streamed)])[0]
+    assert reply.text == "응" and reply.chosen.problem is None and not reply.chosen.bubble
+    assert len(calls) == 2 and streamed.puts == ids[:1] and streamed.ended
+
+
+def test_whether_the_reply_goes_on_is_the_first_rows_draw_not_the_reranking(tiny, monkeypatch):
+    """A reranked "end here" (one token) against a bubble would change how often the persona bursts: the
+    first row ending the reply ends it, whatever the other rows add."""
+    model, tok = tiny
+    calls: list = []
+    rows, ids = _scripted_rows(tok, ["응\n", "지금 가\n", "5분만"], {}, calls, first_ends=2)
+    monkeypatch.setattr(decoding, "_decode_rows", rows)
+    reply = decoding.decode(model, tok, [decoding.Job(_prompt(tok, "뭐해?"), SamplingParams(), 7)])[0]
+    assert reply.text == "응" and len(calls) == 2
+
+
+def test_how_many_bubbles_is_the_first_rows_draw_whichever_first_bubble_is_chosen():
+    """The first bubbles are reranked; whether the reply goes on after the chosen one is the first row's
+    draw: a chosen reply that ended gets a line break (7) for its stop token (1) where the first row went
+    on, a chosen bubble ends the reply where the first row ended it, an unfinished first row changes nothing."""
+    def cand(ids, ended=False, bubble=False, problem=None, score=0.0):
+        return decoding.Candidate("x", len(ids), tuple(ids), -1.0, None, score, problem, ended, bubble)
+
+    def drawn(first, chosen):
+        return decoding._as_drawn(decoding.Reply("x", (first, chosen), picked=1), (7,)).chosen
+
+    went_on, ended, cut = cand([5, 7], bubble=True), cand([5, 1], ended=True), cand([5, 5], problem="unfinished")
+    assert drawn(went_on, cand([9, 1], ended=True)) == cand([9, 7], bubble=True)
+    assert drawn(ended, cand([9, 7], bubble=True)) == cand([9, 7])
+    assert drawn(cut, cand([9, 7], bubble=True)) == cand([9, 7], bubble=True)
+    assert drawn(went_on, cand([9, 9])) == cand([9, 9])  # cut at its token limit: nothing can follow
+    assert drawn(ended, cand([9, 1], ended=True)) == cand([9, 1], ended=True)
+
+
+def test_a_later_bubble_that_copies_one_before_it_or_the_message_is_an_echo(tiny):
+    _, tok = tiny
+    enc = lambda t: tok(t, add_special_tokens=False)["input_ids"]  # noqa: E731
+    before = enc("응 지금 가\n")
+    assert decoding._echoes_earlier(tok, ("뭐해?",), before, enc("응 지금 가"))
+    assert decoding._echoes_earlier(tok, ("뭐해?",), before, enc("뭐해?"))
+    assert not decoding._echoes_earlier(tok, ("뭐해?",), before, enc("5분만"))
 
 
 @pytest.fixture(scope="module")

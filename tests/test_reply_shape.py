@@ -59,6 +59,13 @@ def test_echo():
     assert problem("  ", ["x"]) == "empty" and problem("ㅋㅋㅋㅋㅋㅋ", [], MINSU) == "loop:run"
 
 
+def test_a_bubble_of_one_stray_mark_is_empty():
+    assert problem("운동하고 오면 된다\n.", [], MINSU) == "empty"
+    assert problem("- \n응", [], MINSU) == "empty"
+    for says_something in ("?", "...", "응\n?", "ㅋㅋ", "-_-"):
+        assert problem(says_something, [], ReplyLimits()) is None, says_something
+
+
 def test_register_polite_endings_and_casual_personas():
     for polite in ("맛있게 드세요!", "네 알겠어요 ㅎㅎ", "그렇죠?", "감사합니다.", "어디 가십니까", "응. 먹었어요\n너는?",
                    "조심히 가시오~", "예. 아 예 그럼 어때?", "아 네 ㅎㅎ", "넵!", "아뇨"):
