@@ -12,7 +12,7 @@ reranked as one, nothing shown before the reply is done; and one candidate (no r
 token by token), where the number of bubbles is the model's own draw.
 
 The messages are the first N held-out questions of ChatbotData (``../shared/data``, read there,
-never copied; no training stage saw them), one seed per message, the same in both arms. Prints, per
+never copied; no training stage saw them), one seed per message, the same in every arm. Prints, per
 arm: the share of replies with several bubbles (against the persona's real ``burst_share``), the mean
 bubble count, polite replies, later bubbles that are polite, copy the message or a bubble before them
 or are a stray mark, echoes, loops, the mean seconds to the first text shown and to the whole reply; then
@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 class _FirstPut:
-    """A streamer noting when the first bubble arrives."""
+    """A streamer noting when the first text (a bubble, or a token with one candidate) arrives."""
 
     def __init__(self) -> None:
         self.start, self.first = time.perf_counter(), None
