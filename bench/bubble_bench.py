@@ -46,11 +46,11 @@ class _FirstPut:
 def bad_later(text: str, message: str, limits) -> int:
     """Bubbles after the first that are polite (for a 반말 persona), a stray mark, or copy the message or
     a bubble before them."""
-    from core.reply_shape import STRAY_MARKS, bubbles, is_echo, is_polite
+    from core.reply_shape import STRAY_MARKS, bubbles, echoed_bubbles, is_polite
 
-    bs = bubbles(text)
-    return sum(1 for k, b in enumerate(bs[1:], 1)
-               if (limits.casual and is_polite(b)) or b in STRAY_MARKS or is_echo(b, [message, *bs[:k]]))
+    echoed = echoed_bubbles(text, [message])
+    return sum(1 for k, b in enumerate(bubbles(text)[1:], 1)
+               if (limits.casual and is_polite(b)) or b in STRAY_MARKS or k in echoed)
 
 
 def main(argv=None) -> None:
@@ -94,8 +94,8 @@ def main(argv=None) -> None:
               f"{statistics.fmean(counts):.2f}, polite {sum(map(is_polite, texts)) / n:.3f}, bad later bubbles "
               f"{sum(bad_later(t, q, limits) for t, q in zip(texts, questions))}, echoes "
               f"{sum(is_echo(t, [q]) for t, q in zip(texts, questions))}, loops "
-              f"{sum(bool(loop_reason(t, limits)) for t in texts)}; first text shown {statistics.fmean(first[arm]):.2f} s, "
-              f"whole reply {statistics.fmean(whole[arm]):.2f} s")
+              f"{sum(bool(loop_reason(t, limits)) for t in texts)}; first text shown "
+              f"{statistics.fmean(first[arm]):.2f} s, whole reply {statistics.fmean(whole[arm]):.2f} s")
     print("  replies that differ (whole-reply | bubble by bubble):")
     for q, a, b in zip(questions, replies["whole-reply"], replies["bubble by bubble"]):
         if a != b:

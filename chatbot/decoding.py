@@ -45,7 +45,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from chatbot.routing import BASE_ADAPTER
 
-from core.reply_shape import ReplyLimits, bubbles, is_echo, new_loop, problem
+from core.reply_shape import ReplyLimits, bubbles, new_loop, problem
 from core import chat_format
 from core.models import BACKWARD_ADAPTER, cache_name
 
@@ -297,9 +297,10 @@ def decode(model, tokenizer, jobs: Sequence[Job], *, by_bubble: bool = True) -> 
     and checked there, one is chosen, and its bubble goes to the job's streamer at once. Then the next
     bubble is sampled the same way after the chosen one. Whether there is one is the job's first row's own
     draw (:func:`_as_drawn`, :func:`_went_on`), and which one is chosen among the candidates that add one,
-    checked with the bubbles before and reranked; a later bubble is shown only when one of its candidates passes the checks
-    (else the reply ends before it). A one-bubble reply is chosen exactly as by the whole-reply reranking
-    (False). With one row (greedy, ``candidates`` 1) the reply streams token by token, in one piece."""
+    checked with the bubbles before and reranked; a later bubble is shown only when one of its candidates
+    passes the checks (else the reply ends before it). A one-bubble reply is chosen exactly as by the
+    whole-reply reranking (False). With one row (greedy, ``candidates`` 1) the reply streams token by
+    token, in one piece."""
     jobs = [replace(j, params=j.params.clamped()) for j in jobs]
     try:
         out = _decode_rows(model, tokenizer, jobs, by_bubble)
@@ -674,8 +675,6 @@ def _candidates(model, tokenizer, rows: Sequence[tuple[Job, int]], gen, logps, s
         before = list(job.prompt.reply_prefix)
         texts.append(tokenizer.decode(before + ids, skip_special_tokens=True).strip())
         w = problem(texts[-1], job.prompt.sources, job.prompt.limits)
-        if w is None and before and _echoes_earlier(tokenizer, job.prompt.sources, before, ids):
-            w = "echo"
         if w is None and len(sc) == len(ids) and not bub and len(before) + len(ids) < job.params.max_new_tokens:
             w = "unfinished"  # cut by Laggards: no stop token, under its token limit
         why.append(w)
@@ -689,13 +688,6 @@ def _candidates(model, tokenizer, rows: Sequence[tuple[Job, int]], gen, logps, s
         score = mmi_score(lp, lb or 0.0, k, job.params.mmi_lambda) + job.params.backward_weight * (bw or 0.0)
         out.append(Candidate(text, len(before) + k, tuple(before + sc), lp, lb, score, w, len(sc) > len(ids), bub))
     return out
-
-
-def _echoes_earlier(tokenizer, sources: Sequence[str], before: Sequence[int], ids: Sequence[int]) -> bool:
-    """Whether a later bubble (``ids`` after the bubbles ``before``) copies the message, the persona's last
-    reply or one of the bubbles before it."""
-    earlier = bubbles(tokenizer.decode(list(before), skip_special_tokens=True))
-    return is_echo(tokenizer.decode(list(ids), skip_special_tokens=True), (*sources, *earlier))
 
 
 def _reranked(rows: Sequence[tuple[Job, int]], why: Sequence[str | None]) -> list[int]:

@@ -10,6 +10,7 @@ Pure text, no model. Definitions:
   reply): after :func:`normalise` (NFC, case-folded, whitespace and ``.,!?~…`` removed) it equals
   the source, or it has at least :data:`ECHO_MIN_CHARS` characters and a ``difflib`` ratio of at
   least :data:`ECHO_RATIO` with it (so "민수야 뭐해? ㅋㅋ" echoes "민수야 뭐해", "뭐해?" does not);
+  or a bubble after its first copies a source or a bubble before it (:func:`echoed_bubbles`);
 - **loop** (:func:`loop_reason`), any of:
   ``run``: one character repeated more times in a row than the persona ever did (``max_runs``);
   ``repeat``: a block of 2-40 characters (not a single repeated character) three times back to
@@ -189,6 +190,12 @@ def is_echo(reply: str, sources: Sequence[str]) -> bool:
     return False
 
 
+def echoed_bubbles(text: str, sources: Sequence[str]) -> list[int]:
+    """Indices of the bubbles after the first that copy one of ``sources`` or a bubble before them."""
+    bs = bubbles(text)
+    return [k for k in range(1, len(bs)) if is_echo(bs[k], (*sources, *bs[:k]))]
+
+
 def _tail_loop(s: str, limits: ReplyLimits) -> str | None:
     """A loop that ends exactly at the end of ``s`` (see the module docstring), or None."""
     if not s:
@@ -234,7 +241,7 @@ def problem(reply: str, sources: Sequence[str], limits: ReplyLimits | None = Non
     why = loop_reason(reply, limits)
     if why:
         return f"loop:{why}"
-    if is_echo(reply, sources):
+    if is_echo(reply, sources) or echoed_bubbles(reply, sources):
         return "echo"
     return "register" if limits is not None and limits.casual and is_polite(reply) else None
 

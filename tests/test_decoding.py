@@ -415,15 +415,6 @@ def test_how_many_bubbles_is_the_first_rows_draw_whichever_first_bubble_is_chose
     assert drawn(ended, cand([9, 1], ended=True)) == cand([9, 1], ended=True)
 
 
-def test_a_later_bubble_that_copies_one_before_it_or_the_message_is_an_echo(tiny):
-    _, tok = tiny
-    enc = lambda t: tok(t, add_special_tokens=False)["input_ids"]  # noqa: E731
-    before = enc("응 지금 가\n")
-    assert decoding._echoes_earlier(tok, ("뭐해?",), before, enc("응 지금 가"))
-    assert decoding._echoes_earlier(tok, ("뭐해?",), before, enc("뭐해?"))
-    assert not decoding._echoes_earlier(tok, ("뭐해?",), before, enc("5분만"))
-
-
 @pytest.fixture(scope="module")
 def backward_engine(chat_dirs, tmp_path_factory):
     """The two tiny personas and a (random, seeded) backward model loaded beside them, as the chat does."""

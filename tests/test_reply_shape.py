@@ -5,8 +5,8 @@ from core.reply_shape import read_limits
 from chatbot.decoding import Candidate, _choose
 from data_prep.persona_card import build_card, write_card
 from core.reply_shape import (
-    DEFAULT_RUNS, OTHER, RUN_CLASSES, ReplyLimits, bubbles, echo_sources, is_echo, is_polite, longest_class_runs,
-    longest_runs, loop_reason, measure_limits, new_loop, problem,
+    DEFAULT_RUNS, OTHER, RUN_CLASSES, ReplyLimits, bubbles, echo_sources, echoed_bubbles, is_echo, is_polite,
+    longest_class_runs, longest_runs, loop_reason, measure_limits, new_loop, problem,
 )
 from pipeline.evaluation.reply_stats import reply_stats
 
@@ -57,6 +57,14 @@ def test_echo():
     assert is_echo("응 나도", ["배고파", "응 나도!"])  # the persona's own previous reply
     assert echo_sources([(False, "배고파?"), (True, "응"), (False, "뭐 먹을래")]) == ("뭐 먹을래", "응")
     assert problem("  ", ["x"]) == "empty" and problem("ㅋㅋㅋㅋㅋㅋ", [], MINSU) == "loop:run"
+
+
+def test_a_later_bubble_that_copies_one_before_it_or_the_message_is_an_echo():
+    assert echoed_bubbles("응 지금 가\n응 지금 가", ["뭐해?"]) == [1]
+    assert echoed_bubbles("응 지금 가\n5분만\n뭐해?", ["뭐해?"]) == [2]
+    assert echoed_bubbles("응 지금 가\n5분만", ["뭐해?"]) == []
+    assert problem("응 지금 가\n응 지금 가", ["뭐해?"], ReplyLimits()) == "echo"
+    assert problem("응 지금 가\n5분만", ["뭐해?"], ReplyLimits()) is None
 
 
 def test_a_bubble_of_one_stray_mark_is_empty():
