@@ -45,13 +45,13 @@ from typing import Any, Callable, Iterator, Sequence
 
 from chatbot.routing import BASE_ADAPTER
 
-from core.reply_shape import ReplyLimits, bubbles, new_loop, problem
+from core.reply_shape import ReplyLimits, bubbles, foreign_swearing, new_loop, problem
 from core import chat_format
 from core.models import BACKWARD_ADAPTER, cache_name
 
 MAX_NEW_TOKENS_CAP = 512  # hard cap whatever the caller asks for
 MAX_CANDIDATES = 16
-_RANK = {None: 0, "echo": 1, "unfinished": 1, "register": 1, "empty": 3}  # loops rank 2: see _rank
+_RANK = {None: 0, "echo": 1, "unfinished": 1, "register": 1, "profanity": 3, "empty": 3}  # loops rank 2: see _rank
 LAGGARD_FACTOR = 1.5  # a row this many times longer than a finished sibling (+ LAGGARD_SLACK tokens) is cut
 LAGGARD_SLACK = 4
 CONTINUATION_SEED = 0x5DEECE66D  # times the bubble number, xor-ed into a job's seed for the bubbles after the first
@@ -211,7 +211,8 @@ class _LogProbs:
 
 
 class ReplyShaper:
-    """Bans, row by row, each of the likeliest tokens after which the reply would loop or end empty.
+    """Bans, row by row, each of the likeliest tokens after which the reply would loop, end empty or swear in a
+    way the persona never does (:func:`core.reply_shape.foreign_swearing`).
 
     Only the ``check`` likeliest tokens of a row are tested (decoding the reply with each one
     appended and asking :func:`core.reply_shape.new_loop`), which covers top-k sampling and
@@ -243,9 +244,13 @@ class ReplyShaper:
         if not old.strip():
             scores[r, self.stops.to(scores.device)] = float("-inf")  # no empty reply
         k = min(self.check[r], scores.shape[1])
+        swore = foreign_swearing(old, self.limits[r])
         for tok in scores[r].topk(k).indices.tolist():
             piece = self.table[tok]
-            if piece and new_loop(old, _text(raw + piece), self.limits[r]):
+            if not piece:
+                continue
+            new = _text(raw + piece)
+            if new_loop(old, new, self.limits[r]) or (not swore and foreign_swearing(new, self.limits[r])):
                 scores[r, tok] = float("-inf")
 
 

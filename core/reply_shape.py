@@ -21,7 +21,12 @@ Pure text, no model. Definitions:
   processor ban, token by token, exactly what the final check would reject.
 - **register**: the reply is polite (존댓말: a sentence ends in -요, -죠, -(스)ㅂ니다/-ㅂ니까 or
   -시오, or in the polite answer words 네 / 예 / 넵 / 아뇨 as a word of their own, :func:`is_polite`) while the persona's real turns almost never are (``polite_share`` below
-  :data:`POLITE_RARE`): a friend who writes 반말 does not answer "맛있게 드세요!".
+  :data:`POLITE_RARE`): a friend who writes 반말 does not answer "맛있게 드세요!";
+- **profanity**: the reply swears or curses in a way the persona's real turns never do: a word family of
+  :data:`PROFANITY` (씨발, 병신, 개새끼, 좆, 니애미, 미친놈, 존나, 지랄, threats such as 쳐죽여) that is not
+  among the families its turns use (``profanity``, measured by prepare; none on a card from before it, and for
+  the bare base model). A small model picks such words up in pretraining, not from the chat: a persona swears
+  only as its person does.
 """
 from __future__ import annotations
 
@@ -53,6 +58,23 @@ _B_FINAL = 17  # ㅂ as a Hangul syllable's final consonant: 합니다, 입니�
 # a sentence's last word that is a polite "yes" / "no" ("예.", "아 네"); 반말 says 응 / 어 / ㅇㅇ / 아니.
 # Only as a word of its own: the casual ending -네 ("좋네", "맞네") is part of its word.
 POLITE_WORDS = frozenset({"네", "예", "넵", "넹", "네네", "예예", "아뇨", "아니오"})
+# swearing and cursing, by word family (the family's name is what a persona card lists). Each pattern leaves out
+# the innocent words that contain it: 시발점 / 시발역 (a starting point, a terminus), 좇다 (to follow), 뒤지다 (to
+# rummage: only the threats 뒤질래 / 뒤져라 count), 새끼 alone (a young animal), 시바견, 병신년 (a year's name),
+# 졸라서 (pestered).
+PROFANITY = {
+    "씨발": r"씨발|씨빨|씨팔|시발(?![점역])|시팔|ㅅㅂ|ㅆㅂ|ㅆ발",
+    "병신": r"병신(?!년)|븅신|ㅂㅅ",
+    "개새끼": r"개\s?새[끼기]|개색[기히끼]|개세끼",
+    "좆": r"좆|ㅈ같|ㅈ까",
+    "니애미": r"니\s?[애에]미|느금|[애에]미\s?뒤|엠창",
+    "미친놈": r"미친\s?(?:놈|년|새끼)",
+    "존나": r"존나|졸라(?![서도요])|존내|ㅈㄴ",
+    "지랄": r"지랄",
+    "쳐죽여": r"쳐\s?죽|죽여\s?버리|뒤질래|뒤져라",
+}
+_PROFANITY = re.compile("|".join(f"(?P<f{i}>{pat})" for i, pat in enumerate(PROFANITY.values())))
+_FAMILY = {f"f{i}": name for i, name in enumerate(PROFANITY)}
 
 
 @dataclass(frozen=True)
@@ -65,6 +87,7 @@ class ReplyLimits:
     p90_chars: int = 0
     burst_share: float = 0.0  # share of turns sent as several messages (lines)
     polite_share: float | None = None  # share of turns in 존댓말 (None: unknown, the register is not checked)
+    profanity: frozenset[str] = frozenset()  # PROFANITY families the persona uses (unknown: none)
 
     def cap(self, ch: str) -> int:
         """The longest run of ``ch`` allowed (whitespace is never capped)."""
@@ -86,6 +109,7 @@ class ReplyLimits:
             median_chars=int(card.get("median_reply_chars") or 0), p90_chars=int(card.get("p90_reply_chars") or 0),
             burst_share=float(card.get("burst_share") or 0.0),
             polite_share=None if card.get("polite_share") is None else float(card["polite_share"]),
+            profanity=frozenset(map(str, card.get("profanity") or ())),
         )
 
     @property
@@ -150,6 +174,11 @@ def _polite_end(sentence: str) -> bool:
         and (ord(core[-3]) - 0xAC00) % 28 == _B_FINAL
 
 
+def swear_families(text: str) -> set[str]:
+    """The :data:`PROFANITY` families ``text`` uses."""
+    return {_FAMILY[m.lastgroup] for m in _PROFANITY.finditer(text)}
+
+
 def is_polite(text: str) -> bool:
     """Whether a sentence of ``text`` ends in a polite form (see the module docstring)."""
     return any(_polite_end(s) for s in _SENTENCES.split(text))
@@ -157,7 +186,7 @@ def is_polite(text: str) -> bool:
 
 def measure_limits(texts: Sequence[str]) -> dict[str, object]:
     """Card fields measured on real turns: ``max_runs`` per class (+ other), ``max_lines``,
-    ``p90_reply_chars``, ``burst_share``, ``polite_share``."""
+    ``p90_reply_chars``, ``burst_share``, ``polite_share``, ``profanity`` (the swear families used)."""
     # a text without a newline is one bubble: only the others are split
     lines = [len(bubbles(t)) or 1 if "\n" in t else 1 for t in texts]
     lengths = list(map(len, texts))
@@ -168,6 +197,7 @@ def measure_limits(texts: Sequence[str]) -> dict[str, object]:
         "p90_reply_chars": int(statistics.quantiles(lengths, n=10)[-1]) if len(lengths) > 1 else sum(lengths),
         "burst_share": round(sum(1 for x in lines if x > 1) / n, 3),
         "polite_share": round(sum(map(is_polite, texts)) / n, 3),
+        "profanity": sorted(swear_families("\n".join(texts))),
     }
 
 
@@ -235,7 +265,8 @@ def loop_reason(text: str, limits: ReplyLimits | None = None) -> str | None:
 
 
 def problem(reply: str, sources: Sequence[str], limits: ReplyLimits | None = None) -> str | None:
-    """``empty``, ``echo``, ``loop:<reason>``, ``register`` or None: why a candidate reply is rejected."""
+    """``empty``, ``echo``, ``loop:<reason>``, ``profanity``, ``register`` or None: why a candidate reply is
+    rejected."""
     if not reply.strip() or any(b in STRAY_MARKS for b in bubbles(reply)):
         return "empty"
     why = loop_reason(reply, limits)
@@ -243,7 +274,14 @@ def problem(reply: str, sources: Sequence[str], limits: ReplyLimits | None = Non
         return f"loop:{why}"
     if is_echo(reply, sources) or echoed_bubbles(reply, sources):
         return "echo"
+    if limits is not None and foreign_swearing(reply, limits):
+        return "profanity"
     return "register" if limits is not None and limits.casual and is_polite(reply) else None
+
+
+def foreign_swearing(reply: str, limits: ReplyLimits) -> bool:
+    """Whether ``reply`` swears in a family the persona never uses."""
+    return bool(swear_families(reply) - limits.profanity)
 
 
 def echo_sources(turns: Iterable[tuple[bool, str]]) -> tuple[str, ...]:

@@ -39,12 +39,13 @@ class PersonaCard:
     endings: list[str] = field(default_factory=list)  # most frequent last syllables, e.g. 요, 어, 지
     # limits the chat's decoding keeps to (core.reply_shape): longest run of ㅋ/ㅎ/ㅠ/ㅜ/!/?/./~
     # and of any other character, most lines in one burst, 90th-percentile length, share of bursts,
-    # share of polite turns
+    # share of polite turns, the swear word families used (core.reply_shape.PROFANITY)
     max_runs: dict[str, int] = field(default_factory=dict)
     max_lines: int = 0
     p90_reply_chars: int = 0
     burst_share: float = 0.0
     polite_share: float | None = None  # share of turns in 존댓말 (-요, -ㅂ니다...): the register replies keep to
+    profanity: list[str] | None = None  # swear word families the turns use: the only ones a reply may use
     instruction: str = ""  # what the model sees; clear it to re-render from the fields
 
 

@@ -513,3 +513,22 @@ def test_the_evaluation_reranks_with_the_backward_model_as_the_chat_does_and_put
         after = model(input_ids=ids).logits
     assert seen[0].message == ("철수", "안녕") and seen[0].adapter == BASE_ADAPTER  # the partner's turn, not the burst
     assert torch.equal(before, after) and not decoding.has_backward(model)
+
+
+def test_the_token_that_would_swear_as_the_persona_never_does_is_banned(tiny):
+    """ReplyShaper bans the token that completes a swear word of a family the persona's turns never use (here
+    ㅅㅂ, however the tokenizer splits it); a persona whose turns use that family keeps it."""
+    import torch
+
+    _, tok = tiny
+    prompt = _prompt(tok, "뭐해?").ids
+    so_far, last = tok.encode("아 ㅅ", add_special_tokens=False), tok.encode("ㅂ", add_special_tokens=False)
+    row = list(prompt) + so_far + last[:-1]
+    stops = decoding.stop_token_ids(tok)
+    for limits, banned in ((LIMITS, True), (replace(LIMITS, profanity=frozenset({"씨발"})), False),
+                           (replace(LIMITS, profanity=frozenset({"존나"})), True)):
+        scores = torch.zeros(1, len(tok))
+        scores[0, last[-1]] = 10.0  # the likeliest next token completes "ㅅㅂ"
+        decoding.ReplyShaper(tok, [len(prompt)], [limits], stops, [5])(torch.tensor([row]), scores)
+        assert (scores[0, last[-1]] == float("-inf")) == banned, limits.profanity
+        assert torch.isfinite(scores[0, :last[-1]]).all()  # nothing else is touched

@@ -258,12 +258,13 @@ def test_evaluate_cli_writes_json_markdown_and_charts(adapter_and_data, cache_di
     replies = r["replies"]
     assert set(replies) == {"real", "base", "few_shot", "adapter"} and replies["adapter"]["n"] == 2
     assert replies["real"]["n"] == 3 and replies["adapter"]["loop"] == 0 and replies["adapter"]["empty"] == 0
+    assert replies["adapter"]["profanity"] == 0 and replies["real"]["profanity"] == 0  # the chat's ban holds
     md = (out / "eval.md").read_text(encoding="utf-8")
     assert "Persona identification" in md and "few-shot" in md and "Next-reply selection" in md
     assert "adapter + memory" in md and "Memory: " in md
     assert "95% intervals of Hits@1" in md and "Adapter - base on the same items" in md
     assert "Adapter - few-shot on the same items" in md
-    assert "Generated replies: empty, echoes" in md
+    assert "Generated replies: empty, echoes" in md and "swearing not theirs" in md
     for png in ("perplexity.png", "style.png", "identification.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"({png})" in md

@@ -5,8 +5,8 @@ from core.reply_shape import read_limits
 from chatbot.decoding import Candidate, _choose
 from data_prep.persona_card import build_card, write_card
 from core.reply_shape import (
-    DEFAULT_RUNS, OTHER, RUN_CLASSES, ReplyLimits, bubbles, echo_sources, echoed_bubbles, is_echo, is_polite,
-    longest_class_runs, longest_runs, loop_reason, measure_limits, new_loop, problem,
+    DEFAULT_RUNS, OTHER, RUN_CLASSES, ReplyLimits, bubbles, echo_sources, echoed_bubbles, foreign_swearing, is_echo,
+    is_polite, longest_class_runs, longest_runs, loop_reason, measure_limits, new_loop, problem, swear_families,
 )
 from pipeline.evaluation.reply_stats import reply_stats
 
@@ -88,6 +88,34 @@ def test_register_polite_endings_and_casual_personas():
     assert problem("맛있게 드세요!", [], ReplyLimits()) is None  # an old card: register unknown, not checked
     c = lambda text, score, why: Candidate(text, 3, (1, 2, 3), -1.0, -2.0, score, why)  # noqa: E731
     assert _choose([c("맛있게 드세요!", 5.0, "register"), c("맛있게 먹어", -2.0, None)]).text == "맛있게 먹어"
+
+
+def test_swearing_by_family_and_the_innocent_words_that_contain_it():
+    swearing = {"나 애미뒤진데 ㅋㅋ": "니애미", "하 진짜 애미 뒤뚱": "니애미", "널 쳐 죽이든데": "쳐죽여",
+                "ㅅㅂ 망했다": "씨발", "시발 뭐야": "씨발", "개새끼야": "개새끼", "좆같네": "좆", "미친놈 ㅋㅋ": "미친놈",
+                "존나 웃겨": "존나", "졸라 피곤": "존나", "지랄하네": "지랄", "병신 같은": "병신", "뒤질래?": "쳐죽여"}
+    for text, family in swearing.items():
+        assert swear_families(text) == {family}, text
+    for innocent in ("시발점에서 출발", "시발역", "꿈을 좇아", "가방을 뒤져 봐", "시바견 귀여워", "새끼 고양이",
+                     "병신년 새해", "미친 듯이 웃었어", "엄마를 졸라서 샀어", "이 노래 죽여준다", "ㅋㅋ 그니까", ""):
+        assert swear_families(innocent) == set(), innocent
+
+
+def test_swearing_the_persona_never_does_is_rejected():
+    assert MINSU.profanity == frozenset()  # 민수's turns never swear
+    assert problem("나 애미뒤진데 ㅋㅋ", [], MINSU) == "profanity" and foreign_swearing("ㅅㅂ", MINSU)
+    assert problem("시발점에서 보자", [], MINSU) is None
+    swearer = ReplyLimits.from_card(measure_limits(["존나 웃기네 ㅋㅋ", "응 가자"]))
+    assert swearer.profanity == {"존나"}
+    assert problem("존나 배고파", [], swearer) is None  # their own word
+    assert problem("ㅅㅂ 배고파", [], swearer) == "profanity"  # not theirs
+    assert problem("ㅅㅂ 배고파", [], ReplyLimits.from_card({})) == "profanity"  # an old card: no swearing
+    assert problem("ㅅㅂ 배고파", [], ReplyLimits.from_card({"profanity": ["씨발"]})) is None
+    assert build_card("민수", ["존나 웃겨", "ㅇㅇ"]).profanity == ["존나"]
+    c = lambda text, score, why: Candidate(text, 3, (1, 2, 3), -1.0, -2.0, score, why)  # noqa: E731
+    assert _choose([c("애미뒤진", 5.0, "profanity"), c("맛있게 드세요!", -2.0, "register")]).text == "맛있게 드세요!"
+    stats = reply_stats(["ㅅㅂ 뭐야", "응 가자"], [(), ()], MINSU, ["응"])
+    assert stats["profanity"] == 0.5
 
 
 def test_rejected_candidates_rank_last():

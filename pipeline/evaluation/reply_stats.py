@@ -1,4 +1,5 @@
 """Statistics of generated replies: share of empty replies, echoes and loops, polite (존댓말) replies,
+swearing the persona never does,
 and length against the persona's real replies.
 
 The definitions are the ones the chat's decoding rejects candidates with
@@ -15,7 +16,7 @@ import statistics
 from collections import Counter
 from typing import Sequence
 
-from core.reply_shape import ReplyLimits, bubbles, echo_sources, is_echo, is_polite, loop_reason
+from core.reply_shape import ReplyLimits, bubbles, echo_sources, foreign_swearing, is_echo, is_polite, loop_reason
 
 
 def _share(flags: Sequence[bool]) -> float:
@@ -41,6 +42,7 @@ def reply_stats(replies: Sequence[str], sources: Sequence[Sequence[str]], limits
         "median_chars": statistics.median(lengths) if lengths else 0,
         "multi_line": _share([len(bubbles(r)) > 1 for r in replies]),
         "polite": _share([is_polite(r) for r in replies]),  # off-register when the persona writes 반말
+        "profanity": _share([foreign_swearing(r, limits) for r in replies]),  # swearing the persona never does
     }
     if real:
         real_mean = statistics.fmean(real_lengths) if real_lengths else 0.0

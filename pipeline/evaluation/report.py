@@ -252,12 +252,13 @@ def attribution_md(block: Mapping[str, Any], chart: str | None) -> list[str]:
 def _replies_md(block: Mapping[str, Any] | None) -> list[str]:
     if not block:
         return []
-    md = ["### Generated replies: empty, echoes, loops, length, register (the chat's own decoding)", ""]
+    md = ["### Generated replies: empty, echoes, loops, length, register, swearing (the chat's own decoding)", ""]
     rows = [[SYSTEM_LABELS.get(s, "real (held-out)"), v["n"], v["empty"], v["echo"], v["loop"],
              ", ".join(f"{k} {n}" for k, n in v["loop_reasons"].items()) or "–", v["mean_chars"],
-             v.get("length_ratio"), v["multi_line"], v.get("polite"), v.get("real_polite")] for s, v in block.items()]
+             v.get("length_ratio"), v["multi_line"], v.get("polite"), v.get("real_polite"), v.get("profanity")]
+            for s, v in block.items()]
     md += _table(["replies", "n", "empty", "echo", "loop", "loop kinds", "mean chars", "/ real mean", "bursts",
-                  "polite (존댓말)", "real polite"], rows)
+                  "polite (존댓말)", "real polite", "swearing not theirs"], rows)
     return md + [""]
 
 
@@ -336,12 +337,14 @@ METHOD_NOTES = """\
   format. The base never saw the chat tokens, so its number is inflated: a ratio below 1 means no forgetting
   was detected (the adapter learned the format), not that its Korean improved; above 1 is the warning sign.
 - Generated replies come from the chat's own decoding (`chatbot.decoding.generate`: 4 candidates, MMI
-  reranking, loop/echo rejection, 존댓말 ranked last for a persona who writes 반말). Echo = a reply equal,
+  reranking, loop/echo rejection, 존댓말 ranked last for a persona who writes 반말, swearing the persona never
+  does banned token by token and ranked last). Echo = a reply equal,
   after normalising, to the message it answers or to the persona's previous reply, or at least 80% similar
   (difflib) with 4+ characters; loop = a character run longer than the persona's real data shows, a block
   repeated 3 times, a repeated word 4-gram, or more lines than the persona sends in one burst; polite = a
-  sentence ending in -요, -죠, -ㅂ니다/-ㅂ니까 or -시오. The `real` row applies the same definitions to the
-  real replies.
+  sentence ending in -요, -죠, -ㅂ니다/-ㅂ니까 or -시오; swearing not theirs = a swear word family
+  (씨발, 병신, 개새끼, 니애미, 존나, 쳐죽여...) the persona's real turns never use. The `real` row applies the same
+  definitions to the real replies.
 - Style statistics compare sampled replies (same seed for every system) with all held-out real replies:
   shares of replies with ㅋ/ㅎ/ㅠㅜ, emoji, emoticons, ?, !, ellipsis; mean length (relative difference);
   sentence endings (total variation distance); distinct-1/2 over words.
