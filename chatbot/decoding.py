@@ -244,13 +244,13 @@ class ReplyShaper:
         if not old.strip():
             scores[r, self.stops.to(scores.device)] = float("-inf")  # no empty reply
         k = min(self.check[r], scores.shape[1])
-        swore = foreign_swearing(old, self.limits[r])
+        swore = foreign_swearing(old, self.limits[r], pending=True)
         for tok in scores[r].topk(k).indices.tolist():
             piece = self.table[tok]
             if not piece:
                 continue
             new = _text(raw + piece)
-            if new_loop(old, new, self.limits[r]) or (not swore and foreign_swearing(new, self.limits[r])):
+            if new_loop(old, new, self.limits[r]) or (not swore and foreign_swearing(new, self.limits[r], True)):
                 scores[r, tok] = float("-inf")
 
 

@@ -26,7 +26,8 @@ Pure text, no model. Definitions:
   :data:`PROFANITY` (씨발, 병신, 개새끼, 좆, 니애미, 미친놈, 존나, 지랄, threats such as 쳐죽여) that is not
   among the families its turns use (``profanity``, measured by prepare; none on a card from before it, and for
   the bare base model). A small model picks such words up in pretraining, not from the chat: a persona swears
-  only as its person does.
+  only as its person does. While a reply is written, a word the next character may still make innocent (시발
+  before 점) waits for that character (``pending``).
 """
 from __future__ import annotations
 
@@ -75,6 +76,8 @@ PROFANITY = {
 }
 _PROFANITY = re.compile("|".join(f"(?P<f{i}>{pat})" for i, pat in enumerate(PROFANITY.values())))
 _FAMILY = {f"f{i}": name for i, name in enumerate(PROFANITY)}
+# the characters that make a word innocent when they follow it (the patterns' negative lookaheads: 점, 역, 년, 서...)
+_INNOCENT_NEXT = "".join(sorted(set("".join(re.findall(r"\(\?!\[?([^\])]+)\]?\)", "".join(PROFANITY.values()))))))
 
 
 @dataclass(frozen=True)
@@ -174,9 +177,12 @@ def _polite_end(sentence: str) -> bool:
         and (ord(core[-3]) - 0xAC00) % 28 == _B_FINAL
 
 
-def swear_families(text: str) -> set[str]:
-    """The :data:`PROFANITY` families ``text`` uses."""
-    return {_FAMILY[m.lastgroup] for m in _PROFANITY.finditer(text)}
+def swear_families(text: str, pending: bool = False) -> set[str]:
+    """The :data:`PROFANITY` families ``text`` uses. ``pending``: ``text`` is still being written, so a match at
+    its very end is left out when the next character may make it innocent (시발 before 점, 졸라 before 서)."""
+    return {_FAMILY[m.lastgroup] for m in _PROFANITY.finditer(text)
+            if not (pending and m.end() == len(text)
+                    and any(_PROFANITY.match(text + c, m.start()) is None for c in _INNOCENT_NEXT))}
 
 
 def is_polite(text: str) -> bool:
@@ -279,9 +285,9 @@ def problem(reply: str, sources: Sequence[str], limits: ReplyLimits | None = Non
     return "register" if limits is not None and limits.casual and is_polite(reply) else None
 
 
-def foreign_swearing(reply: str, limits: ReplyLimits) -> bool:
-    """Whether ``reply`` swears in a family the persona never uses."""
-    return bool(swear_families(reply) - limits.profanity)
+def foreign_swearing(reply: str, limits: ReplyLimits, pending: bool = False) -> bool:
+    """Whether ``reply`` swears in a family the persona never uses (``pending``: see :func:`swear_families`)."""
+    return bool(swear_families(reply, pending) - limits.profanity)
 
 
 def echo_sources(turns: Iterable[tuple[bool, str]]) -> tuple[str, ...]:

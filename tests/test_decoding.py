@@ -532,3 +532,20 @@ def test_the_token_that_would_swear_as_the_persona_never_does_is_banned(tiny):
         decoding.ReplyShaper(tok, [len(prompt)], [limits], stops, [5])(torch.tensor([row]), scores)
         assert (scores[0, last[-1]] == float("-inf")) == banned, limits.profanity
         assert torch.isfinite(scores[0, :last[-1]]).all()  # nothing else is touched
+
+
+def test_a_word_the_next_character_may_make_innocent_is_not_banned_before_it(tiny):
+    """"엄마를 졸라" may go on as 졸라서 (pestered): the shaper leaves the token that would write it, and bans the
+    one that would leave 졸라 (the 존나 family) as a word of its own."""
+    import torch
+
+    _, tok = tiny
+    prompt = _prompt(tok, "뭐해?").ids
+    row = list(prompt) + tok.encode("엄마를 졸라", add_special_tokens=False)
+    stops = decoding.stop_token_ids(tok)
+    innocent, swearing = tok.encode("서", add_special_tokens=False)[0], tok.encode(" 뭐", add_special_tokens=False)[0]
+    assert tok.decode([swearing]).startswith(" ") or tok.convert_ids_to_tokens(swearing).startswith("▁")
+    scores = torch.zeros(1, len(tok))
+    scores[0, innocent], scores[0, swearing] = 10.0, 9.0
+    decoding.ReplyShaper(tok, [len(prompt)], [LIMITS], stops, [5])(torch.tensor([row]), scores)
+    assert scores[0, innocent] == 10.0 and scores[0, swearing] == float("-inf")

@@ -99,6 +99,10 @@ def test_swearing_by_family_and_the_innocent_words_that_contain_it():
     for innocent in ("시발점에서 출발", "시발역", "꿈을 좇아", "가방을 뒤져 봐", "시바견 귀여워", "새끼 고양이",
                      "병신년 새해", "미친 듯이 웃었어", "엄마를 졸라서 샀어", "이 노래 죽여준다", "ㅋㅋ 그니까", ""):
         assert swear_families(innocent) == set(), innocent
+    # while a reply is written, a word the next character may make innocent waits for it
+    assert swear_families("엄마를 졸라", pending=True) == set() and swear_families("엄마를 졸라") == {"존나"}
+    assert swear_families("엄마를 졸라서", pending=True) == set()
+    assert swear_families("엄마를 졸라 ", pending=True) == {"존나"} and swear_families("ㅅㅂ", pending=True) == {"씨발"}
 
 
 def test_swearing_the_persona_never_does_is_rejected():
