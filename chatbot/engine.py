@@ -149,6 +149,7 @@ class Engine:
         elif extended_manifest.get("dialogue"):
             log.info("no backward model in this extended base: replies are reranked without it "
                      "(python -m pipeline.extend installs it)")
+        decoding.keep_prefixes(model)  # the adapters are loaded: the weights no longer change
         return cls(model.eval(), tokenizer, infos, memory)
 
     # ---- persona switching ----------------------------------------------------------------

@@ -549,3 +549,26 @@ def test_a_word_the_next_character_may_make_innocent_is_not_banned_before_it(tin
     scores[0, innocent], scores[0, swearing] = 10.0, 9.0
     decoding.ReplyShaper(tok, [len(prompt)], [LIMITS], stops, [5])(torch.tensor([row]), scores)
     assert scores[0, innocent] == 10.0 and scores[0, swearing] == float("-inf")
+
+
+def test_kept_no_context_prefix_gives_the_same_scores_and_is_reused(chat_dirs):
+    """keep_prefixes: the second reply's no-context scores come from the kept forward of the instruction
+    (a marked copy shows it is read) and equal a fresh model's; the kept cache is not changed by its use."""
+    model, tok, _ = load_extended(chat_dirs[0])
+    model.eval()
+    rows = [_prompt(tok, "뭐해?")] * 3
+    replies = [tok.encode(t, add_special_tokens=False) for t in ("밥 먹어", "응 지금 가", "ㅋㅋ")]
+    plain = decoding.no_context_logp(model, tok, rows, replies)
+    decoding.keep_prefixes(model)
+    first = decoding.no_context_logp(model, tok, rows, replies)
+    again = decoding.no_context_logp(model, tok, rows, replies)
+    assert first == pytest.approx(plain, abs=1e-5) and again == pytest.approx(plain, abs=1e-5)
+    kept = decoding._PREFIX_CACHES[model]
+    assert len(kept) == 1
+    key = next(iter(kept))
+    kept[key] = (kept[key][0], kept[key][1] + 1.0)  # mark the kept logits: every reply's first token gains 1
+    marked = decoding.no_context_logp(model, tok, rows, replies)
+    assert marked == pytest.approx([x + 1.0 for x in plain], abs=1e-5)
+    other = [_prompt(tok, "뭐해?", ReplyLimits())]  # same instruction: same prefix, same kept entry
+    assert decoding.no_context_logp(model, tok, other, replies[:1])[0] == pytest.approx(plain[0] + 1.0, abs=1e-5)
+    assert len(kept) == 1
