@@ -16,8 +16,9 @@ swear word families the persona's turns never use (``profanity`` on the card, ``
 The messages are the first N held-out questions of ChatbotData (``../shared/data``, read there,
 never copied; no training stage saw them), sent in conversations of ``--turns`` messages (each arm keeps its
 own replies in the history; a new topic at every message, as when someone tries the bot). Each message gets
-the chat's reply (4 candidates, MMI reranking, the seed + the message's number) twice: with the persona's card as it is (checked)
-and with the check off (polite share unknown, or every swear family allowed: the baseline of the same run).
+the chat's reply (4 candidates, MMI reranking, the seed + the message's number) twice: with the persona's card
+as it is (checked) and with the check off (polite share unknown, or every swear family allowed: the baseline of
+the same run).
 Prints the share of off-register replies of each (polite, or swearing as the persona never does), the
 persona's real share, the mean seconds per reply, and the replies that differ.
 """
@@ -62,7 +63,8 @@ def main(argv=None) -> None:
         off, flagged, real = replace(limits, polite_share=None), is_polite, limits.polite_share
         checked = f"checked {'yes' if limits.casual else 'no: the persona is not casual'}"
     else:
-        off, flagged, real = replace(limits, profanity=frozenset(PROFANITY)), None, None
+        off, real = replace(limits, profanity=frozenset(PROFANITY)), None
+        flagged = lambda text: foreign_swearing(text, limits)  # noqa: E731
         checked = f"families the persona uses: {', '.join(sorted(limits.profanity)) or 'none'}"
     questions = [qa.question for qa in load_qa(split="heldout")[: args.messages]]
     engine.swap(name)
@@ -82,8 +84,6 @@ def main(argv=None) -> None:
             seconds[label].append(time.perf_counter() - t0)
             replies[label].append(reply.text)
             history[label].append({"role": "assistant", "content": reply.text})
-    if flagged is None:
-        flagged = lambda text: foreign_swearing(text, limits)  # noqa: E731
     print(f"{name}: {args.check} ({checked}"
           + (f"; real turns polite {real:.3f}" if real is not None else "") + f"); {len(questions)} held-out "
           f"ChatbotData questions in conversations of {args.turns}, seed {args.seed}")
