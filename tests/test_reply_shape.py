@@ -93,11 +93,13 @@ def test_register_polite_endings_and_casual_personas():
 def test_swearing_by_family_and_the_innocent_words_that_contain_it():
     swearing = {"나 애미뒤진데 ㅋㅋ": "니애미", "하 진짜 애미 뒤뚱": "니애미", "널 쳐 죽이든데": "쳐죽여",
                 "ㅅㅂ 망했다": "씨발", "시발 뭐야": "씨발", "개새끼야": "개새끼", "좆같네": "좆", "미친놈 ㅋㅋ": "미친놈",
-                "존나 웃겨": "존나", "졸라 피곤": "존나", "지랄하네": "지랄", "병신 같은": "병신", "뒤질래?": "쳐죽여"}
+                "존나 웃겨": "존나", "졸라 피곤": "존나", "지랄하네": "지랄", "병신 같은": "병신", "뒤질래?": "쳐죽여",
+                "애미없네 진짜": "니애미", "에미 없는 놈": "니애미", "애미리스 ㅋㅋ": "니애미", "니미럴": "니애미"}
     for text, family in swearing.items():
         assert swear_families(text) == {family}, text
     for innocent in ("시발점에서 출발", "시발역", "꿈을 좇아", "가방을 뒤져 봐", "시바견 귀여워", "새끼 고양이",
-                     "병신년 새해", "미친 듯이 웃었어", "엄마를 졸라서 샀어", "이 노래 죽여준다", "ㅋㅋ 그니까", ""):
+                     "병신년 새해", "미친 듯이 웃었어", "엄마를 졸라서 샀어", "이 노래 죽여준다", "ㅋㅋ 그니까",
+                     "애미야 국이 짜다", ""):
         assert swear_families(innocent) == set(), innocent
     # while a reply is written, a word the next character may make innocent waits for it
     assert swear_families("엄마를 졸라", pending=True) == set() and swear_families("엄마를 졸라") == {"존나"}
