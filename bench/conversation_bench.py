@@ -6,6 +6,8 @@
     python bench/conversation_bench.py --base-only --dialogue                    # the base with the dialogue stage
     python bench/conversation_bench.py --adapters runs/bench_fidelity/adapters --qa-only --selection-items 100
                                                           # adapters and their base on held-out Q/A only
+    python bench/conversation_bench.py --adapters runs/민수/adapters --switch-only --selection-items 100
+                                                          # the same on changes of topic (previous message answered?)
     python bench/conversation_bench.py --tiny                            # quick check on a tiny random model
 
 Next-reply selection, Hits@1 of 20 (chance 0.05), for each persona and each system
@@ -16,6 +18,9 @@ reply given the context and PMI = log p(reply | context) - log p(reply | no cont
 ``--marginal-contexts K`` also marginal PMI, whose p(reply) is the mean of p(reply | message)
 over K other held-out questions; and, where the extended base has the backward model (the default
 one has), PMI + backward = PMI + log p(message | reply) by that model (pipeline.evaluation.selection).
+A third item set, **switch**, is a change of topic: a held-out exchange (its answer as the persona's turn),
+then another held-out question; the first distractor answers the question before, and ``previous first``
+is the share of items where the chat's score ranks it first (the persona answering the previous message).
 Prints ONE table, then speaker attribution across the adapters (which adapter explains
 each held-out reply best; chance 1/4). The exports and adapters are those of
 bench/persona_fidelity.py (same personas, same run folder by default), so an adapter
@@ -44,8 +49,9 @@ from data_prep import smilestyle  # noqa: E402
 from pipeline.evaluation.selection import MARGINAL_CONTEXTS, SCORES, paired, summarize  # noqa: E402
 
 COLUMNS = (("persona", "mean"), ("persona", "pmi"), ("persona", "pmi_marginal"), ("persona", "pmi_bidi"),
-           ("qa", "mean"), ("qa", "pmi"), ("qa", "pmi_marginal"), ("qa", "pmi_bidi"))
-LABELS = {"mean": "mean", "pmi": "PMI", "pmi_marginal": "PMI marg.", "pmi_bidi": "PMI+bwd"}
+           ("qa", "mean"), ("qa", "pmi"), ("qa", "pmi_marginal"), ("qa", "pmi_bidi"), ("switch", "mmi"))
+LABELS = {"mean": "mean", "pmi": "PMI", "pmi_marginal": "PMI marg.", "pmi_bidi": "PMI+bwd", "mmi": "chat's"}
+SET_LABELS = {"persona": "own", "qa": "Q/A", "switch": "switch"}
 SYSTEMS = ("base", "few_shot", "adapter")
 QA_TARGET = 0.5
 
@@ -112,7 +118,7 @@ def print_table(result: dict) -> None:
     sels = [r["selection"] or {} for r in result["personas"].values()]
     columns = [(s, k) for s, k in COLUMNS  # marginal PMI only where it was computed
                if any(x.get(s, {}).get(y, {}).get(k, {}).get("hits1") is not None for x in sels for y in SYSTEMS)]
-    head = [f"{'own' if s == 'persona' else 'Q/A'} {LABELS[k]}" for s, k in columns]
+    head = [f"{SET_LABELS[s]} {LABELS[k]}" for s, k in columns]
     print("\nnext-reply selection, Hits@1 of 20 (chance 0.05); each cell: base / few-shot / adapter")
     print(f"{'persona':10s}{'n':>4s}" + "".join(f"{h:>22s}" for h in head))
     for name, r in result["personas"].items():
@@ -135,6 +141,12 @@ def print_table(result: dict) -> None:
             print(f"target adapter Q/A Hits@1 ({LABELS[score]}) >= {QA_TARGET} on every persona: "
                   f"{'MET' if met else 'NOT MET'} (95% intervals: "
                   + ", ".join(f"{name} [{ci[0]:.2f}, {ci[1]:.2f}]" for name, ci in cis if ci) + ")")
+    for name, r in result["personas"].items():
+        per = (r["selection"] or {}).get("switch") or {}
+        firsts = [per.get(s, {}).get("mmi", {}).get("previous_first") for s in SYSTEMS]
+        if any(v is not None for v in firsts):
+            print(f"{name}: after a change of topic, the answer to the previous message ranked first (chat's score), "
+                  "base / few-shot / adapter: " + " / ".join("–" if v is None else f"{v:.2f}" for v in firsts))
     att = result.get("attribution")
     if att:
         p = att["primary"]
@@ -176,8 +188,9 @@ def figures(summary: dict, digits: int) -> str:
                      for k in SCORES if summary[k]["hits1"] is not None)
 
 
-def qa_only(a) -> None:
-    """Each adapter of ``--adapters`` and its base, on held-out Q/A only, the question under the persona's card."""
+def held_out_only(a, item_set: str) -> None:
+    """Each adapter of ``--adapters`` (any persona's, not only the bench's) and its base on one held-out Q/A
+    item set only (``qa``: single questions, ``switch``: changes of topic), under the persona's card."""
     import torch
 
     from core.adapter_format import read_manifest
@@ -187,16 +200,20 @@ def qa_only(a) -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     heldout = load_qa(split="heldout")
-    print(f"held-out ChatbotData Q/A, Hits@1 of 20 (chance 0.05), {a.selection_items} items, each question under the "
+    what = "single questions" if item_set == "qa" else "changes of topic"
+    print(f"held-out ChatbotData Q/A, {what}, Hits@1 of 20 (chance 0.05), {a.selection_items} items, under the "
           "persona's card", flush=True)
-    for folder in reuse_adapters(a.adapters):
+    for folder in sorted(p.parent for p in a.adapters.glob("*/manifest.json")) or reuse_adapters(a.adapters):
         m = read_manifest(folder)
-        items = selection.qa_items(heldout, a.selection_items, a.seed, m["persona"], m["user_speaker"],
-                                   marginal=a.marginal_contexts)
+        items = (selection.qa_items(heldout, a.selection_items, a.seed, m["persona"], m["user_speaker"],
+                                    marginal=a.marginal_contexts) if item_set == "qa" else
+                 selection.switch_items(heldout, a.selection_items, a.seed, m["persona"], m["user_speaker"]))
         runs, summaries = {}, {}
         for system, scored in base_and_adapter(folder, m, items):
             runs[system], summaries[system] = scored, summarize(scored)
-            print(f"{m['persona']:6s} {system:8s} n={summaries[system]['n']}: {figures(summaries[system], 2)}",
+            first = summaries[system]["mmi"].get("previous_first")
+            print(f"{m['persona']:6s} {system:8s} n={summaries[system]['n']}: {figures(summaries[system], 2)}"
+                  + ("" if first is None else f"; previous message's answer first (chat's mmi) {first:.2f}"),
                   flush=True)
         pairs = {k: d for k in ("pmi", "mmi", "pmi_bidi") if (d := paired(runs["adapter"], runs["base"], k))}
         print(f"{m['persona']:6s} 95% intervals (bootstrap over the items) and adapter - base on the same items: "
@@ -239,6 +256,9 @@ def main(argv=None) -> int:
                     "adapter folders (e.g. runs/bench_fidelity/adapters); no training")
     ap.add_argument("--data", type=Path, help="prepare output of those adapters (default: ADAPTERS/../data)")
     ap.add_argument("--base-only", action="store_true", help="only the base model on held-out Q/A (no adapters)")
+    ap.add_argument("--switch-only", action="store_true",
+                    help="with --adapters: each adapter and its base on changes of topic only (a held-out exchange, "
+                         "then another question; how often the answer to the previous question ranks first)")
     ap.add_argument("--qa-only", action="store_true",
                     help="with --adapters: each adapter and its base on held-out Q/A only, under the persona's card "
                          "(no own-reply selection, attribution or generation; about 2.3 min per system at 100 items)")
@@ -267,10 +287,10 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     if a.base_only:
         base_only(a)
-    elif a.qa_only:
+    elif a.qa_only or a.switch_only:
         if not a.adapters:
-            ap.error("--qa-only needs --adapters DIR")
-        qa_only(a)
+            ap.error(f"{'--qa-only' if a.qa_only else '--switch-only'} needs --adapters DIR")
+        held_out_only(a, "qa" if a.qa_only else "switch")
     else:
         out = a.out or (a.adapters.parent if a.adapters else
                         Path(tempfile.mkdtemp(prefix="conversation-")) if a.tiny else ROOT / "runs" / "bench_fidelity")

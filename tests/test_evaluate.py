@@ -239,7 +239,9 @@ def test_evaluate_cli_writes_json_markdown_and_charts(adapter_and_data, cache_di
     column = confusion["styles"].index(STYLE)
     assert confusion["adapter"][0][column] == pytest.approx(r["identification"]["adapter"]["top1"], abs=1e-3)
     sel = r["selection"]
-    assert set(sel) == {"persona", "qa"} and set(sel["qa"]) == {"base", "few_shot", "adapter", "adapter_memory"}
+    assert set(sel) == {"persona", "qa", "switch"} and set(sel["qa"]) == {"base", "few_shot", "adapter",
+                                                                         "adapter_memory"}
+    assert 0 <= sel["switch"]["adapter"]["mmi"]["previous_first"] <= 1 and "previous_first" not in sel["qa"]["adapter"]["mmi"]
     assert r["selection_memory"]["persona"]["items"] == 2 and r["selection_memory"]["qa"]["items"] == 2
     for s in ("persona", "qa"):
         assert sel[s]["adapter_memory"]["n"] == 2

@@ -286,6 +286,38 @@ def test_distractors_are_distinct_other_texts_and_seeded():
         assert item.example.context == (ContextTurn(USER, item.example.context[0].text),)
 
 
+def test_a_switch_item_asks_the_last_question_and_first_offers_an_answer_to_the_one_before():
+    topics = ("점심 메뉴 추천", "주말 영화 추천", "시험 공부 방법", "강아지 산책 시간", "비 오는 날 노래",
+              "커피 원두 고르기", "운동 루틴 짜기", "여행 짐 싸기", "아침 일찍 일어나기", "방 청소 순서")
+    rows = [QA(f"{t} 해줘", f"{t} 답", 0) for t in topics]  # each question has a near twin asked another way
+    rows += [QA(f"{t} 좀 알려줘", f"{t} 다른 답", 0) for t in topics]
+    rows += [QA(f"아무 말 {i}", f"아무 답 {i}", 0) for i in range(20)]
+    got = selection.switch_items(rows, 8, 3, PERSONA, USER)
+    assert got == selection.switch_items(rows, 8, 3, PERSONA, USER) and len(got) == 8  # seeded
+    for item in got:
+        first, answer, last = item.example.context
+        assert (first.speaker, answer.speaker, last.speaker) == (USER, PERSONA, USER) and item.previous
+        assert len(item.candidates) == selection.CANDIDATES == len(set(item.candidates))
+        assert answer.text not in item.candidates  # the persona's own turn again would be an echo
+        truth = next(r for r in rows if r.question == last.text)
+        assert item.example.response == truth.answer
+        topic = next((t for t in topics if first.text.startswith(t)), None)
+        if topic is not None:  # the question most like the first one is its twin: its answer comes first
+            assert item.distractors[0].startswith(topic)
+
+
+def test_previous_first_counts_where_the_answer_to_the_message_before_ranks_first():
+    def item(truth: float, previous: float, other: float = -9.0) -> selection.Selected:
+        ctx = (ReplyScore(truth, 2), ReplyScore(previous, 2), ReplyScore(other, 2))
+        return selection.Selected(ctx, tuple(ReplyScore(-6.0, 2) for _ in ctx), previous=True)
+
+    lagging, answering, tied = item(-5.0, -2.0), item(-2.0, -5.0), item(-3.0, -3.0)
+    assert (lagging.previous_first("pmi"), answering.previous_first("pmi"), tied.previous_first("pmi")) == (1, 0, 0.5)
+    s = selection.summarize([lagging, answering, tied, None])
+    assert s["pmi"]["previous_first"] == pytest.approx(0.5) and s["pmi"]["hits1"] == pytest.approx(0.5)
+    assert "previous_first" not in selection.summarize([_chosen(True)])["pmi"]  # not a switch item
+
+
 def test_persona_distractors_come_from_other_conversations_held_out_first(tmp_path):
     import json
 

@@ -72,12 +72,13 @@ def _run(model, tok, cfg, task: PersonaTask, general: list[Example], system: str
         return run_system(model, tok, task, system, general, sampling, cfg.generate, progress=bar, backward=backward)
 
 
-Items = dict[str, list[selection.SelectionItem]]  # item set ("persona", "qa") -> items
+Items = dict[str, list[selection.SelectionItem]]  # item set ("persona", "qa", "switch") -> items
 Selections = dict[str, dict[str, list[selection.Selected | None]]]  # system -> item set -> scored items
 
 
 def selection_items(cfg, task: PersonaTask) -> Items:
-    """The task's next-reply selection items: its own held-out replies, and held-out general Q/A when found."""
+    """The task's next-reply selection items: its own held-out replies, and held-out general Q/A when found,
+    as single questions and as changes of topic."""
     if not cfg.selection_items:
         return {}
     n, seed = cfg.selection_items, cfg.seed
@@ -86,8 +87,9 @@ def selection_items(cfg, task: PersonaTask) -> Items:
     qa = cfg.qa or (DEFAULT_CHATBOT_CSV if DEFAULT_CHATBOT_CSV.is_file() else None)
     if qa is not None:
         user = task.manifest.get("user_speaker") or "친구"
-        items["qa"] = selection.qa_items(load_qa(qa, split="heldout"), n, seed, task.persona, user,
-                                         marginal=cfg.marginal_contexts)
+        rows = load_qa(qa, split="heldout")
+        items["qa"] = selection.qa_items(rows, n, seed, task.persona, user, marginal=cfg.marginal_contexts)
+        items["switch"] = selection.switch_items(rows, n, seed, task.persona, user)
     return items
 
 

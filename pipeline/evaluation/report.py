@@ -193,7 +193,9 @@ def _persona_md(name: str, r: dict[str, Any], charts: Mapping[str, str]) -> list
 
 
 SELECTION_SETS = {"persona": "own held-out replies (distractors: the persona's replies in other conversations)",
-                  "qa": "general Korean Q/A not trained on (ChatbotData held-out split)"}
+                  "qa": "general Korean Q/A not trained on (ChatbotData held-out split)",
+                  "switch": "a change of topic: a held-out exchange, then another held-out question (the first "
+                            "distractor answers the question before)"}
 SCORE_LABELS = {"mean": "mean log-prob", "pmi": "PMI", "pmi_mean": "PMI per token", "mmi": "chat's MMI",
                 "pmi_marginal": "PMI, marginal p(reply)", "pmi_bidi": "PMI + backward"}
 
@@ -221,6 +223,9 @@ def _selection_md(sel: Mapping[str, Any], memory: Mapping[str, Any] | None = Non
         key = read_score(per)
         md += ["", f"95% intervals of Hits@1 {SCORE_LABELS[key]} (bootstrap over the items): " + ", ".join(
             f"{SYSTEM_LABELS[s]} {_interval(v[key].get('hits1_ci95'))}" for s, v in per.items()) + "."]
+        if "previous_first" in first.get("mmi", {}):
+            md += ["", "The answer to the previous message ranked first (chat's MMI): " + ", ".join(
+                f"{SYSTEM_LABELS[s]} {_fmt(v['mmi']['previous_first'])}" for s, v in per.items()) + "."]
         for other, per_score in (paired or {}).get(name, {}).items():
             d = per_score.get(key)
             if d:
@@ -328,7 +333,9 @@ METHOD_NOTES = """\
   forward one's (on 100 held-out Q/A it raised every system, docs/conversation.md); the marginal measures
   p(reply) after real messages rather than after a prompt with none, and ranks the true reply better on
   average, but first no more often than PMI. Chance = 1/20. Ties
-  at the top count as a fair draw.
+  at the top count as a fair draw. The change-of-topic items put a held-out exchange before the question (its
+  answer as the persona's turn); their first distractor answers the question before, and "ranked first" is how
+  often that answer wins: a persona that answers the previous message instead of the last one.
 - Speaker attribution (several adapters): each held-out reply is scored by every adapter as its persona's reply
   (its instruction, its turns as the bot's) and given to the highest log-prob (the same reply tokens for every
   adapter, so sum and mean agree); "gain" subtracts the base model's score in the same prompt. Chance = 1/N.

@@ -9,7 +9,12 @@ same context; a hit is the true reply ranked first (chance 1/20 = 0.05). Two ite
 - **qa**: general Korean Q/A that no training stage saw (ChatbotData's fixed held-out
   split, :func:`data_prep.chatbot_data.load_qa`), the question as the user's turn and
   19 other held-out answers (different text; drawn from the other items' answers) as
-  distractors.
+  distractors;
+- **switch**: a change of topic (:func:`switch_items`): one held-out exchange, its answer as the persona's
+  turn, then another held-out question; the true reply answers that last question, and the first distractor
+  answers the question before it (an answer to the held-out question most like it). ``previous_first`` in
+  :func:`summarize` is the share of items where that distractor ranks first: a persona that answers the
+  previous message instead of the last one.
 
 Five scores rank the candidates (each is reported, see :data:`SCORES`):
 
@@ -89,6 +94,7 @@ class SelectionItem:
     # other messages of the same set (none an item's, none answered by a candidate): ``pmi_marginal``'s p(reply)
     # is the mean of p(reply | each of them). The same tuple for every item of a set, so scores are shared by text
     marginal: tuple[tuple[ContextTurn, ...], ...] = ()
+    previous: bool = False  # the first distractor answers the message before the last one (a switch item)
 
     @property
     def candidates(self) -> tuple[str, ...]:
@@ -104,6 +110,7 @@ class Selected:
     without_context: tuple[ReplyScore, ...]
     marginal: tuple[float, ...] | None = None  # log mean_k p(candidate | marginal context k); None: not measured
     backward: tuple[ReplyScore, ...] | None = None  # log p(message | candidate) by the backward model; None: none
+    previous: bool = False  # the first distractor answers the message before the last one (SelectionItem's)
 
     def has(self, score: str) -> bool:
         """Whether ``score`` can be computed for this item (``pmi_marginal`` needs marginal contexts,
@@ -142,6 +149,13 @@ class Selected:
         v = self.values(score, backward_weight)
         top = max(v)
         return 0.0 if v[0] < top else 1 / sum(x == top for x in v)
+
+    def previous_first(self, score: str) -> float:
+        """For a switch item: 1 when the answer to the previous message (the first distractor) alone scores
+        highest, 1/k when it ties with k-1 others; the same fair draw as :meth:`hit`."""
+        v = self.values(score)
+        top = max(v)
+        return 0.0 if v[1] < top else 1 / sum(x == top for x in v)
 
     def rank(self, score: str) -> float:
         """Rank of the true reply (1 = first); ties share the mean of their ranks."""
@@ -204,6 +218,38 @@ def qa_items(rows: Sequence[QA], n: int, seed: int, persona: str, user: str,
     return with_marginal(items, others, (), marginal, seed)
 
 
+def switch_items(rows: Sequence[QA], n: int, seed: int, persona: str, user: str,
+                 candidates: int = CANDIDATES) -> list[SelectionItem]:
+    """``n`` changes of topic from Q/A rows with distinct answers (seeded): the context is a first question,
+    its answer as ``persona``'s turn, and a second question, whose answer is the true reply. The first
+    distractor answers the first question: the answer of the row whose question shares the most character
+    bigrams with it (the first answer itself would be an echo of the persona's turn, which the chat rejects
+    anyway); the others are answers of the other items (:func:`pick_distractors`)."""
+    rng = random.Random(f"switch:{seed}")
+    unique = list({r.answer.strip(): r for r in rows}.values())
+    rng.shuffle(unique)
+    pairs = [(unique[2 * k], unique[2 * k + 1]) for k in range(min(n, len(unique) // 2))]
+    pool = [r.answer for r in unique[:max(2 * len(pairs), candidates + 2)]]  # less the truth, near, first answer
+    grams = [_bigrams(r.question) for r in unique]
+    items = []
+    for first, second in pairs:
+        mine = _bigrams(first.question)
+        taken = {first.answer.strip(), second.answer.strip()}
+        near, _ = max(((r, g) for r, g in zip(unique, grams) if r.answer.strip() not in taken),
+                      key=lambda rg: len(mine & rg[1]) / max(len(mine | rg[1]), 1))
+        context = (ContextTurn(user, first.question), ContextTurn(persona, first.answer),
+                   ContextTurn(user, second.question))
+        others = pick_distractors(second.answer, pool, candidates - 2, rng, (near.answer, first.answer))
+        items.append(SelectionItem(Example("", context, persona, second.answer), (near.answer,) + others,
+                                   previous=True))
+    return items
+
+
+def _bigrams(text: str) -> frozenset[str]:
+    t = "".join(text.split())
+    return frozenset(t[i:i + 2] for i in range(len(t) - 1))
+
+
 def with_marginal(items: list[SelectionItem], held: Sequence[tuple[ContextTurn, ...]],
                   seen: Sequence[tuple[ContextTurn, ...]], k: int, seed: int) -> list[SelectionItem]:
     """The items with ``k`` marginal contexts: distinct ones of ``held`` (seeded), topped up from ``seen``
@@ -254,7 +300,8 @@ def score_items(model, tokenizer, items: Sequence[SelectionItem], instruction: s
                 alone = [render(tokenizer, instruction, (), e.persona, c, None) for c in missing]
                 bare.update(zip(missing, score_group(model, tokenizer, alone)))
             marg = marginal_logprobs(model, tokenizer, item, instruction, max_length, marginal)
-            out.append(Selected(tuple(with_context), tuple(bare[c] for c in item.candidates), marg))
+            out.append(Selected(tuple(with_context), tuple(bare[c] for c in item.candidates), marg,
+                                previous=item.previous))
         if progress is not None:
             progress.update(1)
     return out
@@ -335,7 +382,8 @@ def memory_overlap(items: Sequence[SelectionItem], memories: Sequence[Sequence[R
 
 def summarize(selected: Sequence[Selected | None]) -> dict[str, object]:
     """Hits@1 (with its 95% bootstrap interval, :func:`interval`) and mean rank of the true reply under each
-    score, chance level, items scored and skipped."""
+    score, chance level, items scored and skipped; for switch items also ``previous_first``, the share where
+    the answer to the previous message ranks first (:meth:`Selected.previous_first`)."""
     kept = [s for s in selected if s is not None]
     n = len(kept)
     out: dict[str, object] = {"n": n, "skipped": len(selected) - n,
@@ -345,6 +393,9 @@ def summarize(selected: Sequence[Selected | None]) -> dict[str, object]:
         hits = [s.hit(score) for s in some]
         out[score] = {"hits1": sum(hits) / len(hits) if hits else None, "hits1_ci95": interval(hits),
                       "mean_rank": sum(s.rank(score) for s in some) / len(some) if some else None}
+        switched = [s.previous_first(score) for s in some if s.previous]
+        if switched:
+            out[score]["previous_first"] = sum(switched) / len(switched)
     return out
 
 
