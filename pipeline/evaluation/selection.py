@@ -1,7 +1,7 @@
 """Next-reply selection: does the model pick the true reply out of 20 (Hits@1 of 20)?
 
 For a held-out (context, reply), the true reply is ranked among 19 distractors in the
-same context; a hit is the true reply ranked first (chance 1/20 = 0.05). Two item sets:
+same context; a hit is the true reply ranked first (chance 1/20 = 0.05). Three item sets:
 
 - **persona**: the persona's held-out replies; distractors are the persona's own
   replies from *other* conversations (held-out ones first, then train ones when the
