@@ -104,6 +104,7 @@ def evaluate(adapters: list[Path], data: Path, out: Path, a, extra: list[str]) -
 
     argv = [x for p in adapters for x in ("--adapter", str(p))] + [
         "--data", str(data), "--out", str(out), "--selection-items", str(a.selection_items),
+        "--switch-items", str(a.selection_items),
         "--marginal-contexts", str(a.marginal_contexts), "--persona-marginal-contexts", str(a.persona_marginal),
         "--max-examples", str(a.max_examples), "--generate", str(a.generate), "--samples", "0",
         "--general-lines", "0", "--no-identification", "--seed", str(a.seed), *extra]

@@ -16,7 +16,8 @@ held-out replies (validation split) of its persona:
 
 Measured: perplexity of held-out replies; next-reply selection (the true held-out reply ranked
 among 20 candidates by mean log-prob and by PMI, on the persona's replies and on general Korean
-Q/A; Hits@1, chance 0.05); persona identification when the data comes from
+Q/A, and with --switch-items on general Q/A after a change of topic; Hits@1, chance 0.05); persona
+identification when the data comes from
 SmileStyle (each held-out reply's 17 style variants ranked by mean log-prob per token; chance
 1/17; a persona x style matrix when several adapters are given); speaker attribution when
 several adapters are given (each held-out reply given to the adapter that scores it highest;
@@ -63,6 +64,7 @@ class EvalConfig:
     cache_dir: Path | None = None  # --cache-dir: extended-base cache (default $KAKAO_PERSONA_CACHE)
     no_identification: bool = False  # --no-identification: skip SmileStyle persona identification
     selection_items: int = 8  # --selection-items: next-reply selection items per item set (0: skip)
+    switch_items: int = 0  # --switch-items: change-of-topic selection items on general Q/A (0: off)
     marginal_contexts: int = 0  # --marginal-contexts: Q/A messages p(reply) is averaged over (0: off)
     persona_marginal_contexts: int = 0  # --persona-marginal-contexts: the same on the persona's own replies
     qa: Path | None = None  # --qa: ChatbotData-format CSV (Q, A) for selection on general Q/A (held-out split)
@@ -83,6 +85,7 @@ class EvalConfig:
                              ("--shots", self.shots, 0), ("--samples", self.samples, 0),
                              ("--generate", self.generate, 0), ("--max-new-tokens", self.max_new_tokens, 1),
                              ("--threads", self.threads or 1, 1), ("--selection-items", self.selection_items, 0),
+                             ("--switch-items", self.switch_items, 0),
                              ("--marginal-contexts", self.marginal_contexts, 0),
                              ("--persona-marginal-contexts", self.persona_marginal_contexts, 0)):
             if v < low:
@@ -142,6 +145,11 @@ def build_parser():
                    help="next-reply selection (Hits@1 of 20): items per set, the persona's held-out replies and "
                         "general Q/A; an item costs about 2 CPU-seconds per system with the default model, so the "
                         "default adds 1-2 minutes on 2 CPU cores (default 8; 0 skips)")
+    p.add_argument("--switch-items", type=int, default=d.switch_items, metavar="N",
+                   help="next-reply selection after a change of topic: N items of a held-out Q/A exchange (its answer "
+                        "as the persona's turn) then another held-out question; reports how often the answer to the "
+                        "question before ranks first (a persona answering the previous message). About 3 CPU-seconds "
+                        "per item and system (default 0: off)")
     p.add_argument("--marginal-contexts", type=int, default=d.marginal_contexts, metavar="K",
                    help="next-reply selection on general Q/A, also by marginal PMI: p(reply) is the mean of p(reply "
                         "| question) over K other held-out questions (no item's, none answered by a candidate); K "
@@ -167,7 +175,7 @@ def config_from_args(a) -> EvalConfig:
         adapters=tuple(a.adapter), data=tuple(a.data), out=a.out, smilestyle=a.smilestyle, general=a.general,
         max_examples=a.max_examples, general_lines=a.general_lines, shots=a.shots, samples=a.samples,
         generate=a.generate, max_new_tokens=a.max_new_tokens, seed=a.seed, cache_dir=a.cache_dir,
-        no_identification=a.no_identification, selection_items=a.selection_items,
+        no_identification=a.no_identification, selection_items=a.selection_items, switch_items=a.switch_items,
         marginal_contexts=a.marginal_contexts, persona_marginal_contexts=a.persona_marginal_contexts, qa=a.qa,
         threads=a.threads,
         memory=a.memory,

@@ -258,7 +258,7 @@ def chat_argv(cfg: RunConfig) -> list[str]:
 PREPARE_FLAGS = ("--context-turns", "--val-ratio", "--min-replies", "--self-alias", "--burst-gap", "--conversation-gap")
 TRAIN_FLAGS = ("--method", "--max-steps", "--epochs", "--lr", "--lora-r", "--max-length", "--batch-size",
                "--eval-every", "--rehearsal", "--contrast", "--contrast-negatives", "--no-context")
-EVAL_FLAGS = ("--max-examples", "--samples", "--max-new-tokens", "--general", "--selection-items",
+EVAL_FLAGS = ("--max-examples", "--samples", "--max-new-tokens", "--general", "--selection-items", "--switch-items",
               "--marginal-contexts", "--persona-marginal-contexts")
 # the extended base's flags: they reach the extend stage and every train stage (both build that base), so they
 # are RunConfig fields rather than pass-through values (see _dialogue)

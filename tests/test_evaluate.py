@@ -221,7 +221,7 @@ def test_evaluate_cli_writes_json_markdown_and_charts(adapter_and_data, cache_di
     argv = ["--adapter", str(adapter), "--data", str(data), "--out", str(out), "--cache-dir", str(cache_dir),
             "--max-examples", "3", "--general-lines", "3", "--generate", "2", "--samples", "2",
             "--max-new-tokens", "4", "--shots", "2", "--smilestyle", str(SMILESTYLE_TSV),
-            "--selection-items", "2", "--qa", str(CHATBOT_CSV), "--memory"]
+            "--selection-items", "2", "--switch-items", "2", "--qa", str(CHATBOT_CSV), "--memory"]
     assert run_cli(main, argv) == 0
     assert "eval.md" in capsys.readouterr().out
     result = json.loads((out / "eval.json").read_text(encoding="utf-8"))

@@ -78,18 +78,20 @@ Selections = dict[str, dict[str, list[selection.Selected | None]]]  # system -> 
 
 def selection_items(cfg, task: PersonaTask) -> Items:
     """The task's next-reply selection items: its own held-out replies, and held-out general Q/A when found,
-    as single questions and as changes of topic."""
-    if not cfg.selection_items:
+    as single questions and (``switch_items``) as changes of topic."""
+    if not cfg.selection_items and not cfg.switch_items:
         return {}
     n, seed = cfg.selection_items, cfg.seed
     items = {"persona": selection.persona_items(task.data, task.persona, task.manifest["instruction"], n, seed,
-                                                marginal=cfg.persona_marginal_contexts)}
+                                                marginal=cfg.persona_marginal_contexts)} if n else {}
     qa = cfg.qa or (DEFAULT_CHATBOT_CSV if DEFAULT_CHATBOT_CSV.is_file() else None)
     if qa is not None:
         user = task.manifest.get("user_speaker") or "친구"
         rows = load_qa(qa, split="heldout")
-        items["qa"] = selection.qa_items(rows, n, seed, task.persona, user, marginal=cfg.marginal_contexts)
-        items["switch"] = selection.switch_items(rows, n, seed, task.persona, user)
+        if n:
+            items["qa"] = selection.qa_items(rows, n, seed, task.persona, user, marginal=cfg.marginal_contexts)
+        if cfg.switch_items:
+            items["switch"] = selection.switch_items(rows, cfg.switch_items, seed, task.persona, user)
     return items
 
 
