@@ -146,21 +146,23 @@ class Selected:
 
     def hit(self, score: str, backward_weight: float | None = None) -> float:
         """1 when the true reply alone scores highest; 1/k when it ties with k-1 others (a fair coin)."""
-        v = self.values(score, backward_weight)
-        top = max(v)
-        return 0.0 if v[0] < top else 1 / sum(x == top for x in v)
+        return _first(self.values(score, backward_weight), 0)
 
     def previous_first(self, score: str) -> float:
         """For a switch item: 1 when the answer to the previous message (the first distractor) alone scores
         highest, 1/k when it ties with k-1 others; the same fair draw as :meth:`hit`."""
-        v = self.values(score)
-        top = max(v)
-        return 0.0 if v[1] < top else 1 / sum(x == top for x in v)
+        return _first(self.values(score), 1)
 
     def rank(self, score: str) -> float:
         """Rank of the true reply (1 = first); ties share the mean of their ranks."""
         v = self.values(score)
         return 1 + sum(x > v[0] for x in v[1:]) + sum(x == v[0] for x in v[1:]) / 2
+
+
+def _first(values: Sequence[float], i: int) -> float:
+    """1 when candidate ``i`` alone scores highest, 1/k when it ties with k-1 others (a fair coin), else 0."""
+    top = max(values)
+    return 0.0 if values[i] < top else 1 / sum(x == top for x in values)
 
 
 def pick_distractors(truth: str, pool: Sequence[str], k: int, rng: random.Random,
